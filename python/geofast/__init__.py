@@ -1,0 +1,41 @@
+"""geofast: predict where on Earth a photo was taken, fast.
+
+Numeric kernels (distances, Fourier features, DBSCAN, top-k search) run in Rust on whole
+batches; models (GeoCLIP, GeoMapCLIP) run in torch and are imported lazily, so
+``import geofast`` stays fast.
+"""
+
+from __future__ import annotations
+
+from geofast._geofast import (
+    __version__,
+    equal_earth,
+    get_num_threads,
+    set_num_threads,
+)
+from geofast.errors import (
+    CoordinateError,
+    EmptyInputError,
+    GeofastError,
+    InputError,
+    ParameterError,
+    ShapeError,
+    TooLargeError,
+)
+
+__all__ = [
+    "__version__",
+    # kernels
+    "equal_earth",
+    # threads
+    "get_num_threads",
+    "set_num_threads",
+    # errors
+    "GeofastError",
+    "InputError",
+    "ShapeError",
+    "CoordinateError",
+    "EmptyInputError",
+    "ParameterError",
+    "TooLargeError",
+]

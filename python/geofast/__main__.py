@@ -1,0 +1,5 @@
+"""``python -m geofast`` runs the CLI."""
+
+from geofast.cli import run
+
+run()

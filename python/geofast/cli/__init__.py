@@ -1,0 +1,88 @@
+"""The ``geofast`` command line: a typer app with one module per command.
+
+Commands are thin: parse options, make one library call, render. Every error reaches
+:func:`main`, which prints one line (and a hint) to stderr and exits 1; the traceback is shown
+only with ``GEOFAST_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import typer
+
+from geofast import __version__
+from geofast.cli import _console
+from geofast.errors import GeofastError
+
+app = typer.Typer(
+    name="geofast",
+    help="Predict where on Earth a photo was taken: GeoCLIP, GeoMapCLIP, Search-within-Cell and RAG-LLM, with a Rust core.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        _console.out.print(f"geofast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """geofast: fast photo geolocation."""
+
+
+def _register_commands() -> None:
+    # Each command module adds itself to `app` on import.
+    from geofast.cli import bench  # noqa: F401
+
+
+_register_commands()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
+
+    typer handles usage errors itself (exit 2); geofast's errors and anything unexpected end
+    here as one line on stderr and exit 1.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=args, prog_name="geofast", standalone_mode=True)
+        code: int = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        _console.error_line("interrupted")
+        code = 130
+    except GeofastError as e:
+        if _console.debug_enabled():
+            raise
+        _console.error_line(str(e), e.hint)
+        code = 1
+    except Exception as e:  # noqa: BLE001 - the CLI must never show a raw traceback
+        if _console.debug_enabled():
+            raise
+        _console.error_line(
+            f"{type(e).__name__}: {e}",
+            f"this looks like a bug in geofast; rerun with {_console.DEBUG_ENV}=1 for the traceback",
+        )
+        code = 1
+    return code
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+__all__ = ["app", "main", "run"]

@@ -1,0 +1,39 @@
+"""Consoles and error rendering shared by every command.
+
+Results go to stdout (``out``); progress, warnings and errors go to stderr (``err``), so
+``geofast ... --json > result.json`` always holds plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+DEBUG_ENV = "GEOFAST_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """True when ``GEOFAST_DEBUG`` asks for tracebacks."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def print_json(payload: Any) -> None:
+    """Write ``payload`` as plain JSON (no colour, no wrapping) to stdout."""
+    sys.stdout.write(json.dumps(payload, ensure_ascii=False, allow_nan=False))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def error_line(message: str, hint: str | None = None) -> None:
+    """Print ``error: message`` (one line) and an optional ``hint:`` line to stderr."""
+    first = " ".join(str(message).split())
+    err.print(f"[bold red]error:[/] {first}", markup=True, highlight=False, soft_wrap=True)
+    if hint:
+        err.print(f"[dim]hint:[/] {hint}", markup=True, highlight=False, soft_wrap=True)

@@ -1,0 +1,106 @@
+"""``geofast bench``: every kernel against its anchor, timed in the same process."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from geofast.cli import _console, app
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None or s != s:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1.0:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s"
+
+
+@app.command("bench")
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Smaller workloads and fewer repeats; finishes in under a minute."),
+    only: str | None = typer.Option(None, "--only", metavar="TEXT", help="Run only workloads whose name or kernel contains TEXT."),
+    area: list[str] | None = typer.Option(None, "--area", help="Restrict to these areas (geo, cluster, search, e2e); repeatable."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads for geofast's kernels (default: GEOFAST_NUM_THREADS or all CPUs)."),
+    json_file: Path | None = typer.Option(None, "--json", metavar="FILE", help="Also write the results as JSON to FILE."),
+) -> None:
+    """Time each geofast kernel against its reference implementation and print the speed-ups."""
+    import geofast as gf
+    from geofast import bench as lib
+
+    if threads is not None:
+        gf.set_num_threads(threads)
+    n_threads = gf.get_num_threads()
+    areas = tuple(area) if area else lib.AREAS
+    unknown = sorted(set(areas) - set(lib.AREAS))
+    if unknown:
+        raise gf.ParameterError(
+            f"unknown bench area {', '.join(unknown)}", hint=f"choose from {', '.join(lib.AREAS)}"
+        )
+    workloads = [
+        w for w in lib.collect(quick, areas) if only is None or only in w.name or only in w.kernel
+    ]
+    results = []
+    with _console.err.status("benchmarking...") as status:
+        for w in workloads:
+            status.update(f"benchmarking {w.name} ...")
+            results.append(lib.run_workload(w, n_threads))
+
+    table = Table(title=f"geofast bench ({'quick' if quick else 'full'}, {n_threads} threads)")
+    for col, justify in (
+        ("workload", "left"),
+        ("geofast", "right"),
+        ("anchor", "left"),
+        ("anchor time", "right"),
+        ("speed-up", "right"),
+        ("target", "right"),
+        ("threads", "right"),
+        ("agreement", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        if r.skipped:
+            table.add_row(r.name, "-", r.anchor, "-", "-", "-", str(r.threads), f"skipped: {r.skipped}")
+            continue
+        if r.speedup is None:
+            speed = "-"
+        else:
+            colour = {True: "green", False: "red", None: "white"}[r.meets_target]
+            speed = f"[{colour}]{r.speedup:.1f}×[/]"
+        table.add_row(
+            r.name,
+            _fmt_time(r.geofast_s),
+            r.anchor,
+            _fmt_time(r.anchor_s),
+            speed,
+            f"{r.target:g}×" if r.target is not None else "-",
+            str(r.threads),
+            r.agreement,
+        )
+    _console.out.print(table)
+
+    if json_file is not None:
+        payload = {
+            "geofast_version": gf.__version__,
+            "quick": quick,
+            "threads": n_threads,
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+            },
+            "date": time.strftime("%Y-%m-%d"),
+            "results": [r.as_dict() for r in results],
+        }
+        from geofast._io import atomic_write_text
+
+        atomic_write_text(json_file, json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n")
+        _console.err.print(f"wrote {json_file}")

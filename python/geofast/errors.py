@@ -1,0 +1,55 @@
+"""geofast's exception hierarchy.
+
+Everything geofast raises on purpose derives from :class:`GeofastError`. Problems with an
+argument (bad coordinates, wrong shapes, k out of range, ...) are also :class:`ValueError`, so
+``except ValueError`` keeps working for callers that do not know geofast. The Rust extension
+maps its one core error enum onto these classes (``rust/py/errors.rs``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GeofastError",
+    "InputError",
+    "ShapeError",
+    "CoordinateError",
+    "EmptyInputError",
+    "ParameterError",
+    "TooLargeError",
+]
+
+
+class GeofastError(Exception):
+    """Base class of every error geofast raises on purpose."""
+
+    #: A one-line suggestion the CLI prints under the message, when there is one.
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class InputError(GeofastError, ValueError):
+    """An argument is invalid."""
+
+
+class ShapeError(InputError):
+    """An array has the wrong shape, or two arrays disagree in a dimension."""
+
+
+class CoordinateError(InputError):
+    """A coordinate is NaN/inf or outside |lat| <= 90, |lon| <= 180 (degrees, latitude first)."""
+
+
+class EmptyInputError(InputError):
+    """An input that must hold data is empty."""
+
+
+class ParameterError(InputError):
+    """A scalar argument is out of its domain (k < 1, eps <= 0, ...)."""
+
+
+class TooLargeError(InputError):
+    """A request would need more memory than it can reasonably be given."""

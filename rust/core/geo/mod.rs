@@ -1,0 +1,5 @@
+//! Geometry on the sphere and the ellipsoid: great-circle (haversine) and WGS-84 geodesic
+//! distances, GeoCLIP's Equal Earth projection, unit vectors and spherical centroids.
+
+pub mod equal_earth;
+pub mod sphere;

@@ -1,0 +1,18 @@
+//! The only PyO3 code: one thin wrapper module per core kernel, plus the error mapping and
+//! numpy conversion they share. Wrappers convert, release the GIL around the core call, and
+//! convert back; they hold no logic of their own.
+
+pub mod convert;
+pub mod errors;
+mod geo;
+mod threads;
+
+use pyo3::prelude::*;
+
+/// Add every binding to the `_geofast` module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    threads::register(m)?;
+    geo::register(m)?;
+    Ok(())
+}
