@@ -14,10 +14,15 @@ from geofast._geofast import (
     set_num_threads,
 )
 from geofast.errors import (
+    CacheError,
     CoordinateError,
+    DatabaseError,
     EmptyInputError,
     GeofastError,
+    ImageError,
     InputError,
+    LLMError,
+    ModelError,
     ParameterError,
     ShapeError,
     TooLargeError,
@@ -38,4 +43,9 @@ __all__ = [
     "EmptyInputError",
     "ParameterError",
     "TooLargeError",
+    "ImageError",
+    "ModelError",
+    "CacheError",
+    "DatabaseError",
+    "LLMError",
 ]

@@ -16,6 +16,11 @@ __all__ = [
     "EmptyInputError",
     "ParameterError",
     "TooLargeError",
+    "ImageError",
+    "ModelError",
+    "CacheError",
+    "DatabaseError",
+    "LLMError",
 ]
 
 
@@ -53,3 +58,23 @@ class ParameterError(InputError):
 
 class TooLargeError(InputError):
     """A request would need more memory than it can reasonably be given."""
+
+
+class ImageError(GeofastError):
+    """An image cannot be read or decoded (missing, corrupt, truncated, not an image, too large)."""
+
+
+class ModelError(GeofastError):
+    """A model or its weights cannot be found or loaded (e.g. no CLIP backbone available)."""
+
+
+class CacheError(GeofastError):
+    """A cache file cannot be written or is unusable."""
+
+
+class DatabaseError(GeofastError):
+    """An image database is missing, incomplete, corrupt or does not match the model."""
+
+
+class LLMError(GeofastError):
+    """The LLM endpoint cannot be used (configuration, authentication, repeated failures)."""
