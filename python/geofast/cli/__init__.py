@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import typer
 
 from geofast import __version__
-from geofast.cli import _console
+from geofast import _console
 from geofast.errors import GeofastError
 
 app = typer.Typer(
