@@ -41,6 +41,9 @@ def locate(
         raise gf.InputError(f"unknown --method {method!r}", hint=f"choose one of: {', '.join(_METHODS)}")
     if eps_km <= 0:
         raise gf.ParameterError(f"--eps-km must be > 0, got {eps_km}")
+    from geofast.gallery import parse_region
+
+    parse_region(region)  # validate before the (slow) model load
 
     # Expand inputs in the order given; a path that does not exist is that image's error, not the run's.
     entries: list[str | Prediction] = []
