@@ -1079,11 +1079,11 @@ def _check_checksums(root: Path, files: dict[str, Any], *, full: bool, hint: str
 
 def _check_build_args(batch_size: int, chunk_size: int, dtype: str) -> None:
     if batch_size < 1:
-        raise ParameterError(f"batch_size must be >= 1, got {batch_size}")
+        raise ParameterError(f"batch_size must be >= 1, got {batch_size}", hint="e.g. --batch-size 32")
     if chunk_size < 1:
-        raise ParameterError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ParameterError(f"chunk_size must be >= 1, got {chunk_size}", hint="e.g. --chunk-size 256")
     if dtype not in _DTYPES:
-        raise ParameterError(f"dtype must be f16 or f32, got {dtype!r}")
+        raise ParameterError(f"dtype must be f16 or f32, got {dtype!r}", hint="use --dtype f16 (default, half the size) or --dtype f32")
 
 
 def _recover_swap(root: Path) -> None:

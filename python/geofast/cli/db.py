@@ -25,27 +25,31 @@ app.add_typer(db_app, name="db")
 
 @contextlib.contextmanager
 def _progress(enabled: bool, label: str) -> Iterator[tuple[Callable[[int, int], None], Callable[[str], None]]]:
-    """(on_progress, on_event) callbacks drawing a rich bar with ETA on stderr."""
+    """(on_progress, on_event) callbacks drawing a rich bar with ETA on stderr. The bar appears
+    with the first progress report, so argument errors and model loading print no empty bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    def say(msg: str) -> None:
-        _console.err.print(f"[dim]{msg}[/]", markup=True, highlight=False)
-
-    if not enabled:
-        yield (lambda done, total: None), say
-        return
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=_console.err, transient=False) as bar:
-        task = bar.add_task(label, total=None)
+    bar = Progress(*columns, console=_console.err, transient=False)
+    state: dict[str, object] = {}
 
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def advance(done: int, total: int) -> None:
+        if not enabled:
+            return
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task(label, total=total, completed=done)
+        bar.update(state["task"], completed=done, total=total)  # type: ignore[arg-type]
 
-        def event(msg: str) -> None:
-            bar.console.print(f"[dim]{msg}[/]", markup=True, highlight=False)
+    def event(msg: str) -> None:
+        _console.err.print(f"[dim]{msg}[/]", markup=True, highlight=False)
 
+    try:
         yield advance, event
+    finally:
+        if "task" in state:
+            bar.stop()
 
 
 def _report(report, as_json: bool, verb: str) -> None:  # type: ignore[no-untyped-def]
