@@ -27,6 +27,7 @@ from geofast.errors import (
     ShapeError,
     TooLargeError,
 )
+from geofast.database import Database  # image database (numpy only at import; torch lazily)
 
 __all__ = [
     "__version__",
@@ -48,4 +49,6 @@ __all__ = [
     "CacheError",
     "DatabaseError",
     "LLMError",
+    # image database
+    "Database",
 ]

@@ -155,20 +155,28 @@ def _run_swc(predictor, items, top_k, batch_size, method, places):  # type: igno
 
 def _render(p) -> None:  # type: ignore[no-untyped-def]
     conf = "n/a" if p.confidence is None else f"{p.confidence:.3f}"
-    loc = "localizable" if p.localizable else "hard to localize"
-    title = f"{p.image}  —  PD25 confidence {conf} ({loc})"
+    loc = "" if p.localizable is None else (" (localizable)" if p.localizable else " (hard to localize)")
+    title = f"{p.image}  —  PD25 confidence {conf}{loc}"
     table = Table(title=title, title_justify="left")
+    from_db = bool(p.candidates) and p.candidates[0].source == "db"
     table.add_column("rank", justify="right")
     table.add_column("lat", justify="right")
     table.add_column("lon", justify="right")
-    table.add_column("probability" if p.method in ("geoclip", "geoclip+swc") or p.candidates and p.candidates[0].prob is not None else "similarity", justify="right")
+    table.add_column("similarity" if from_db else "probability", justify="right")
     table.add_column("place")
+    if from_db:
+        table.add_column("database photo")
     if p.method in ("swc", "geoclip+swc"):
         what = "cluster centroid" if not p.fallback else f"GeoCLIP top-1 ({p.extra.get('fallback_reason', 'fallback')})"
         place = p.extra.get("place")
-        table.add_row(p.method, f"{p.lat:.5f}", f"{p.lon:.5f}", f"{p.prob:.4f}" if p.prob is not None else "-",
-                      f"{what}: {place}" if place else what)
+        row = [p.method, f"{p.lat:.5f}", f"{p.lon:.5f}", f"{p.prob:.4f}" if p.prob is not None else "-",
+               f"{what}: {place}" if place else what]
+        table.add_row(*row, *([""] if from_db else []))
+    images = [n.get("image") or "" for n in p.extra.get("neighbours", [])] if from_db else []
     for rank, c in enumerate(p.candidates, start=1):
-        value = f"{c.prob:.4f}" if c.prob is not None else (f"sim {c.score:.4f}" if c.score is not None else "-")
-        table.add_row(f"{c.source} {rank}" if c.source == "db" else str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", value, c.place or "")
+        value = f"{c.prob:.4f}" if c.prob is not None else (f"{c.score:.4f}" if c.score is not None else "-")
+        row = [str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", value, c.place or ""]
+        if from_db:
+            row.append(Path(images[rank - 1]).name if rank - 1 < len(images) else "")
+        table.add_row(*row)
     _console.out.print(table)
