@@ -337,7 +337,8 @@ def _probe_cosine(a: Sequence[float] | np.ndarray, b: np.ndarray) -> float:
     y = np.asarray(b, dtype=np.float64)
     if x.shape != y.shape:
         return -1.0
-    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-300))
+    denom = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y) / max(denom, 1e-300)
 
 
 def _backbone_info(backbone: Backbone, probe: np.ndarray) -> dict[str, Any]:
@@ -1470,7 +1471,7 @@ class _Builder:
                 blk = np.ascontiguousarray(blk, dtype=np_dtype)
                 if blk.ndim != 2 or blk.shape[1] != dim:
                     raise ShapeError(f"embedding block of shape {blk.shape} does not have {dim} columns")
-                w.write(memoryview(blk).cast("B"))
+                w.write(blk.data.cast("B"))
                 written += blk.shape[0]
             f.flush()
             os.fsync(f.fileno())
@@ -1527,8 +1528,8 @@ class _Builder:
             del emb
             path = self.staged / INDEX
             faiss.write_index(index, str(path))
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
+            with open(path, "rb") as fi:
+                os.fsync(fi.fileno())
             records[INDEX] = _file_record(path)
             index_info.update(search_params=params, trained_on=trained_on)
 
