@@ -427,6 +427,14 @@ def test_interrupted_build_resumes_and_equals_uninterrupted(dataset, built, back
     _same_database(out, built[0])
 
 
+def test_parallel_loaders_give_the_same_database(dataset, built, backbone, tmp_path):
+    report = Database.build(dataset["csv"], tmp_path / "db", backbone=backbone, chunk_size=8, batch_size=3, workers=3)
+    assert report.rows == N_GOOD
+    _same_database(tmp_path / "db", built[0])
+    with pytest.raises(ParameterError, match="workers"):
+        Database.build(dataset["csv"], tmp_path / "db2", backbone=backbone, workers=0)
+
+
 def test_changed_source_starts_over(dataset, backbone, tmp_path):
     out = tmp_path / "db"
     with pytest.raises(Boom):

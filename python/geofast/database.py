@@ -893,20 +893,23 @@ class Database:
         index: str = DEFAULT_INDEX,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         train_size: int = DEFAULT_TRAIN_SIZE,
+        workers: int | None = None,
         on_progress: Progress | None = None,
         on_event: Event | None = None,
     ) -> BuildReport:
         """Build (or rebuild, or resume building) the database ``out`` from ``source`` (a CSV or
         a folder of photos with EXIF GPS). ``out`` is replaced only once the new database is
-        complete. The CLIP backbone is ``backbone`` or loaded from ``clip``/``device``."""
-        _check_build_args(batch_size, chunk_size, dtype)
+        complete. The CLIP backbone is ``backbone`` or loaded from ``clip``/``device``.
+        ``workers`` image-loading threads (default: 1 on CPU, where the encoder uses every core;
+        up to 8 with a GPU) keep the encoder fed."""
+        _check_build_args(batch_size, chunk_size, dtype, workers)
         plan = plan_source(source)
         builder = _Builder(Path(out).expanduser(), mode="build", on_event=on_event)
         with builder.locked():
             _recover_swap(builder.root)
             return builder.run(plan, clip=clip, backbone=backbone, device=device, batch_size=batch_size,
                                dtype=dtype, index=index, chunk_size=chunk_size, train_size=train_size,
-                               on_progress=on_progress)
+                               on_progress=on_progress, workers=workers)
 
     @classmethod
     def add(
@@ -919,6 +922,7 @@ class Database:
         device: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        workers: int | None = None,
         on_progress: Progress | None = None,
         on_event: Event | None = None,
     ) -> BuildReport:
@@ -926,7 +930,7 @@ class Database:
         are skipped). Uses the database's backbone when ``clip`` is not given; a different backbone
         is refused. Resumable like :meth:`build`; the old database stays valid until the grown one
         replaces it."""
-        _check_build_args(batch_size, chunk_size, DEFAULT_DTYPE)
+        _check_build_args(batch_size, chunk_size, DEFAULT_DTYPE, workers)
         root = Path(path).expanduser()
         plan = plan_source(source)
         builder = _Builder(root, mode="add", on_event=on_event)
@@ -937,7 +941,7 @@ class Database:
                 clip = base.backbone_source
             return builder.run(plan, clip=clip, backbone=backbone, device=device, batch_size=batch_size,
                                dtype=base.dtype, index=base.index_factory, chunk_size=chunk_size,
-                               train_size=DEFAULT_TRAIN_SIZE, on_progress=on_progress, base=base)
+                               train_size=DEFAULT_TRAIN_SIZE, on_progress=on_progress, base=base, workers=workers)
 
     @classmethod
     def from_arrays(
@@ -1078,7 +1082,9 @@ def _check_checksums(root: Path, files: dict[str, Any], *, full: bool, hint: str
             raise DatabaseError(f"database {root}: {name} does not match its {what} in {MANIFEST} (file changed or corrupt)", hint=hint)
 
 
-def _check_build_args(batch_size: int, chunk_size: int, dtype: str) -> None:
+def _check_build_args(batch_size: int, chunk_size: int, dtype: str, workers: int | None = None) -> None:
+    if workers is not None and workers < 1:
+        raise ParameterError(f"workers must be >= 1, got {workers}", hint="e.g. --workers 4 (image-loading threads)")
     if batch_size < 1:
         raise ParameterError(f"batch_size must be >= 1, got {batch_size}", hint="e.g. --batch-size 32")
     if chunk_size < 1:
@@ -1183,6 +1189,7 @@ class _Builder:
         train_size: int,
         on_progress: Progress | None,
         base: Database | None = None,
+        workers: int | None = None,
     ) -> BuildReport:
         """Encode, assemble and install (the caller holds :meth:`locked`)."""
         t_start = time.perf_counter()
@@ -1211,7 +1218,8 @@ class _Builder:
             self._say(f"resuming: {resumed} of {n_chunks} chunks already encoded")
         if on_progress is not None:
             on_progress(sum(min(chunk_size, n - c * chunk_size) for c in done), n)
-        encoded, enc_s = self._encode(plan, backbone, done, n_chunks, chunk_size, batch_size, dtype, dim, digest, on_progress)
+        encoded, enc_s = self._encode(plan, backbone, done, n_chunks, chunk_size, batch_size, dtype, dim, digest,
+                                      on_progress, _loader_workers(workers, backbone))
 
         # -- assemble: small arrays now, embeddings streamed chunk by chunk ----------------------
         heads = [self._chunk_head(c, digest, chunk_size, n) for c in range(n_chunks)]
@@ -1391,9 +1399,11 @@ class _Builder:
 
     # -- encoding ----------------------------------------------------------------------------------
     def _encode(self, plan: SourcePlan, backbone: Backbone, done: set[int], n_chunks: int, chunk_size: int,
-                batch_size: int, dtype: str, dim: int, digest: str, on_progress: Progress | None) -> tuple[int, float]:
-        """Encode every chunk not in ``done``; images are loaded and preprocessed one batch ahead
-        in a background thread while the encoder runs. Returns (images encoded, encoder seconds)."""
+                batch_size: int, dtype: str, dim: int, digest: str, on_progress: Progress | None,
+                workers: int) -> tuple[int, float]:
+        """Encode every chunk not in ``done``. ``workers`` background threads load and preprocess
+        the next batches (PIL decoding releases the GIL) while the encoder runs; results are
+        consumed in order. Returns (images encoded, seconds inside the encoder)."""
         from concurrent.futures import Future, ThreadPoolExecutor
 
         n = len(plan.entries)
@@ -1411,13 +1421,13 @@ class _Builder:
         encoded = 0
         enc_s = 0.0
         acc = _ChunkAccumulator()
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geofast-db-load")
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geofast-db-load")
         try:
             pending: deque[Future[_Prepared]] = deque()
             it = iter(jobs)
             for job in it:
                 pending.append(pool.submit(_prepare_batch, plan, backbone, *job))
-                if len(pending) >= 2:
+                if len(pending) >= workers + 1:
                     break
             while pending:
                 batch = pending.popleft().result()
@@ -1562,6 +1572,17 @@ class _Builder:
         _fsync_dir(self.root.parent)
         shutil.rmtree(old, ignore_errors=True)
         self.discard()
+
+
+def _loader_workers(workers: int | None, backbone: Backbone) -> int:
+    if workers is not None:
+        if workers < 1:
+            raise ParameterError(f"workers must be >= 1, got {workers}")
+        return int(workers)
+    device = getattr(getattr(backbone, "device", None), "type", "cpu")
+    if device == "cpu":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def _prepare_batch(plan: SourcePlan, backbone: Backbone, chunk: int, rows: list[int], last: bool) -> _Prepared:

@@ -76,6 +76,7 @@ def build(
     dtype: str = typer.Option("f16", "--dtype", help="Embedding storage: f16 (default, half the size) or f32."),
     index: str = typer.Option("Flat", "--index", metavar="FACTORY", help="Flat (exact, default) or a FAISS factory string for millions of photos, e.g. IVF4096,SQ8 or HNSW32."),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Photos per committed chunk (an interrupted build resumes from the last chunk)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print only the build report as JSON."),
 ) -> None:
@@ -84,7 +85,7 @@ def build(
 
     with _progress(progress, "encoding") as (advance, event):
         report = Database.build(source, out, clip=clip, device=device, batch_size=batch_size, dtype=dtype,
-                                index=index, chunk_size=chunk_size, on_progress=advance, on_event=event)
+                                index=index, chunk_size=chunk_size, workers=workers, on_progress=advance, on_event=event)
     _report(report, as_json, "built")
 
 
@@ -96,6 +97,7 @@ def add(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Photos per committed chunk."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print only the report as JSON."),
 ) -> None:
@@ -104,7 +106,7 @@ def add(
 
     with _progress(progress, "encoding") as (advance, event):
         report = Database.add(directory, source, clip=clip, device=device, batch_size=batch_size,
-                              chunk_size=chunk_size, on_progress=advance, on_event=event)
+                              chunk_size=chunk_size, workers=workers, on_progress=advance, on_event=event)
     _report(report, as_json, "updated")
 
 
