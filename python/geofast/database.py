@@ -525,7 +525,8 @@ class BuildReport:
     resumed_chunks: int
     chunks: int
     seconds: float
-    encoder_seconds: float  # time inside the CLIP forward pass
+    encoder_seconds: float  # time inside the CLIP forward passes (the backbone probe included)
+    loader_wait_seconds: float  # time the encoder waited for the image-loading threads
     failed_file: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -1198,7 +1199,9 @@ class _Builder:
             from geofast.models.clip import load_backbone
 
             backbone = load_backbone(clip, device)
+        t_probe = time.perf_counter()
         probe = probe_embedding(backbone)
+        probe_s = time.perf_counter() - t_probe
         dim = int(probe.shape[0])
         if not _is_flat(factory):
             _new_faiss_index(factory, dim)  # fail on a bad factory string before encoding
@@ -1218,7 +1221,7 @@ class _Builder:
             self._say(f"resuming: {resumed} of {n_chunks} chunks already encoded")
         if on_progress is not None:
             on_progress(sum(min(chunk_size, n - c * chunk_size) for c in done), n)
-        encoded, enc_s = self._encode(plan, backbone, done, n_chunks, chunk_size, batch_size, dtype, dim, digest,
+        encoded, enc_s, wait_s = self._encode(plan, backbone, done, n_chunks, chunk_size, batch_size, dtype, dim, digest,
                                       on_progress, _loader_workers(workers, backbone))
 
         # -- assemble: small arrays now, embeddings streamed chunk by chunk ----------------------
@@ -1240,7 +1243,7 @@ class _Builder:
         report = BuildReport(
             path=str(self.root), rows=base_count + new_count, added=new_count, failed=n_failed, no_gps=no_gps,
             duplicates=duplicates, encoded=encoded, resumed_chunks=resumed, chunks=n_chunks,
-            seconds=0.0, encoder_seconds=enc_s, failed_file=str(self.root / FAILED),
+            seconds=0.0, encoder_seconds=enc_s + probe_s, loader_wait_seconds=wait_s, failed_file=str(self.root / FAILED),
         )
         if new_count == 0 and base is None:
             shown = "; ".join(f"{Path(a).name}: {b}" for a, b in failures[:3])
@@ -1400,16 +1403,16 @@ class _Builder:
     # -- encoding ----------------------------------------------------------------------------------
     def _encode(self, plan: SourcePlan, backbone: Backbone, done: set[int], n_chunks: int, chunk_size: int,
                 batch_size: int, dtype: str, dim: int, digest: str, on_progress: Progress | None,
-                workers: int) -> tuple[int, float]:
+                workers: int) -> tuple[int, float, float]:
         """Encode every chunk not in ``done``. ``workers`` background threads load and preprocess
         the next batches (PIL decoding releases the GIL) while the encoder runs; results are
-        consumed in order. Returns (images encoded, seconds inside the encoder)."""
+        consumed in order. Returns (images encoded, seconds inside the encoder, seconds waiting for images)."""
         from concurrent.futures import Future, ThreadPoolExecutor
 
         n = len(plan.entries)
         todo = [c for c in range(n_chunks) if c not in done]
         if not todo:
-            return 0, 0.0
+            return 0, 0.0, 0.0
         progressed = sum(min(chunk_size, n - c * chunk_size) for c in done)
         jobs: list[tuple[int, list[int], bool]] = []
         for c in todo:
@@ -1419,7 +1422,7 @@ class _Builder:
                 jobs.append((c, list(range(s, min(hi, s + batch_size))), j == len(starts) - 1))
 
         encoded = 0
-        enc_s = 0.0
+        enc_s = wait_s = 0.0
         acc = _ChunkAccumulator()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geofast-db-load")
         try:
@@ -1430,7 +1433,9 @@ class _Builder:
                 if len(pending) >= workers + 1:
                     break
             while pending:
+                t_wait = time.perf_counter()
                 batch = pending.popleft().result()
+                wait_s += time.perf_counter() - t_wait
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(pool.submit(_prepare_batch, plan, backbone, *nxt))
@@ -1458,7 +1463,7 @@ class _Builder:
                         on_progress(progressed, n)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        return encoded, enc_s
+        return encoded, enc_s, wait_s
 
     # -- assembly and install ------------------------------------------------------------------
     def assemble(self, *, n_rows: int, dim: int, dtype: str, factory: str, emb_blocks: Iterable[np.ndarray],
