@@ -6,6 +6,7 @@ d + m/60 + s/3600 computed here), not taken from the parser.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -144,3 +145,73 @@ def test_valid_latlon() -> None:
     assert not valid_latlon(math.nan, 1.0)
     assert not valid_latlon(1.0, math.inf)
     assert not valid_latlon(0.0, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties (hypothesis): every style round-trips; arbitrary text never breaks the parser.
+# ---------------------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+lats = st.floats(-90.0, 90.0, allow_nan=False).map(lambda x: round(x, 4))
+lons = st.floats(-180.0, 180.0, allow_nan=False).map(lambda x: round(x, 4))
+prose = st.sampled_from(["", "Based on the vegetation and signs, ", "My best guess:\n", "Answer -> "])
+
+
+def _hemi(lat: float, lon: float) -> str:
+    return f"{abs(lat):.4f}°{'S' if lat < 0 else 'N'}, {abs(lon):.4f}°{'W' if lon < 0 else 'E'}"
+
+
+STYLES = {
+    "json": lambda la, lo: json.dumps({"latitude": la, "longitude": lo}),
+    "fenced": lambda la, lo: "```json\n" + json.dumps({"lat": la, "lng": lo}, indent=2) + "\n```",
+    "hemisphere": _hemi,
+    "labelled": lambda la, lo: f"Latitude: {la:.4f}\nLongitude: {lo:.4f}",
+    "pair": lambda la, lo: f"({la:.4f}, {lo:.4f})",
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(lats, lons, st.sampled_from(sorted(STYLES)), prose)
+def test_every_style_round_trips(lat, lon, style, before):
+    text = before + STYLES[style](lat, lon) + " Hope this helps."
+    got = parse_latlon(text)
+    if lat == 0.0 and lon == 0.0:
+        assert got is None
+    else:
+        assert got == (pytest.approx(lat, abs=1e-12), pytest.approx(lon, abs=1e-12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 89), st.integers(0, 59), st.integers(0, 59), st.integers(0, 179), st.integers(0, 59),
+       st.integers(0, 59), st.booleans(), st.booleans())
+def test_dms_round_trips(d1, m1, s1, d2, m2, s2, south, west):
+    text = f"{d1}°{m1:02d}′{s1:02d}″{'S' if south else 'N'} {d2}°{m2:02d}′{s2:02d}″{'W' if west else 'E'}"
+    lat, lon = dms(d1, m1, s1, "S" if south else "N"), dms(d2, m2, s2, "W" if west else "E")
+    got = parse_latlon(text)
+    if lat == 0.0 and lon == 0.0:
+        assert got is None
+    else:
+        assert got == (pytest.approx(lat, abs=1e-12), pytest.approx(lon, abs=1e-12))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=400))
+def test_arbitrary_text_gives_none_or_a_valid_coordinate(text):
+    got = parse_latlon(text)
+    assert got is None or valid_latlon(*got)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1" + " " * 20000 + "x", "{" * 5000, "{" * 2500 + "}" * 2500, "lat" + "*" * 20000, "48° " * 5000,
+     '{"a": ' * 3000, "1." + "1" * 20000],
+)
+def test_adversarial_replies_are_parsed_quickly(text):
+    # Catastrophic regex backtracking would take seconds to minutes here.
+    import time
+
+    t0 = time.perf_counter()
+    parse_latlon(text)
+    assert time.perf_counter() - t0 < 2.0

@@ -33,6 +33,10 @@ __all__ = ["parse_latlon", "parse_coordinate", "valid_latlon"]
 LatLon = tuple[float, float]
 
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
+_SPACES = re.compile(r"[^\S\n]+")
+_NEWLINES = re.compile(r"\s*\n\s*")
+#: Replies are read from their end (where the answer is); longer ones are cut to this.
+_MAX_CHARS = 50_000
 _MINUS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-"})
 
 _LAT_KEYS = {"latitude", "lat"}
@@ -131,34 +135,38 @@ def parse_coordinate(value: Any) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _json_objects(text: str) -> Iterator[str]:
-    """Every balanced ``{...}`` substring (outermost first, then nested ones), in order of start."""
-    n = len(text)
-    for start in range(n):
-        if text[start] != "{":
-            continue
-        depth = 0
-        in_str: str | None = None
-        i = start
-        while i < n:
-            c = text[i]
-            if in_str is not None:
-                if c == "\\":
-                    i += 2
-                    continue
-                if c == in_str:
-                    in_str = None
-            elif c in "\"'":
-                # A quote only opens a string where JSON/Python would allow one.
-                in_str = c
-            elif c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    yield text[start : i + 1]
-                    break
-            i += 1
+#: Longest JSON object considered an answer; bounds the work on adversarial replies.
+_MAX_OBJECT_CHARS = 2000
+
+
+def _json_objects(text: str) -> list[str]:
+    """The balanced ``{...}`` substrings (nested ones too) of at most ``_MAX_OBJECT_CHARS``,
+    in order of their start, found in one pass. Quotes are tracked inside braces only, so an
+    apostrophe in the surrounding prose does not matter."""
+    spans: list[tuple[int, int]] = []
+    stack: list[int] = []
+    in_str: str | None = None
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if in_str is not None:
+            if c == "\\":
+                i += 2
+                continue
+            if c == in_str:
+                in_str = None
+        elif c == "{":
+            stack.append(i)
+        elif c == "}":
+            if stack:
+                start = stack.pop()
+                if i + 1 - start <= _MAX_OBJECT_CHARS:
+                    spans.append((start, i + 1))
+        elif c in "\"'" and stack:
+            in_str = c
+        i += 1
+    spans.sort()
+    return [text[s:e] for s, e in spans]
 
 
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
@@ -214,16 +222,19 @@ def _latlon_from_obj(obj: Any, depth: int = 0) -> LatLon | None:
     return None
 
 
+#: JSON objects tried, from the end of the reply.
+_MAX_OBJECTS = 200
+
+
 def _from_json(text: str) -> LatLon | None:
-    found: LatLon | None = None
-    for chunk in _json_objects(text):
+    for chunk in reversed(_json_objects(text)[-_MAX_OBJECTS:]):  # the last answer wins
         obj = _loads_lenient(chunk)
         if obj is None:
             continue
         ll = _latlon_from_obj(obj)
         if ll is not None:
-            found = ll  # keep the last one
-    return found
+            return ll
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +310,10 @@ def parse_latlon(text: str | None) -> LatLon | None:
     """
     if not text:
         return None
-    body = _THINK.sub(" ", text).translate(_MINUS)
+    body = _THINK.sub(" ", text)[-_MAX_CHARS:].translate(_MINUS)
+    # One space or one newline between tokens: the patterns' optional whitespace then cannot
+    # backtrack over long runs (a reply of 20,000 spaces would otherwise take seconds).
+    body = _NEWLINES.sub("\n", _SPACES.sub(" ", body))
     for extract in (_from_json, _from_labelled, _from_hemispheres, _from_pairs):
         found = extract(body)
         if found is not None:
