@@ -289,3 +289,26 @@ def test_bad_server_replies_do_not_break_other_images(server):
                         geoclip=[geoclip_prediction("a", [(1.5, 2.5)])] * 2)
     assert (preds[0].lat, preds[0].lon) == (12.5, 13.5) and not preds[0].fallback
     assert preds[1].fallback and preds[1].extra["llm_errors"]
+
+
+def test_total_usage_sums_the_run(server):
+    server.set_script(lambda req: StubReply(answer(1.5, 2.5), usage={"prompt_tokens": 5, "completion_tokens": 2,
+                                                                      "total_tokens": 7}))
+    from geofast.predict.rag import total_usage
+
+    cfg = LLMConfig(base_url=server.base_url, model="m", references=(0, 1), samples=1)
+    g = [geoclip_prediction("a", [(1.5, 2.5)])] * 3
+    preds = predict_rag([noise_image(32, 32, i) for i in range(3)], config=cfg, geoclip=g)
+    u = total_usage(preds)
+    assert (u.requests, u.prompt_tokens, u.completion_tokens, u.total_tokens) == (6, 30, 12, 42)
+    again = total_usage(predict_rag([noise_image(32, 32, i) for i in range(3)], config=cfg, geoclip=g))
+    assert (again.requests, again.cached, again.total_tokens) == (0, 6, 0)
+
+
+def test_a_failing_progress_callback_surfaces_as_its_own_error(server):
+    def boom(done, total):
+        raise KeyError("progress broke")
+
+    cfg = LLMConfig(base_url=server.base_url, model="m", references=(0,), samples=1)
+    with pytest.raises(KeyError, match="progress broke"):
+        predict_rag([noise_image(32, 32)], config=cfg, geoclip=[geoclip_prediction("a", [(1.5, 2.5)])], progress=boom)

@@ -174,8 +174,13 @@ def workloads(quick: bool) -> list[Workload]:
 
         cfg = state.config
         sem = asyncio.Semaphore(cfg.concurrency)
+        from geofast.llm.client import _ssl_context
+
+        # The same client settings as geofast's (incl. its reused TLS context), so the difference
+        # is geofast's own work.
         async with openai.AsyncOpenAI(base_url=cfg.base_url, api_key="sk-none", timeout=cfg.timeout_s,
-                                      max_retries=cfg.max_retries) as client:
+                                      max_retries=cfg.max_retries,
+                                      http_client=openai.DefaultAsyncHttpxClient(verify=_ssl_context())) as client:
 
             async def one(i: int, messages: list[dict[str, Any]]) -> tuple[int, str]:
                 async with sem:

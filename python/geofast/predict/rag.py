@@ -53,6 +53,7 @@ __all__ = [
     "geo_verify",
     "predict_rag",
     "run_rag",
+    "total_usage",
 ]
 
 #: Called after each image's LLM stage with (images done, images in total).
@@ -294,15 +295,18 @@ async def _ask_image(inp: RagInput, llm: LLMClient, cfg: LLMConfig, slots: async
     return out
 
 
-def _find_llm_error(eg: BaseExceptionGroup) -> LLMError | None:  # type: ignore[type-arg]
+def _leaves(eg: BaseExceptionGroup) -> list[BaseException]:  # type: ignore[type-arg]
+    out: list[BaseException] = []
     for e in eg.exceptions:
-        if isinstance(e, LLMError):
-            return e
-        if isinstance(e, BaseExceptionGroup):
-            found = _find_llm_error(e)
-            if found is not None:
-                return found
-    return None
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
+def _first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    """The exception to show for a failed task group: an LLMError if there is one (it stopped
+    the run), else the first real error."""
+    leaves = [e for e in _leaves(eg) if not isinstance(e, asyncio.CancelledError)] or [eg]
+    return next((e for e in leaves if isinstance(e, LLMError)), leaves[0])
 
 
 async def _llm_stage(
@@ -326,10 +330,10 @@ async def _llm_stage(
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(one(inp)) for inp in inputs]
     except BaseExceptionGroup as eg:
-        found = _find_llm_error(eg)
-        if found is None:
+        first = _first_error(eg)
+        if first is eg:
             raise
-        raise found from None
+        raise first from None
     return [t.result() for t in tasks]
 
 
@@ -431,6 +435,12 @@ async def arun_rag(
     return [
         _finish(inp, o, s, llm.model) for inp, o, s in zip(inputs, outcomes, scores, strict=True)
     ]
+
+
+def total_usage(predictions: Sequence[Prediction]) -> Usage:
+    """Tokens, requests, retries, cache hits and failures of a whole run, summed over its
+    predictions' ``extra["usage"]``."""
+    return Usage.total(p.extra["usage"] for p in predictions if "usage" in p.extra)
 
 
 def run_rag(
