@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import typer
 
 from geofast import __version__
-from geofast.cli import _console
+from geofast import _console
 from geofast.errors import GeofastError
 
 app = typer.Typer(
@@ -44,7 +44,7 @@ def _root(
 
 def _register_commands() -> None:
     # Each command module adds itself to `app` on import.
-    from geofast.cli import bench  # noqa: F401
+    from geofast.cli import bench, eval, locate  # noqa: F401
 
 
 _register_commands()

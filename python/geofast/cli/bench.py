@@ -11,7 +11,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from geofast.cli import _console, app
+from geofast import _console
+from geofast.cli import app
 
 
 def _fmt_time(s: float | None) -> str:

@@ -1,0 +1,128 @@
+"""``geofast eval``: score a method on a benchmark the way papers report it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from geofast import _console
+from geofast.cli import app
+
+
+def _parse_radii(text: str) -> list[float]:
+    import geofast as gf
+
+    try:
+        radii = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        radii = []
+    if not radii or any(r <= 0 for r in radii):
+        raise gf.InputError(f"--radii {text!r} must be positive numbers separated by commas", hint="e.g. --radii 1,25,200,750,2500")
+    return radii
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Path | None = typer.Argument(None, metavar="[DATASET]", help="Benchmark CSV: image,lat,lon or IMG_ID,LAT,LON (Im2GPS3k, YFCC4k)."),
+    images: Path | None = typer.Option(None, "--images", metavar="DIR", help="Folder holding the dataset's images."),
+    predictions: Path | None = typer.Option(None, "--predictions", metavar="FILE", help="Score an existing CSV (lat,lon,pred_lat,pred_lon); no model needed."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", metavar="FILE", help="Predictions are appended here; a rerun skips images already done."),
+    method: str = typer.Option("geoclip", "--method", help="geoclip or swc."),
+    model: str = typer.Option("geoclip", "--model", "-m", help="geoclip or geomapclip."),
+    clip: str | None = typer.Option(None, "--clip", metavar="ID|DIR", help="CLIP ViT-L/14 backbone (hub id or folder)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
+    radii: str = typer.Option("1,25,200,750,2500", "--radii", metavar="KM,...", help="Accuracy radii in km."),
+    distance: str = typer.Option("geodesic", "--distance", help="geodesic (WGS-84; GeoCLIP/Img2Loc/G3) or haversine (R = 6371 km; visloc/OSV-5M)."),
+    strict: bool = typer.Option(False, "--strict", help="Count error < r instead of ≤ r."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the metrics as JSON."),
+    plot: Path | None = typer.Option(None, "--plot", metavar="FILE.png", help="Draw the error CDF with the radii marked."),
+) -> None:
+    """Evaluate geolocation accuracy: accuracy at radii, median/mean error, GeoScore, PD split."""
+    import geofast as gf
+    from geofast import evaluate as ev
+
+    radii_km = _parse_radii(radii)
+    if distance not in ("geodesic", "haversine"):
+        raise gf.InputError(f"--distance {distance!r} is not geodesic or haversine")
+    if predictions is not None:
+        if dataset is not None or images is not None:
+            raise gf.InputError("--predictions scores a file on its own", hint="drop DATASET/--images, or drop --predictions")
+        scored = ev.read_predictions(predictions)
+        title = str(predictions)
+    else:
+        if dataset is None or images is None:
+            raise gf.InputError("give DATASET and --images DIR, or --predictions FILE", hint="geofast eval im2gps3k.csv --images im2gps3k/")
+        if method not in ("geoclip", "swc"):
+            raise gf.InputError(f"unknown --method {method!r}", hint="choose geoclip or swc")
+        if not images.is_dir():
+            raise gf.InputError(f"--images {images} is not a folder")
+        data = ev.read_dataset(dataset)
+        log = ev.PredictionLog.open(out)
+        todo = sum(1 for name in data.images if name not in log.done)
+        if todo:
+            from geofast.predict.geoclip import Geolocator
+
+            with _console.err.status(f"loading {model} ...", spinner="dots"):
+                locator = Geolocator.from_pretrained(model, clip=clip, device=device, progress=True)
+            _predict_all(data, images, locator, log, batch_size, method)
+        scored = _subset(ev.read_predictions(out), set(data.images))
+        title = f"{dataset.name} ({method}, {model})"
+
+    metrics = ev.score(scored.truth, scored.pred, radii=radii_km, distance=distance, strict=strict, confidence=scored.confidence)
+    metrics["failed"] = len(scored.failed)
+    metrics["failed_images"] = [{"image": i, "error": e} for i, e in scored.failed]
+    if plot is not None:
+        d = ev.distances_km(scored.truth, scored.pred, distance)
+        ev.plot_cdf(plot, d, radii_km, f"{title}: n = {metrics['n']}, {distance}{', strict' if strict else ''}")
+        _console.err.print(f"wrote {plot}")
+    if as_json:
+        _console.print_json(metrics)
+        return
+    _render(metrics, title)
+    for image, error in scored.failed[:10]:
+        _console.err.print(f"[yellow]skipped[/] {image}: {error}")
+    if len(scored.failed) > 10:
+        _console.err.print(f"... and {len(scored.failed) - 10} more (see --json)")
+
+
+def _subset(scored: Any, names: set[str]) -> Any:
+    from geofast.evaluate import ScoredFile
+
+    keep = [i for i, name in enumerate(scored.images) if name in names]
+    conf = scored.confidence[keep] if scored.confidence is not None else None
+    return ScoredFile(scored.truth[keep], scored.pred[keep], conf, [scored.images[i] for i in keep],
+                      [f for f in scored.failed if f[0] in names])
+
+
+def _predict_all(data: Any, images: Path, locator: Any, log: Any, batch_size: int, method: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from geofast.evaluate import run_predictions
+
+    columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=_console.err, transient=True) as bar:
+        task = bar.add_task("eval", total=len(data.images))
+        run_predictions(
+            data, images,
+            lambda paths: locator.predict(paths, top_k=5, batch_size=batch_size, method=method, places=False),
+            log, batch_size=batch_size, on_progress=lambda n: bar.advance(task, n), method=method,
+        )
+
+
+def _render(m: dict[str, Any], title: str) -> None:
+    conv = f"{m['distance']}" + (" (R = 6371 km)" if m["distance"] == "haversine" else " (WGS-84)") + (", error < r" if m["strict"] else ", error ≤ r")
+    table = Table(title=f"{title} — {m['n']} images scored, {m['failed']} failed — {conv}", title_justify="left")
+    blocks = [("all", m)] + [(k.replace("_", "-"), m[k]) for k in ("localizable", "non_localizable") if k in m]
+    table.add_column("radius", justify="right")
+    for name, b in blocks:
+        table.add_column(f"{name} (n={b['n']})", justify="right")
+    for r in m["radii_km"]:
+        key = f"{r:g}"
+        table.add_row(f"{key} km", *[("-" if b["accuracy"][key] is None else f"{b['accuracy'][key]:.2f}%") for _, b in blocks])
+    for label, key, fmt in (("median", "median_km", "{:.1f} km"), ("mean", "mean_km", "{:.1f} km"), ("GeoScore", "geoscore", "{:.0f}")):
+        table.add_row(label, *[("-" if b[key] is None else fmt.format(b[key])) for _, b in blocks])
+    _console.out.print(table)

@@ -1,0 +1,114 @@
+"""``geofast locate``: where was this photo taken?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from geofast import _console
+from geofast.cli import app
+
+_METHODS = ("geoclip", "swc")
+
+
+@app.command("locate")
+def locate(
+    images: list[str] = typer.Argument(..., metavar="IMAGE...", help="Image files, folders (searched recursively) or glob patterns."),
+    model: str = typer.Option("geoclip", "--model", "-m", help="geoclip (photos) or geomapclip (map images)."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Candidates per image."),
+    clip: str | None = typer.Option(None, "--clip", metavar="ID|DIR", help="CLIP ViT-L/14 backbone: hub id or local folder (default $GEOFAST_CLIP, then openai/clip-vit-large-patch14)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    gallery: Path | None = typer.Option(None, "--gallery", metavar="FILE", help="Custom gallery: CSV with lat/lon columns or an (N, 2) .npy."),
+    region: str | None = typer.Option(None, "--region", metavar="LAT_MIN,LON_MIN,LAT_MAX,LON_MAX", help="Only consider gallery points inside this box."),
+    method: str = typer.Option("geoclip", "--method", help="geoclip, or swc (Search-within-Cell over the top-k candidates)."),
+    eps_km: float = typer.Option(1.0, "--eps-km", min=0.0, help="DBSCAN radius for --method swc."),
+    places: bool = typer.Option(True, "--places/--no-places", help="Name the nearest GeoNames place of each candidate."),
+    as_json: bool = typer.Option(False, "--json", help="Print only a JSON array to stdout."),
+    geojson: Path | None = typer.Option(None, "--geojson", metavar="FILE", help="Also write the top-1 points as GeoJSON."),
+    map_file: Path | None = typer.Option(None, "--map", metavar="FILE.html", help="Also write an interactive map (folium)."),
+) -> None:
+    """Predict where each photo was taken: ranked coordinates with probabilities, place names and a confidence."""
+    import geofast as gf
+    from geofast.images import expand_images
+    from geofast.output import prediction_json, write_geojson, write_map
+    from geofast.predict import Prediction
+    from geofast.predict.geoclip import Geolocator
+
+    if method not in _METHODS:
+        raise gf.InputError(f"unknown --method {method!r}", hint=f"choose one of: {', '.join(_METHODS)}")
+    if eps_km <= 0:
+        raise gf.ParameterError(f"--eps-km must be > 0, got {eps_km}")
+    from geofast.gallery import parse_region
+
+    parse_region(region)  # validate before the (slow) model load
+
+    # Expand inputs in the order given; a path that does not exist is that image's error, not the run's.
+    entries: list[str | Prediction] = []
+    for src in images:
+        try:
+            entries.extend(expand_images([src]))
+        except gf.ImageError as e:
+            entries.append(Prediction(image=src, method=method, error=str(e)))
+    if not entries:
+        raise gf.InputError("no images found in the given folders", hint="pass image files, folders or glob patterns")
+
+    with _console.err.status(f"loading {model} ...", spinner="dots"):
+        locator = Geolocator.from_pretrained(model, clip=clip, device=device, gallery=gallery, region=region, progress=True)
+
+    paths = [e for e in entries if isinstance(e, str)]
+    located = iter(_run(locator, paths, top_k, batch_size, method, eps_km, places) if paths else [])
+    results = [e if isinstance(e, Prediction) else next(located) for e in entries]
+
+    failed = [p for p in results if p.error is not None]
+    for p in failed:
+        _console.error_line(p.error or "failed")
+    if as_json:
+        _console.print_json([prediction_json(p) for p in results])
+    else:
+        for p in results:
+            if p.error is None:
+                _render(p)
+        if len(results) > 1:
+            _console.err.print(f"{len(results) - len(failed)} of {len(results)} images located")
+    if geojson is not None:
+        write_geojson(geojson, results)
+        _console.err.print(f"wrote {geojson}")
+    if map_file is not None:
+        write_map(map_file, results)
+        _console.err.print(f"wrote {map_file}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _run(locator, items, top_k, batch_size, method, eps_km, places):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if len(items) <= batch_size:
+        return locator.predict(items, top_k=top_k, batch_size=batch_size, method=method, swc_eps_km=eps_km, places=places)
+    columns = (TextColumn("locating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=_console.err, transient=True) as bar:
+        task = bar.add_task("locate", total=len(items))
+        return locator.predict(
+            items, top_k=top_k, batch_size=batch_size, method=method, swc_eps_km=eps_km, places=places,
+            on_progress=lambda n: bar.advance(task, n),
+        )
+
+
+def _render(p) -> None:  # type: ignore[no-untyped-def]
+    conf = "n/a" if p.confidence is None else f"{p.confidence:.3f}"
+    loc = "localizable" if p.localizable else "hard to localize"
+    title = f"{p.image}  —  PD25 confidence {conf} ({loc})"
+    table = Table(title=title, title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("lat", justify="right")
+    table.add_column("lon", justify="right")
+    table.add_column("probability", justify="right")
+    table.add_column("place")
+    if p.method == "swc":
+        table.add_row("swc", f"{p.lat:.5f}", f"{p.lon:.5f}", f"{p.prob:.4f}" if p.prob is not None else "-", "cluster centroid")
+    for rank, c in enumerate(p.candidates, start=1):
+        table.add_row(str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", f"{c.prob:.4f}" if c.prob is not None else "-", c.place or "")
+    _console.out.print(table)

@@ -1,0 +1,220 @@
+"""The CLIP image backbone: loading it from a hub id or a local folder, preprocessing, encoding.
+
+GeoCLIP and GeoMapCLIP freeze ``openai/clip-vit-large-patch14`` and use its projected image
+features (768-d; ``CLIPModel.get_image_features``). geofast loads only the vision tower and its
+projection (:class:`transformers.CLIPVisionModelWithProjection`), whose ``image_embeds`` are the
+same numbers, from either a full CLIP checkpoint (``model_type: clip``) or a vision-only one
+(``model_type: clip_vision_model``). A folder holding ``config.json``, the weights
+(``model.safetensors`` or ``pytorch_model.bin``) and ``preprocessor_config.json`` is enough: no
+text tower, no tokenizer.
+
+Preprocessing is the backbone's own CLIP image processor (what GeoCLIP's ``predict()`` uses via
+``AutoProcessor``): shortest side 224 bicubic, centre crop 224, CLIP mean/std.
+
+Where the backbone comes from, in order: the ``clip`` argument (``--clip``), ``$GEOFAST_CLIP``,
+then ``openai/clip-vit-large-patch14`` from the Hugging Face cache (downloaded if the hub is
+reachable and ``HF_HUB_OFFLINE`` is unset).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geofast.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+CLIP_ENV = "GEOFAST_CLIP"
+#: GeoCLIP's image MLP takes 768-d projected CLIP features.
+EXPECTED_DIM = 768
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_HINT = (
+    f"pass --clip DIR (or set {CLIP_ENV}=DIR) pointing at a local copy of {DEFAULT_CLIP} "
+    "with config.json, model.safetensors and preprocessor_config.json; on a connected machine: "
+    f"hf download {DEFAULT_CLIP} config.json model.safetensors preprocessor_config.json --local-dir DIR"
+)
+
+
+def resolve_source(clip: str | os.PathLike[str] | None) -> str:
+    """The backbone source to use: ``clip``, else ``$GEOFAST_CLIP``, else the default hub id."""
+    if clip is not None and str(clip).strip():
+        return os.fspath(clip)
+    env = os.environ.get(CLIP_ENV, "").strip()
+    return env or DEFAULT_CLIP
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else Apple MPS when available, else CPU."""
+    import torch
+
+    if device is not None and str(device).strip() and str(device) != "auto":
+        try:
+            dev = torch.device(str(device))
+        except (RuntimeError, ValueError) as e:
+            raise ModelError(f"invalid device {device!r}", hint="use cpu, cuda, cuda:N or mps") from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"device {device!r} requested but CUDA is not available", hint="use --device cpu")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ModelError(f"device {device!r} requested but MPS is not available", hint="use --device cpu")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars while loading."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled() if hasattr(hf_logging, "is_progress_bar_enabled") else True
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _snapshot(repo_id: str) -> Path:
+    """A local folder with the backbone files of a hub repo: cache first, then the network."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "preprocessor_config.json", "model.safetensors"]
+    try:
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception as cached_error:  # noqa: BLE001 - any failure means "not cached"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
+        if offline:
+            raise ModelError(
+                f"no CLIP backbone: {repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
+                hint=_HINT,
+            ) from cached_error
+    try:
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(
+            f"no CLIP backbone: {repo_id!r} is neither cached nor downloadable ({type(e).__name__})",
+            hint=_HINT,
+        ) from e
+
+
+def _vision_config(folder: Path) -> Any:
+    from transformers import CLIPVisionConfig
+
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelError(f"CLIP backbone folder {folder} has no config.json", hint=_HINT)
+    try:
+        raw = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {config_path}: {e}", hint=_HINT) from e
+    kind = raw.get("model_type")
+    if kind == "clip":
+        vision = dict(raw.get("vision_config") or {})
+        vision.pop("model_type", None)
+        config = CLIPVisionConfig(**vision)
+        # The projection width is a top-level field of a full CLIP config.
+        config.projection_dim = int(raw.get("projection_dim", config.projection_dim))
+    elif kind == "clip_vision_model":
+        config = CLIPVisionConfig.from_dict(raw)
+    else:
+        raise ModelError(
+            f"{config_path} describes a {kind!r} model, not a CLIP model",
+            hint="point --clip at a CLIP ViT checkpoint (model_type clip or clip_vision_model)",
+        )
+    if config.projection_dim != EXPECTED_DIM:
+        raise ModelError(
+            f"the CLIP backbone in {folder} projects to {config.projection_dim} dimensions; "
+            f"GeoCLIP's heads need {EXPECTED_DIM} (ViT-L/14)",
+            hint=f"use {DEFAULT_CLIP} or a checkpoint with projection_dim {EXPECTED_DIM}",
+        )
+    return config
+
+
+@dataclass
+class Backbone:
+    """A loaded CLIP vision tower with its image processor."""
+
+    model: Any
+    processor: Any
+    source: str
+    folder: Path
+    device: torch.device
+    dtype: torch.dtype
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """CLIP pixel values ``(B, 3, 224, 224)`` float32 for RGB PIL images."""
+        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected CLIP image features ``(B, 768)`` float32 (not normalised)."""
+        import torch
+
+        with torch.inference_mode():
+            x = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
+            out = self.model(pixel_values=x).image_embeds
+            return out.float()
+
+
+def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None = None) -> Backbone:
+    """Load the CLIP vision backbone (see the module docstring for where it comes from)."""
+    import torch
+
+    source = resolve_source(clip)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        folder = path
+    elif path.exists():
+        raise ModelError(f"--clip {source}: is a file; pass the folder that holds config.json", hint=_HINT)
+    elif path.is_absolute() or source.startswith((".", "~")) or source.count("/") != 1:
+        raise ModelError(f"CLIP backbone folder {source} does not exist", hint=_HINT)
+    else:
+        folder = _snapshot(source)
+    config = _vision_config(folder)
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        raise ModelError(f"CLIP backbone folder {folder} has no weights (model.safetensors)", hint=_HINT)
+
+    dev = pick_device(device)
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    from transformers import AutoImageProcessor, CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    with quiet_transformers():
+        try:
+            model, info = CLIPVisionModelWithProjection.from_pretrained(
+                folder, config=config, dtype=dtype, output_loading_info=True
+            )
+        except Exception as e:  # noqa: BLE001 - any loader failure becomes one clear message
+            raise ModelError(f"cannot load the CLIP backbone from {folder}: {e}", hint=_HINT) from e
+        missing = list(info.get("missing_keys") or []) + [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []]
+        if missing:
+            raise ModelError(
+                f"the weights in {folder} do not contain the CLIP vision tower "
+                f"({len(missing)} tensors missing or mismatched, e.g. {missing[0]})",
+                hint=_HINT,
+            )
+        if (folder / "preprocessor_config.json").is_file():
+            try:
+                processor = AutoImageProcessor.from_pretrained(folder)
+            except Exception as e:  # noqa: BLE001
+                raise ModelError(f"cannot read {folder / 'preprocessor_config.json'}: {e}", hint=_HINT) from e
+        else:
+            processor = CLIPImageProcessor()
+    model = model.to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Backbone(model=model, processor=processor, source=source, folder=folder, device=dev, dtype=dtype)

@@ -1,0 +1,111 @@
+"""Serialising predictions: the JSON objects of ``geofast locate --json``, GeoJSON and a folium map."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from geofast._io import atomic_write_text
+from geofast.predict.types import Prediction
+
+
+def _num(x: float | None, digits: int | None = None) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return round(x, digits) if digits is not None else x
+
+
+def prediction_json(p: Prediction) -> dict[str, Any]:
+    """``{"image", "predictions": [{"lat","lon","prob","place"}], "confidence", "localizable"}``,
+    or ``{"image", "error"}`` for an image that failed. RAG results add ``method``,
+    ``candidates`` and ``fallback``."""
+    if p.error is not None:
+        return {"image": p.image, "error": p.error}
+    preds = [{"lat": c.lat, "lon": c.lon, "prob": _num(c.prob), "place": c.place} for c in p.candidates if c.prob is not None]
+    if p.method in ("swc", "geoclip+swc", "rag") or not preds:
+        # The answer is not one of the ranked gallery points: put it first.
+        preds = [{"lat": p.lat, "lon": p.lon, "prob": _num(p.prob), "place": p.extra.get("place")}] + preds
+    out: dict[str, Any] = {
+        "image": p.image,
+        "predictions": preds,
+        "confidence": _num(p.confidence),
+        "localizable": p.localizable,
+    }
+    if p.method != "geoclip":
+        out["method"] = p.method
+    if p.method == "rag":
+        out["candidates"] = [
+            {"lat": c.lat, "lon": c.lon, "source": c.source, "score": _num(c.score)} for c in p.candidates
+        ]
+        out["fallback"] = p.fallback
+    for key in ("usage", "swc_members"):
+        if key in p.extra:
+            out[key] = p.extra[key]
+    return out
+
+
+def to_geojson(predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """A FeatureCollection with one Point per located image (GeoJSON is longitude first)."""
+    features = []
+    for p in predictions:
+        if p.error is not None or p.lat is None or p.lon is None:
+            continue
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [p.lon, p.lat]},
+                "properties": {
+                    "image": p.image,
+                    "prob": _num(p.prob),
+                    "confidence": _num(p.confidence),
+                    "localizable": p.localizable,
+                    "method": p.method,
+                    "place": p.candidates[0].place if p.candidates else None,
+                    "candidates": [[c.lon, c.lat, _num(c.prob)] for c in p.candidates],
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(path: str | os.PathLike[str], predictions: Sequence[Prediction]) -> None:
+    atomic_write_text(path, json.dumps(to_geojson(predictions), ensure_ascii=False, indent=1) + "\n")
+
+
+def write_map(path: str | os.PathLike[str], predictions: Sequence[Prediction]) -> None:
+    """A self-contained folium (Leaflet) HTML map: top-1 markers and the other candidates."""
+    import folium
+    from folium.plugins import MarkerCluster
+
+    located = [p for p in predictions if p.error is None and p.lat is not None]
+    if located:
+        lat0 = sum(p.lat for p in located if p.lat is not None) / len(located)
+        lon0 = sum(p.lon for p in located if p.lon is not None) / len(located)
+    else:
+        lat0, lon0 = 20.0, 0.0
+    fmap = folium.Map(location=[lat0, lon0], zoom_start=2 if len(located) != 1 else 5, tiles="OpenStreetMap")
+    group = MarkerCluster(name="predictions").add_to(fmap) if len(located) > 50 else fmap
+    for p in located:
+        place = p.candidates[0].place if p.candidates else None
+        conf = f"{p.confidence:.2f}" if p.confidence is not None else "n/a"
+        prob = f"{p.prob:.3f}" if p.prob is not None else "n/a"
+        popup = folium.Popup(
+            f"<b>{_html(p.image)}</b><br>{p.lat:.5f}, {p.lon:.5f}<br>{_html(place or '')}"
+            f"<br>prob {prob} · PD<sub>25</sub> {conf}",
+            max_width=320,
+        )
+        folium.Marker([p.lat, p.lon], popup=popup, tooltip=os.path.basename(p.image)).add_to(group)
+        for c in p.candidates[1:]:
+            folium.CircleMarker(
+                [c.lat, c.lon], radius=4, weight=1, fill=True, fill_opacity=0.6,
+                tooltip=f"{os.path.basename(p.image)}: {c.prob:.3f}" if c.prob is not None else os.path.basename(p.image),
+            ).add_to(fmap)
+    html = fmap.get_root().render()
+    atomic_write_text(path, html)
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

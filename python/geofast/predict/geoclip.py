@@ -1,0 +1,313 @@
+"""GeoCLIP / GeoMapCLIP prediction: image → ranked GPS candidates with probabilities.
+
+The image embedding (CLIP ViT-L/14 → GeoCLIP MLP → L2 norm) is scored against every gallery
+location embedding (cached once, see :mod:`geofast.gallery`) by ``gf.Gallery``; the same scan
+returns the log-sum-exp of ``logit_scale · score`` over the whole gallery, so the top-k softmax
+probabilities are ``exp(logit_scale · s − lse)`` without a second pass.
+
+Confidence is Prediction Density (Müller-Budack et al. / visloc) adapted to GeoCLIP: PD_r is the
+total softmax probability of the gallery points within r km (great circle) of the top-1
+prediction, r = 25 km; an image is *localizable* when PD_25 > 0.2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import geofast as gf
+from geofast.errors import InputError
+from geofast.images import ImageInput, expand_images, iter_loaded, load_image
+from geofast.predict.types import Candidate, Prediction
+
+if TYPE_CHECKING:
+    import torch
+
+    from geofast.models.clip import Backbone
+    from geofast.models.heads import Heads
+    from geofast.places import PlaceIndex
+
+PD_RADIUS_KM = 25.0
+LOCALIZABLE_THRESHOLD = 0.2
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass
+class GalleryData:
+    """A gallery's coordinates, embeddings and the search structure over them."""
+
+    latlon: np.ndarray  # (N, 2) float64
+    embeddings: np.ndarray  # (N, 512) float32/float16, L2-normalised
+    label: str
+    search: Any = field(repr=False)  # gf.Gallery
+    built: bool = False
+
+
+def prediction_density(
+    query: np.ndarray,
+    top1_latlon: np.ndarray,
+    gallery: GalleryData,
+    scale: float,
+    lse: np.ndarray,
+    radius_km: float = PD_RADIUS_KM,
+) -> np.ndarray:
+    """PD_r for each query: softmax mass of gallery points within ``radius_km`` of its top-1."""
+    if query.shape[0] == 0:
+        return np.zeros(0)
+    dist = gf.haversine_matrix(top1_latlon, gallery.latlon)
+    out = np.empty(query.shape[0])
+    for b in range(query.shape[0]):
+        near = np.flatnonzero(dist[b] <= radius_km)
+        s = np.asarray(gallery.embeddings[near], dtype=np.float32) @ query[b].astype(np.float32)
+        out[b] = float(np.exp(scale * s.astype(np.float64) - lse[b]).sum())
+    return np.minimum(out, 1.0)
+
+
+class Geolocator:
+    """Locate photos with GeoCLIP (``"geoclip"``) or GeoMapCLIP (``"geomapclip"``).
+
+    >>> loc = Geolocator.from_pretrained("geoclip", clip="/models/clip-vit-large-patch14")  # doctest: +SKIP
+    >>> loc.predict(["photo.jpg"], top_k=5)[0].lat                                           # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        name: str,
+        backbone: Backbone,
+        heads: Heads,
+        gallery: GalleryData,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.backbone = backbone
+        self.heads = heads
+        self.gallery = gallery
+        self._cache_dir = cache_dir
+        self._places: PlaceIndex | None = None
+        heads.image.to(backbone.device)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str = "geoclip",
+        clip: str | os.PathLike[str] | None = None,
+        device: str | None = None,
+        gallery: str | os.PathLike[str] | np.ndarray | None = None,
+        *,
+        region: str | Sequence[float] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_dtype: str = "f32",
+        progress: bool = True,
+    ) -> Geolocator:
+        """Load a pretrained model: CLIP backbone (``clip``, ``$GEOFAST_CLIP`` or the hub id), the
+        model's trained heads, and its gallery (default, a CSV/.npy file, or an ``(N, 2)`` array),
+        optionally restricted to ``region`` = (lat_min, lon_min, lat_max, lon_max)."""
+        from geofast.models import load_model_parts
+
+        backbone, heads, files = load_model_parts(name, clip=clip, device=device)
+        gal = build_gallery(heads, files, gallery, region=region, cache_dir=cache_dir, cache_dtype=cache_dtype, progress=progress)
+        return cls(files.spec.name, backbone, heads, gal, cache_dir=cache_dir)
+
+    # -- encoders -----------------------------------------------------------------------------
+    @property
+    def logit_scale(self) -> float:
+        return self.heads.logit_scale
+
+    def _embed_pil(self, images: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        pixels = self.backbone.preprocess(images)
+        feats = self.backbone.encode(pixels)
+        with torch.inference_mode():
+            emb = self.heads.image(feats.to(next(self.heads.image.parameters()).device).float())
+            emb = torch.nn.functional.normalize(emb, dim=1)
+        return emb.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_images(self, images: Sequence[ImageInput], *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """L2-normalised float32 GeoCLIP image embeddings ``(N, 512)``; raises ``ImageError`` on a bad image."""
+        items = list(images)
+        out = np.empty((len(items), 512), dtype=np.float32)
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = [load_image(x) for x in items[start : start + batch_size]]
+            out[start : start + len(chunk)] = self._embed_pil(chunk)
+        return out
+
+    def encode_locations(self, latlon: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        """L2-normalised float32 GeoCLIP location embeddings ``(N, 512)`` of ``(N, 2)`` degrees."""
+        arr = np.asarray(latlon, dtype=np.float64)
+        if arr.ndim == 1 and arr.shape == (2,):
+            arr = arr[None, :]
+        return self.heads.location.encode(arr)
+
+    # -- prediction ---------------------------------------------------------------------------
+    def places(self) -> PlaceIndex:
+        if self._places is None:
+            from geofast.places import PlaceIndex
+
+            self._places = PlaceIndex.load(self._cache_dir)
+        return self._places
+
+    def search_embeddings(
+        self, embeddings: np.ndarray, top_k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k gallery indices, their probabilities, the PD_25 confidence and the lse per query."""
+        scale = self.logit_scale
+        scores, idx, lse = self.gallery.search.search(embeddings, top_k, lse_scale=scale)
+        probs = np.exp(scale * scores.astype(np.float64) - lse[:, None])
+        top1 = self.gallery.latlon[idx[:, 0]]
+        pd = prediction_density(embeddings, top1, self.gallery, scale, lse)
+        return idx, probs, pd, lse
+
+    def predict(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        top_k: int = 5,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        method: str = "geoclip",
+        swc_eps_km: float = 1.0,
+        places: bool = True,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Prediction]:
+        """Predict locations for images (paths, PIL images, folders or globs).
+
+        Each image gets a :class:`Prediction`; an image that cannot be read gets one with
+        ``error`` set and the rest are still located. ``method="swc"`` replaces the top-1 by
+        Search-within-Cell over the top-k candidates weighted by probability.
+        """
+        if method not in ("geoclip", "swc"):
+            raise InputError(f"unknown method {method!r} for Geolocator.predict", hint="use geoclip or swc")
+        if top_k < 1:
+            raise gf.ParameterError(f"top_k must be >= 1, got {top_k}")
+        items = _as_items(images)
+        results: list[Prediction] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = items[start : start + batch_size]
+            loaded = list(iter_loaded(chunk))
+            good = [(name, im) for _, name, im, err in loaded if im is not None]
+            by_name: dict[int, Prediction] = {}
+            if good:
+                emb = self._embed_pil([im for _, im in good])
+                idx, probs, pd, _ = self.search_embeddings(emb, top_k)
+                k = 0
+                for j, (i, name, im, err) in enumerate(loaded):
+                    if im is None:
+                        continue
+                    by_name[j] = self._prediction(name, idx[k], probs[k], float(pd[k]), method, swc_eps_km, places)
+                    k += 1
+            for j, (i, name, im, err) in enumerate(loaded):
+                if im is None:
+                    results.append(Prediction(image=name, method=method, error=str(err)))
+                else:
+                    results.append(by_name[j])
+            if on_progress is not None:
+                on_progress(len(chunk))
+        return results
+
+    def _prediction(
+        self,
+        name: str,
+        idx: np.ndarray,
+        probs: np.ndarray,
+        pd: float,
+        method: str,
+        swc_eps_km: float,
+        with_places: bool,
+    ) -> Prediction:
+        latlon = self.gallery.latlon[idx]
+        labels: list[str | None] = [None] * len(idx)
+        if with_places:
+            labels = [p.label() for p in self.places().nearest(latlon)]
+        cands = [
+            Candidate(lat=float(a), lon=float(b), prob=float(p), source=self.name, place=lab)
+            for (a, b), p, lab in zip(latlon.tolist(), probs.tolist(), labels)
+        ]
+        pred = Prediction(
+            image=name,
+            lat=cands[0].lat,
+            lon=cands[0].lon,
+            prob=cands[0].prob,
+            candidates=cands,
+            confidence=pd,
+            localizable=pd > LOCALIZABLE_THRESHOLD,
+            method=method,
+        )
+        if method == "swc":
+            lat, lon, members = gf.swc(latlon, probs, eps_km=swc_eps_km, weight_exponent=1.0)
+            pred.lat, pred.lon = float(lat), float(lon)
+            pred.prob = float(probs[members].sum())
+            pred.extra["swc_members"] = [int(m) for m in members]
+        return pred
+
+
+def _as_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    from PIL import Image
+
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    items: list[ImageInput] = []
+    for x in images:
+        if isinstance(x, Image.Image):
+            items.append(x)
+        else:
+            items.extend(expand_images([x]))
+    return items
+
+
+def build_gallery(
+    heads: Heads,
+    files: Any,
+    gallery: str | os.PathLike[str] | np.ndarray | None,
+    *,
+    region: str | Sequence[float] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_dtype: str = "f32",
+    progress: bool = True,
+) -> GalleryData:
+    """Coordinates + cached embeddings + a ``gf.Gallery`` for a model's gallery choice."""
+    from geofast.gallery import EmbeddingCache, check_latlon_array, parse_region, read_gallery_file, region_mask
+
+    if gallery is None:
+        latlon = read_gallery_file(files.default_gallery)
+        label = f"{files.spec.name} default ({files.default_gallery.name})"
+    elif isinstance(gallery, np.ndarray):
+        latlon = check_latlon_array(gallery, "gallery")
+        label = f"array of {latlon.shape[0]} points"
+    else:
+        latlon = read_gallery_file(gallery)
+        label = os.fspath(gallery)
+    if latlon.shape[0] == 0:
+        raise gf.EmptyInputError("the gallery is empty")
+    # GeoCLIP holds its gallery as float32; encode exactly those coordinates.
+    enc_latlon = latlon.astype(np.float32).astype(np.float64)
+    cache = EmbeddingCache.default(cache_dir)
+    emb, built = cache.get_or_build(
+        heads.name,
+        heads.location_digest,
+        enc_latlon,
+        cache_dtype,
+        lambda pts, advance: heads.location.encode(pts, progress=advance),
+        label=label,
+        progress=progress,
+    )
+    if region is not None:
+        box = parse_region(region) if isinstance(region, str) else parse_region(",".join(str(v) for v in region))
+        assert box is not None
+        mask = region_mask(latlon, box)
+        if not mask.any():
+            raise InputError(
+                f"no gallery point lies inside the region {box}",
+                hint="widen --region, or build a regional gallery with gf.fibonacci_lattice",
+            )
+        latlon = latlon[mask]
+        emb = np.ascontiguousarray(emb[mask])
+        emb.setflags(write=False)
+    dtype = "f16" if emb.dtype == np.float16 else "f32"
+    search = gf.Gallery(emb, dtype=dtype)
+    return GalleryData(latlon=latlon, embeddings=emb, label=label, search=search, built=built)
