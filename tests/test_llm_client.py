@@ -85,6 +85,9 @@ def test_exif_orientation_is_applied(server, tmp_path):
     im.save(path, exif=exif.tobytes())
     predict_rag([str(path)], config=cfg(server), geoclip=one_geoclip())
     assert jpeg_size(server.requests[0].image_bytes())[1] == (200, 400)
+    with Image.open(path) as opened:  # a PIL image that still carries the tag
+        predict_rag([opened], config=cfg(server, image_max_side=100), geoclip=one_geoclip())
+    assert jpeg_size(server.requests[1].image_bytes())[1] == (50, 100)
 
 
 def test_prompts_hold_the_references_and_samples(server):
@@ -447,8 +450,9 @@ def test_image_loading_errors_are_per_image(server, tmp_path):
     images = [noise_image(40, 30), str(tmp_path / "missing.jpg"), str(bad)]
     preds = predict_rag(images, config=cfg(server), geoclip=one_geoclip(3))
     assert preds[0].ok and not preds[0].fallback
-    assert "not found" in preds[1].error
-    assert "cannot read image" in preds[2].error
+    # The messages are geofast.images.load_image's.
+    assert "missing.jpg" in preds[1].error and "no such file" in preds[1].error
+    assert "broken.jpg" in preds[2].error and "not an image" in preds[2].error
     assert len(server.requests) == 1
 
 

@@ -69,7 +69,7 @@ def test_fast_downscale_matches_a_full_lanczos_resize():
     assert np.abs(ours - ref).mean() < 2.0  # JPEG q90 + box pre-reduction: a couple of levels
 
 
-def test_jpeg_path_decoded_with_draft_has_the_right_size(tmp_path):
+def test_jpeg_path_is_downscaled_like_a_full_lanczos_resize(tmp_path):
     path = tmp_path / "big.jpg"
     _smooth(2400, 1800).save(path, quality=95)
     enc = encode_image(str(path), 512)
@@ -82,7 +82,7 @@ def test_jpeg_path_decoded_with_draft_has_the_right_size(tmp_path):
 
 
 def test_non_rgb_images_are_converted():
-    for mode in ("L", "RGBA", "P", "CMYK"):
+    for mode in ("L", "RGBA", "P", "CMYK", "I;16"):
         im = _smooth(100, 80).convert(mode)
         enc = encode_image(im, 64)
         with Image.open(io.BytesIO(enc.jpeg)) as got:

@@ -25,10 +25,10 @@ CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    """``$GEOFAST_CACHE/llm``, or ``~/.cache/geofast/llm``."""
-    root = os.environ.get("GEOFAST_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "geofast"
-    return base / "llm"
+    """``$GEOFAST_CACHE/llm``, or ``~/.cache/geofast/llm`` (:func:`geofast.cache.cache_root`)."""
+    from geofast.cache import cache_root
+
+    return cache_root() / "llm"
 
 
 def request_key(

@@ -35,33 +35,20 @@ class EncodedImage:
         return "data:image/jpeg;base64," + base64.b64encode(self.jpeg).decode("ascii")
 
 
-def _load_image(path: str | os.PathLike[str], max_side: int | None = None) -> PILImage.Image:
-    """Open an image file as RGB with its EXIF orientation applied.
+def _load_image(image: ImageLike) -> PILImage.Image:
+    """The image the project's way (:func:`geofast.images.load_image`): 8-bit RGB with its EXIF
+    orientation applied (also for PIL images that still carry the tag), one-line
+    :class:`~geofast.errors.ImageError` for a bad file."""
+    from geofast.images import load_image
 
-    With ``max_side``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
-    keeps its longest side ≥ ``max_side`` (Pillow's ``draft``), which makes a 12 MP photo
-    several times cheaper to open. Stand-in for ``geofast.images.load_image`` until that lands;
-    the only place the LLM stage opens files.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as f:
-            if max_side is not None and f.format == "JPEG":
-                f.draft("RGB", (max_side, max_side))
-            return (ImageOps.exif_transpose(f) or f).convert("RGB")
-    except FileNotFoundError:
-        raise ImageError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"cannot read image {path}: {e}") from None
+    return load_image(image)
 
 
 def image_name(image: ImageLike, index: int) -> str:
     """The name a prediction reports for ``image``: its path, or ``<image N>`` for a PIL image."""
-    if isinstance(image, str | os.PathLike):
-        return os.fspath(image)
-    filename = getattr(image, "filename", "")
-    return str(filename) if filename else f"<image {index}>"
+    from geofast.images import image_name as _name
+
+    return _name(image, index)
 
 
 def encode_image(image: ImageLike, max_side: int = 512, quality: int = 90) -> EncodedImage:
@@ -72,9 +59,7 @@ def encode_image(image: ImageLike, max_side: int = 512, quality: int = 90) -> En
     """
     from PIL import Image
 
-    im = image if isinstance(image, Image.Image) else _load_image(image, max_side)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
+    im = _load_image(image)
     w, h = im.size
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}×{h})")
