@@ -1,0 +1,445 @@
+"""A chat client for any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server).
+
+Built on ``openai.AsyncOpenAI``, whose own retry loop does the reliability work: it retries
+connection errors, timeouts, 408/409/429 and 5xx responses up to ``max_retries`` times with
+exponential backoff (0.5 s · 2^attempt, capped at 8 s, minus up to 25 % jitter) and honours a
+server's ``Retry-After``/``retry-after-ms`` header up to 120 s. geofast adds what the client
+does not have:
+
+- a concurrency limit (an ``asyncio.Semaphore`` around every HTTP request, retries included);
+- an on-disk response cache (:mod:`geofast.llm.cache`) consulted before the limit;
+- a circuit breaker: when the endpoint cannot be reached or times out before any request has
+  succeeded, the run stops with :class:`~geofast.errors.LLMError` instead of retrying every
+  image; authentication and unknown-model errors stop it at once;
+- token usage per request, summed by the caller.
+
+The API key comes from ``GEOFAST_LLM_API_KEY`` or ``OPENAI_API_KEY`` (or the ``api_key``
+argument of :class:`LLMClient` for library callers), never from the command line. A non-OpenAI
+endpoint without a key gets a placeholder, as local servers accept any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from geofast.errors import LLMError, ParameterError
+from geofast.llm.cache import ResponseCache, request_key
+from geofast.llm.image import EncodedImage
+
+__all__ = [
+    "API_KEY_ENV_VARS",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MODEL",
+    "OPTION_NAMES",
+    "ChatAnswer",
+    "LLMClient",
+    "LLMConfig",
+    "Usage",
+    "resolve_api_key",
+    "run_sync",
+]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+#: Environment variables holding the API key, in order of precedence.
+API_KEY_ENV_VARS = ("GEOFAST_LLM_API_KEY", "OPENAI_API_KEY")
+BASE_URL_ENV_VARS = ("GEOFAST_LLM_BASE_URL", "OPENAI_BASE_URL")
+MODEL_ENV_VAR = "GEOFAST_LLM_MODEL"
+#: Sent to endpoints other than OpenAI's when no key is configured (local servers accept any).
+NO_KEY_PLACEHOLDER = "sk-no-key-required"
+
+#: The CLI option that sets each :class:`LLMConfig` field (error hints name them).
+OPTION_NAMES: dict[str, str] = {
+    "base_url": "--llm-base-url",
+    "model": "--llm-model",
+    "timeout_s": "--llm-timeout",
+    "max_retries": "--llm-retries",
+    "concurrency": "--llm-concurrency",
+    "temperature": "--llm-temperature",
+    "samples": "--llm-samples",
+    "references": "--llm-references",
+    "nearest": "--llm-nearest",
+    "farthest": "--llm-farthest",
+    "image_max_side": "--llm-image-size",
+    "max_tokens": "--llm-max-tokens",
+    "cache": "--llm-cache/--no-llm-cache",
+}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Everything the RAG stage needs to know about the LLM; one field per CLI option
+    (:data:`OPTION_NAMES`).
+
+    ``references`` lists the reference counts of the prompts (G3: ``(0, 5, 10, 15)``; Img2Loc:
+    ``(16,)``); each prompt holds the first r of the ``nearest`` database neighbours (or GeoCLIP
+    candidates) and the first r of the ``farthest`` neighbours, and is sampled ``samples``
+    times at ``temperature``. ``base_url`` None means ``$GEOFAST_LLM_BASE_URL``,
+    ``$OPENAI_BASE_URL`` or OpenAI's; ``model`` None means ``$GEOFAST_LLM_MODEL`` or
+    ``gpt-4o-mini``.
+    """
+
+    base_url: str | None = None
+    model: str | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    concurrency: int = 8
+    temperature: float = 0.7
+    samples: int = 2
+    references: tuple[int, ...] = (0, 5, 10, 15)
+    nearest: int = 16
+    farthest: int = 16
+    image_max_side: int = 512
+    max_tokens: int = 256
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "references", tuple(int(r) for r in self.references))
+
+        def bad(name: str, why: str) -> ParameterError:
+            return ParameterError(
+                f"LLM option {name}={getattr(self, name)!r}: {why}",
+                hint=f"set {OPTION_NAMES[name]} accordingly",
+            )
+
+        if not self.timeout_s > 0:
+            raise bad("timeout_s", "the request timeout must be > 0 seconds")
+        if self.max_retries < 0:
+            raise bad("max_retries", "retries must be >= 0")
+        if self.concurrency < 1:
+            raise bad("concurrency", "at least one request must be allowed in flight")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise bad("temperature", "temperature must lie in [0, 2]")
+        if self.samples < 1:
+            raise bad("samples", "at least one sample per prompt is needed")
+        if self.samples > 1 and self.temperature == 0.0:
+            raise bad("samples", "several samples at temperature 0 would be identical; raise the temperature")
+        if not self.references or any(r < 0 for r in self.references):
+            raise bad("references", "give one or more reference counts >= 0, e.g. 0,5,10,15")
+        if self.nearest < 0 or self.farthest < 0:
+            raise bad("nearest" if self.nearest < 0 else "farthest", "neighbour counts must be >= 0")
+        if self.image_max_side < 16:
+            raise bad("image_max_side", "the image must keep at least 16 px on its longest side")
+        if self.max_tokens < 1:
+            raise bad("max_tokens", "max_tokens must be >= 1")
+
+    @classmethod
+    def img2loc(cls, **overrides: Any) -> LLMConfig:
+        """Img2Loc's recipe: one prompt with the 16 nearest and 16 farthest neighbours, one sample."""
+        base: dict[str, Any] = {"references": (16,), "nearest": 16, "farthest": 16, "samples": 1}
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def g3(cls, **overrides: Any) -> LLMConfig:
+        """G3's recipe: prompts with 0, 5, 10 and 15 references, sampled at temperature 0.7."""
+        base: dict[str, Any] = {"references": (0, 5, 10, 15), "samples": 2, "temperature": 0.7}
+        return cls(**{**base, **overrides})
+
+    def resolved_base_url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        for var in BASE_URL_ENV_VARS:
+            value = os.environ.get(var)
+            if value:
+                return value.rstrip("/")
+        return DEFAULT_BASE_URL
+
+    def resolved_model(self) -> str:
+        return self.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Usage:
+    """Tokens and requests of one image (or, summed with ``+``, of a whole run).
+
+    ``requests`` counts answered HTTP requests (``retries`` of them were retried), ``cached``
+    answers served from the cache (they cost no tokens), ``failed`` requests that gave up."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    requests: int = 0
+    retries: int = 0
+    cached: int = 0
+    failed: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def total(cls, usages: Any) -> Usage:
+        """Sum of ``usages`` (Usage objects or the ``extra["usage"]`` dicts of predictions)."""
+        out = cls()
+        for u in usages:
+            out = out + (u if isinstance(u, Usage) else cls(**{k: int(v) for k, v in u.items()}))
+        return out
+
+
+@dataclass
+class ChatAnswer:
+    """The reply to one request: its text (None when the request failed, ``error`` says why)."""
+
+    content: str | None
+    usage: Usage = field(default_factory=Usage)
+    cached: bool = False
+    error: str | None = None
+
+
+def _is_openai(base_url: str) -> bool:
+    host = urlparse(base_url).hostname or ""
+    return host == "api.openai.com" or host.endswith(".openai.com")
+
+
+def resolve_api_key(base_url: str, api_key: str | None = None) -> str:
+    """``api_key``, else ``$GEOFAST_LLM_API_KEY``, else ``$OPENAI_API_KEY``; a placeholder for a
+    non-OpenAI endpoint; :class:`LLMError` for OpenAI's endpoint without a key."""
+    if api_key:
+        return api_key
+    for var in API_KEY_ENV_VARS:
+        value = os.environ.get(var)
+        if value:
+            return value
+    if _is_openai(base_url):
+        raise LLMError(
+            f"no API key for {base_url}",
+            hint="export GEOFAST_LLM_API_KEY=... (or OPENAI_API_KEY); keys are never taken on the command line",
+        )
+    return NO_KEY_PLACEHOLDER
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from synchronous code, also when an event loop is already
+    running in this thread (Jupyter): then on a fresh loop in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="geofast-llm") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _text_of(content: Any) -> str | None:
+    """The text of a message's content: a string, or (some servers) a list of text parts."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") if isinstance(p, dict) else getattr(p, "text", "") for p in content]
+        return "".join(str(p) for p in parts if p) or None
+    return None
+
+
+_SSL_CONTEXT: Any = None
+
+
+def _ssl_context() -> Any:
+    """One verifying TLS context for the process (certifi's CA bundle when installed), for
+    plain-http endpoints: they need no TLS, but httpx loads a CA bundle for every client
+    (~80 ms on every call of the RAG stage). It only matters if such an endpoint redirects to
+    https, and then it verifies certificates as usual."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        import ssl
+
+        try:
+            import certifi
+
+            cafile: str | None = certifi.where()
+        except ImportError:  # pragma: no cover - certifi comes with httpx
+            cafile = None
+        _SSL_CONTEXT = ssl.create_default_context(cafile=cafile)
+    return _SSL_CONTEXT
+
+
+def _error_message(e: BaseException) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        msg = err.get("message") if isinstance(err, dict) else err
+        if msg:
+            return str(msg).strip().splitlines()[0][:300]
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+class LLMClient:
+    """Asks one OpenAI-compatible endpoint about images, with a concurrency limit and a cache.
+
+    Use it inside an event loop as an async context manager::
+
+        async with LLMClient(config) as llm:
+            answer = await llm.ask(prompt, encoded_image, sample=0)
+
+    ``cache`` overrides the default :class:`ResponseCache` (``$GEOFAST_CACHE/llm``); it is
+    ignored when ``config.cache`` is false. ``api_key`` is for library callers; the CLI reads
+    the environment only.
+    """
+
+    def __init__(
+        self,
+        config: LLMConfig | None = None,
+        *,
+        api_key: str | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self.config = config if config is not None else LLMConfig()
+        self.base_url = self.config.resolved_base_url()
+        self.model = self.config.resolved_model()
+        self._api_key = resolve_api_key(self.base_url, api_key)
+        self.cache: ResponseCache | None = None
+        if self.config.cache:
+            self.cache = cache if cache is not None else ResponseCache()
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
+        self._succeeded = False
+        self._fatal: LLMError | None = None
+
+    def __repr__(self) -> str:
+        return f"LLMClient(base_url={self.base_url!r}, model={self.model!r}, cache={self.cache!r})"
+
+    async def __aenter__(self) -> LLMClient:
+        import openai
+
+        extra: dict[str, Any] = {}
+        if urlparse(self.base_url).scheme == "http":
+            extra["http_client"] = openai.DefaultAsyncHttpxClient(verify=_ssl_context())
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key,
+            timeout=self.config.timeout_s,
+            max_retries=self.config.max_retries,
+            **extra,
+        )
+        self._sem = asyncio.Semaphore(self.config.concurrency)
+        self._succeeded = False
+        self._fatal = None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def key(self, prompt: str, image: EncodedImage, sample: int) -> str:
+        """The cache key of one request."""
+        return request_key(
+            base_url=self.base_url,
+            model=self.model,
+            prompt=prompt,
+            image_sha256=image.sha256,
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_tokens,
+            sample=sample,
+        )
+
+    def messages(self, prompt: str, image: EncodedImage) -> list[dict[str, Any]]:
+        """The chat messages of one request: the prompt text and the image as a data URL."""
+        return [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": prompt},
+                    {"type": "image_url", "image_url": {"url": image.data_url}},
+                ],
+            }
+        ]
+
+    def _stop(self, message: str, hint: str) -> LLMError:
+        """Remember a configuration error so that queued requests fail without being sent."""
+        self._fatal = LLMError(message, hint=hint)
+        return self._fatal
+
+    async def ask(self, prompt: str, image: EncodedImage, sample: int = 0) -> ChatAnswer:
+        """One sample of ``prompt`` about ``image``: from the cache, else from the endpoint.
+
+        Transient failures that survive the client's retries come back as a
+        :class:`ChatAnswer` with ``error`` set; configuration problems raise :class:`LLMError`.
+        """
+        if self._client is None or self._sem is None:
+            raise RuntimeError("LLMClient.ask() outside `async with LLMClient(...)`")
+        key = self.key(prompt, image, sample) if self.cache is not None else ""
+        if self.cache is not None:
+            record = self.cache.get(key)
+            if record is not None:
+                return ChatAnswer(record["content"], Usage(cached=1), cached=True)
+
+        import openai
+
+        cfg = self.config
+        async with self._sem:
+            if self._fatal is not None:  # another request already found the endpoint unusable
+                raise self._fatal
+            try:
+                raw = await self._client.chat.completions.with_raw_response.create(
+                    model=self.model,
+                    messages=self.messages(prompt, image),
+                    temperature=cfg.temperature,
+                    max_tokens=cfg.max_tokens,
+                )
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise self._stop(
+                    f"{self.base_url} rejected the API key (HTTP {e.status_code}): {_error_message(e)}",
+                    hint="set GEOFAST_LLM_API_KEY (or OPENAI_API_KEY) to a key this endpoint accepts",
+                ) from None
+            except openai.NotFoundError as e:
+                raise self._stop(
+                    f"{self.base_url} has no model {self.model!r} or no chat endpoint (HTTP 404): {_error_message(e)}",
+                    hint=f"pass {OPTION_NAMES['model']} with a model the server serves, and check {OPTION_NAMES['base_url']} (it usually ends in /v1)",
+                ) from None
+            except openai.APITimeoutError:
+                msg = f"timed out after {cfg.timeout_s:g} s ({cfg.max_retries} retries)"
+                if not self._succeeded:
+                    raise self._stop(
+                        f"request to {self.base_url} {msg}",
+                        hint=f"raise {OPTION_NAMES['timeout_s']} or lower {OPTION_NAMES['concurrency']}",
+                    ) from None
+                return ChatAnswer(None, Usage(failed=1), error=msg)
+            except openai.APIConnectionError as e:
+                msg = f"cannot connect to {self.base_url}: {_error_message(e.__cause__ or e)}"
+                if not self._succeeded:
+                    raise self._stop(
+                        msg, hint=f"check {OPTION_NAMES['base_url']} and that the server is running"
+                    ) from None
+                return ChatAnswer(None, Usage(failed=1), error=msg)
+            except openai.APIStatusError as e:
+                return ChatAnswer(None, Usage(failed=1), error=f"HTTP {e.status_code}: {_error_message(e)}")
+            except openai.APIError as e:
+                return ChatAnswer(None, Usage(failed=1), error=f"bad response: {_error_message(e)}")
+            try:
+                response = raw.parse()
+            except Exception as e:  # noqa: BLE001 - a body that is not a chat completion (HTML, bad JSON)
+                return ChatAnswer(None, Usage(failed=1), error=f"bad response: {type(e).__name__}: {_error_message(e)}")
+
+        self._succeeded = True
+        choices = getattr(response, "choices", None) or []
+        message = getattr(choices[0], "message", None) if choices else None
+        content = _text_of(getattr(message, "content", None))
+        u = getattr(response, "usage", None)
+        usage = Usage(
+            prompt_tokens=int(getattr(u, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
+            total_tokens=int(getattr(u, "total_tokens", 0) or 0),
+            requests=1,
+            retries=int(getattr(raw, "retries_taken", 0) or 0),
+        )
+        if content is None:
+            return ChatAnswer(None, usage, error="empty reply")
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.put, key, content, usage.as_dict(), self.model)
+        return ChatAnswer(content, usage)

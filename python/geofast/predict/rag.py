@@ -1,0 +1,513 @@
+"""Retrieval-augmented LLM geolocation: Img2Loc (SIGIR 2024) and G3 (NeurIPS 2024).
+
+For each image:
+
+1. **References.** The ``nearest`` most similar photos of an image database and the
+   ``farthest`` least similar ones (nearest to the negated query, as Img2Loc does), or, with no
+   database, GeoCLIP's top-k candidates with their probabilities.
+2. **Generation.** One prompt per reference count in ``config.references`` (G3: 0, 5, 10, 15;
+   Img2Loc: 16), each sampled ``config.samples`` times, sent with the image (JPEG data URL,
+   longest side ``config.image_max_side``) to an OpenAI-compatible endpoint; requests of all
+   images run concurrently up to ``config.concurrency``, answers are cached on disk.
+3. **Parsing.** Each reply gives at most one candidate (:func:`geofast.llm.parse.parse_latlon`),
+   named by its prompt and sample (``"llm:p5s1"``: prompt with 5 references, sample 1, counting
+   from 0); replies without a valid coordinate are dropped and counted.
+4. **Geo-verification** (G3). The LLM candidates and the retrieval candidates (database
+   neighbours ``"db"``, GeoCLIP candidates ``"geoclip"``) are scored by the cosine similarity
+   between their location embedding (``encoder.encode_locations``) and the image embedding; the
+   best wins. Without an encoder the LLM answers are ranked by agreement (the medoid under
+   haversine distance first) and have no score.
+5. **Fallback.** ``Prediction.fallback`` is true when the winner is not an LLM answer:
+   ``extra["fallback_reason"]`` says whether the LLM gave nothing usable or a retrieval
+   candidate verified better.
+
+Each :class:`~geofast.predict.types.Prediction` has ``method="rag"``, its ranked candidates,
+and ``extra`` = ``{"usage": {...tokens, requests, retries, cached, failed}, "model",
+"llm_answers", "unparsed", "llm_errors", "fallback_reason"}``; :meth:`Usage.total` sums usages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from geofast.errors import ImageError, LLMError, ParameterError, ShapeError
+from geofast.llm.client import OPTION_NAMES, LLMClient, LLMConfig, Usage, run_sync
+from geofast.llm.image import ImageLike, encode_image, image_name
+from geofast.llm.parse import parse_latlon
+from geofast.llm.prompts import PromptSpec, Reference, ReferenceKind, plan_prompts
+from geofast.predict.types import Candidate, Prediction
+
+__all__ = [
+    "LocationEncoder",
+    "NeighbourSource",
+    "RagInput",
+    "apredict_rag",
+    "arun_rag",
+    "build_inputs",
+    "geo_verify",
+    "predict_rag",
+    "run_rag",
+    "total_usage",
+]
+
+#: Called after each image's LLM stage with (images done, images in total).
+Progress = Callable[[int, int], None]
+
+
+@runtime_checkable
+class LocationEncoder(Protocol):
+    """What geo-verification needs from GeoCLIP's ``Geolocator``."""
+
+    def encode_locations(self, latlon: np.ndarray) -> np.ndarray:
+        """(N, 2) degrees, latitude first → (N, D) float32, L2-normalised."""
+        ...
+
+
+@runtime_checkable
+class NeighbourSource(Protocol):
+    """What the RAG stage needs from an image database: exact or approximate max inner product
+    search. The farthest neighbours are ``search(-embeddings, k)``."""
+
+    def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, D) → (similarities (B, k), latlon (B, k, 2) degrees, ids (B, k))."""
+        ...
+
+
+@dataclass
+class RagInput:
+    """Everything the LLM stage needs about one image; built by :func:`build_inputs`."""
+
+    image: ImageLike
+    name: str
+    embedding: np.ndarray | None = None
+    nearest: list[Reference] = field(default_factory=list)
+    farthest: list[Reference] = field(default_factory=list)
+    kind: ReferenceKind = "database"
+    #: Candidates of the retrieval stage; they compete in verification, and the first is the
+    #: fallback answer when nothing can be verified.
+    retrieval: list[Candidate] = field(default_factory=list)
+    confidence: float | None = None
+    localizable: bool | None = None
+    error: str | None = None
+
+
+def _as_embeddings(image_embeddings: np.ndarray | None, n: int) -> np.ndarray | None:
+    if image_embeddings is None:
+        return None
+    emb = np.asarray(image_embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != n:
+        raise ShapeError(
+            f"image_embeddings must have shape ({n}, D) for {n} images, got {emb.shape}",
+            hint="pass one embedding row per image, e.g. Geolocator.encode_images(images)",
+        )
+    if not np.all(np.isfinite(emb)):
+        raise ParameterError("image_embeddings contain NaN or inf")
+    return emb
+
+
+def _references(sims: np.ndarray, latlon: np.ndarray, ids: np.ndarray | None) -> list[Reference]:
+    refs: list[Reference] = []
+    for j in range(latlon.shape[0]):
+        lat, lon = float(latlon[j, 0]), float(latlon[j, 1])
+        if ids is not None and int(ids[j]) < 0:
+            continue  # faiss pads missing neighbours with id -1
+        if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
+            continue
+        refs.append(Reference(lat, lon, float(sims[j])))
+    return refs
+
+
+def _search(database: NeighbourSource, emb: np.ndarray, k: int) -> list[list[Reference]]:
+    if k <= 0:
+        return [[] for _ in range(emb.shape[0])]
+    size = len(database) if hasattr(database, "__len__") else None  # type: ignore[arg-type]
+    if size is not None:
+        k = min(k, int(size))
+        if k <= 0:
+            return [[] for _ in range(emb.shape[0])]
+    sims, latlon, ids = database.search(emb, k)
+    sims = np.asarray(sims)
+    latlon = np.asarray(latlon, dtype=np.float64)
+    ids_arr = np.asarray(ids) if ids is not None else None
+    if latlon.shape != (emb.shape[0], k, 2) or sims.shape != (emb.shape[0], k):
+        raise ShapeError(
+            f"database.search returned similarities {sims.shape} and latlon {latlon.shape}; "
+            f"expected ({emb.shape[0]}, {k}) and ({emb.shape[0]}, {k}, 2)"
+        )
+    return [_references(sims[b], latlon[b], None if ids_arr is None else ids_arr[b]) for b in range(emb.shape[0])]
+
+
+def build_inputs(
+    images: Sequence[ImageLike],
+    *,
+    config: LLMConfig | None = None,
+    image_embeddings: np.ndarray | None = None,
+    database: NeighbourSource | None = None,
+    geoclip: Sequence[Prediction] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[RagInput]:
+    """The per-image inputs of the LLM stage.
+
+    References come from ``database`` (``config.nearest`` nearest and ``config.farthest``
+    farthest neighbours of ``image_embeddings``) when one is given, else from the GeoCLIP
+    predictions' candidates (best first, at most ``config.nearest``). Retrieval candidates are
+    the database neighbours (source ``"db"``) and/or GeoCLIP's candidates (``"geoclip"``). A
+    GeoCLIP prediction with ``error`` set marks its image as failed.
+    """
+    cfg = config if config is not None else LLMConfig()
+    n = len(images)
+    if names is not None and len(names) != n:
+        raise ShapeError(f"names has {len(names)} entries for {n} images")
+    if geoclip is not None and len(geoclip) != n:
+        raise ShapeError(f"geoclip has {len(geoclip)} predictions for {n} images")
+    emb = _as_embeddings(image_embeddings, n)
+    if database is not None and emb is None:
+        raise ParameterError(
+            "searching the image database needs image_embeddings",
+            hint="pass image_embeddings=Geolocator.encode_images(images)",
+        )
+
+    nearest: list[list[Reference]] = [[] for _ in range(n)]
+    farthest: list[list[Reference]] = [[] for _ in range(n)]
+    if database is not None and emb is not None and n > 0:
+        nearest = _search(database, emb, cfg.nearest)
+        farthest = _search(database, -emb, cfg.farthest)
+
+    inputs: list[RagInput] = []
+    for i, image in enumerate(images):
+        g = geoclip[i] if geoclip is not None else None
+        name = names[i] if names is not None else (g.image if g is not None and g.image else image_name(image, i))
+        inp = RagInput(image=image, name=name, embedding=None if emb is None else emb[i])
+        if g is not None:
+            inp.confidence, inp.localizable = g.confidence, g.localizable
+            if g.error is not None:
+                inp.error = g.error
+        if database is not None:
+            inp.kind = "database"
+            inp.nearest, inp.farthest = nearest[i], farthest[i]
+            inp.retrieval = [Candidate(r.lat, r.lon, source="db") for r in nearest[i]]
+        elif g is not None:
+            inp.kind = "geoclip"
+            inp.nearest = [Reference(c.lat, c.lon, c.prob) for c in g.candidates[: cfg.nearest]]
+        if g is not None:
+            inp.retrieval += [Candidate(c.lat, c.lon, prob=c.prob, source="geoclip") for c in g.candidates]
+        inputs.append(inp)
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification and ranking
+# ---------------------------------------------------------------------------------------------
+
+
+def geo_verify(image_embedding: np.ndarray, latlon: np.ndarray, encoder: LocationEncoder) -> np.ndarray:
+    """G3's geo-verification score of each location for one image: the cosine similarity of
+    ``encoder.encode_locations(latlon)`` (N, D) with ``image_embedding`` (D,). Returns (N,) float64."""
+    latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+    if latlon.shape[0] == 0:
+        return np.zeros(0)
+    return _cosines(np.asarray(encoder.encode_locations(latlon), dtype=np.float64), np.asarray(image_embedding, dtype=np.float64))
+
+
+def _cosines(loc: np.ndarray, img: np.ndarray) -> np.ndarray:
+    img = img.reshape(-1)
+    if loc.ndim != 2 or loc.shape[1] != img.shape[0]:
+        raise ShapeError(
+            f"location embeddings of shape {loc.shape} do not match an image embedding of size {img.shape[0]}",
+            hint="the encoder's location and image embeddings must live in the same space",
+        )
+    denom = np.linalg.norm(loc, axis=1) * np.linalg.norm(img)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (loc @ img) / denom
+    return np.where(denom > 0, cos, -1.0)
+
+
+def _haversine_rad(latlon: np.ndarray) -> np.ndarray:
+    """Pairwise central angles (radians) of (N, 2) degrees."""
+    lat = np.radians(latlon[:, 0])[:, None]
+    lon = np.radians(latlon[:, 1])[:, None]
+    a = np.sin((lat - lat.T) / 2) ** 2 + np.cos(lat) * np.cos(lat.T) * np.sin((lon - lon.T) / 2) ** 2
+    return 2 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def _consensus_order(llm: list[Candidate]) -> list[Candidate]:
+    """LLM answers ordered by their summed distance to the other answers (medoid first);
+    stable for ties."""
+    if len(llm) <= 2:
+        return llm
+    pts = np.array([[c.lat, c.lon] for c in llm])
+    total = _haversine_rad(pts).sum(axis=1)
+    return [llm[i] for i in np.argsort(total, kind="stable")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The LLM stage
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    llm: list[Candidate] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    unparsed: int = 0
+    errors: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _plan(inp: RagInput, cfg: LLMConfig) -> list[PromptSpec]:
+    return plan_prompts(inp.nearest, inp.farthest, cfg.references, inp.kind)
+
+
+async def _ask_image(inp: RagInput, llm: LLMClient, cfg: LLMConfig, slots: asyncio.Semaphore) -> _Outcome:
+    out = _Outcome()
+    if inp.error is not None:
+        out.error = inp.error
+        return out
+    async with slots:
+        try:
+            enc = await asyncio.to_thread(encode_image, inp.image, cfg.image_max_side)
+        except ImageError as e:
+            out.error = str(e)
+            return out
+        jobs: list[tuple[str, asyncio.Task]] = []  # type: ignore[type-arg]
+        async with asyncio.TaskGroup() as tg:
+            for spec in _plan(inp, cfg):
+                for s in range(cfg.samples):
+                    jobs.append((f"llm:p{spec.n_refs}s{s}", tg.create_task(llm.ask(spec.text, enc, s))))
+    for source, task in jobs:
+        answer = task.result()
+        out.usage = out.usage + answer.usage
+        if answer.content is None:
+            if answer.error and answer.error not in out.errors:
+                out.errors.append(answer.error)
+            continue
+        ll = parse_latlon(answer.content)
+        if ll is None:
+            out.unparsed += 1
+        else:
+            out.llm.append(Candidate(ll[0], ll[1], source=source))
+    return out
+
+
+def _leaves(eg: BaseExceptionGroup) -> list[BaseException]:  # type: ignore[type-arg]
+    out: list[BaseException] = []
+    for e in eg.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
+def _first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    """The exception to show for a failed task group: an LLMError if there is one (it stopped
+    the run), else the first real error."""
+    leaves = [e for e in _leaves(eg) if not isinstance(e, asyncio.CancelledError)] or [eg]
+    return next((e for e in leaves if isinstance(e, LLMError)), leaves[0])
+
+
+async def _llm_stage(
+    inputs: Sequence[RagInput], llm: LLMClient, cfg: LLMConfig, progress: Progress | None
+) -> list[_Outcome]:
+    # Images being prepared or waiting for answers at once: enough to keep every request slot
+    # busy, few enough that 10k images do not all sit in memory as JPEGs.
+    slots = asyncio.Semaphore(max(4, 2 * cfg.concurrency))
+    done = 0
+
+    async def one(inp: RagInput) -> _Outcome:
+        nonlocal done
+        result = await _ask_image(inp, llm, cfg, slots)
+        done += 1
+        if progress is not None:
+            progress(done, len(inputs))
+        return result
+
+    try:
+        async with llm:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(one(inp)) for inp in inputs]
+    except BaseExceptionGroup as eg:
+        first = _first_error(eg)
+        if first is eg:
+            raise
+        raise first from None
+    return [t.result() for t in tasks]
+
+
+def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str) -> Prediction:
+    extra = {
+        "usage": out.usage.as_dict(),
+        "model": model,
+        "llm_answers": len(out.llm),
+        "unparsed": out.unparsed,
+        "llm_errors": out.errors,
+        "fallback_reason": None,
+    }
+    if out.error is not None:
+        return Prediction(image=inp.name, method="rag", error=out.error, fallback=True, extra=extra,
+                          confidence=inp.confidence, localizable=inp.localizable)
+    cands = out.llm + inp.retrieval
+    if scores is not None:
+        scored = [Candidate(c.lat, c.lon, prob=c.prob, score=float(s), source=c.source, place=c.place)
+                  for c, s in zip(cands, scores, strict=True)]
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+        ranked = [scored[i] for i in order]
+    else:
+        llm = [c for c in cands if c.source.startswith("llm")]
+        ranked = _consensus_order(llm) + [c for c in cands if not c.source.startswith("llm")]
+    if not ranked:
+        extra["fallback_reason"] = "no usable LLM answer and no retrieval candidate"
+        return Prediction(image=inp.name, method="rag", fallback=True, extra=extra,
+                          error="no usable LLM answer and no retrieval candidate",
+                          confidence=inp.confidence, localizable=inp.localizable)
+    best = ranked[0]
+    fallback = not best.source.startswith("llm")
+    if fallback:
+        extra["fallback_reason"] = (
+            "no usable LLM answer" if not out.llm else "a retrieval candidate verified better"
+        )
+    return Prediction(
+        image=inp.name,
+        lat=best.lat,
+        lon=best.lon,
+        prob=best.prob,
+        candidates=ranked,
+        confidence=inp.confidence,
+        localizable=inp.localizable,
+        method="rag",
+        fallback=fallback,
+        extra=extra,
+    )
+
+
+async def arun_rag(
+    inputs: Sequence[RagInput],
+    *,
+    config: LLMConfig | None = None,
+    encoder: LocationEncoder | None = None,
+    client: LLMClient | None = None,
+    progress: Progress | None = None,
+) -> list[Prediction]:
+    """The LLM stage, parsing, verification and fallback for prepared inputs (async).
+
+    Raises :class:`LLMError` for configuration problems (no key for OpenAI, rejected key,
+    unknown model, unreachable endpoint) and when every request of the run failed.
+    """
+    llm = client if client is not None else LLMClient(config)
+    cfg = llm.config if client is not None else (config if config is not None else llm.config)
+    if encoder is not None:
+        missing = [inp.name for inp in inputs if inp.error is None and inp.embedding is None]
+        if missing:
+            raise ParameterError(
+                f"geo-verification needs the image embedding of {missing[0]}",
+                hint="pass image_embeddings=Geolocator.encode_images(images)",
+            )
+    outcomes = await _llm_stage(inputs, llm, cfg, progress) if inputs else []
+
+    total = Usage.total(o.usage for o in outcomes)
+    if total.failed > 0 and total.requests == 0 and total.cached == 0:
+        last = next((e for o in reversed(outcomes) for e in reversed(o.errors)), "unknown error")
+        raise LLMError(
+            f"all {total.failed} requests to {llm.base_url} failed; last error: {last}",
+            hint=f"check {OPTION_NAMES['base_url']}, {OPTION_NAMES['model']} and that the model accepts images",
+        )
+
+    # Verification: one encode_locations call for the candidates of all images.
+    per_image: list[list[Candidate]] = [
+        o.llm + inp.retrieval if o.error is None else [] for inp, o in zip(inputs, outcomes, strict=True)
+    ]
+    scores: list[np.ndarray | None] = [None] * len(inputs)
+    if encoder is not None:
+        flat = [(c.lat, c.lon) for cands in per_image for c in cands]
+        if flat:
+            loc = np.asarray(encoder.encode_locations(np.asarray(flat, dtype=np.float64)), dtype=np.float64)
+            if loc.ndim != 2 or loc.shape[0] != len(flat):
+                raise ShapeError(f"encode_locations returned {loc.shape} for {len(flat)} locations")
+            start = 0
+            for i, (inp, cands) in enumerate(zip(inputs, per_image, strict=True)):
+                if cands:
+                    assert inp.embedding is not None
+                    scores[i] = _cosines(loc[start : start + len(cands)], np.asarray(inp.embedding, dtype=np.float64))
+                    start += len(cands)
+    return [
+        _finish(inp, o, s, llm.model) for inp, o, s in zip(inputs, outcomes, scores, strict=True)
+    ]
+
+
+def total_usage(predictions: Sequence[Prediction]) -> Usage:
+    """Tokens, requests, retries, cache hits and failures of a whole run, summed over its
+    predictions' ``extra["usage"]``."""
+    return Usage.total(p.extra["usage"] for p in predictions if "usage" in p.extra)
+
+
+def run_rag(
+    inputs: Sequence[RagInput],
+    *,
+    config: LLMConfig | None = None,
+    encoder: LocationEncoder | None = None,
+    client: LLMClient | None = None,
+    progress: Progress | None = None,
+) -> list[Prediction]:
+    """Synchronous :func:`arun_rag`."""
+    return run_sync(arun_rag(inputs, config=config, encoder=encoder, client=client, progress=progress))
+
+
+async def apredict_rag(
+    images: Sequence[ImageLike],
+    *,
+    config: LLMConfig | None = None,
+    image_embeddings: np.ndarray | None = None,
+    database: NeighbourSource | None = None,
+    geoclip: Sequence[Prediction] | None = None,
+    encoder: LocationEncoder | None = None,
+    names: Sequence[str] | None = None,
+    client: LLMClient | None = None,
+    progress: Progress | None = None,
+) -> list[Prediction]:
+    """:func:`predict_rag` for callers inside an event loop."""
+    cfg = client.config if client is not None else (config if config is not None else LLMConfig())
+    inputs = build_inputs(
+        images, config=cfg, image_embeddings=image_embeddings, database=database, geoclip=geoclip, names=names
+    )
+    return await arun_rag(inputs, config=cfg, encoder=encoder, client=client, progress=progress)
+
+
+def predict_rag(
+    images: Sequence[ImageLike],
+    *,
+    config: LLMConfig | None = None,
+    image_embeddings: np.ndarray | None = None,
+    database: NeighbourSource | None = None,
+    geoclip: Sequence[Prediction] | None = None,
+    encoder: LocationEncoder | None = None,
+    names: Sequence[str] | None = None,
+    client: LLMClient | None = None,
+    progress: Progress | None = None,
+) -> list[Prediction]:
+    """Locate ``images`` (paths or PIL images) with a multimodal LLM, Img2Loc/G3 style.
+
+    ``image_embeddings`` (N, D) are GeoCLIP's image embeddings (``Geolocator.encode_images``);
+    they query ``database`` and are compared with ``encoder.encode_locations`` of every
+    candidate (geo-verification). ``geoclip`` are GeoCLIP's predictions for the same images
+    (``Geolocator.predict(images, top_k)``): references when there is no database, and
+    retrieval candidates either way. ``client`` replaces the :class:`LLMClient` built from
+    ``config`` (e.g. with a different cache or an ``api_key``). Returns one
+    :class:`Prediction` per image, in order, with ``method="rag"``.
+    """
+    return run_sync(
+        apredict_rag(
+            images,
+            config=config,
+            image_embeddings=image_embeddings,
+            database=database,
+            geoclip=geoclip,
+            encoder=encoder,
+            names=names,
+            client=client,
+            progress=progress,
+        )
+    )
+
