@@ -305,6 +305,16 @@ def test_faiss_index_database(dataset, backbone, tmp_path, factory):
     np.testing.assert_array_equal(res.ids, ref_i)  # tiny database: the shortlist covers everything
     np.testing.assert_allclose(res.sims, ref_s, atol=1e-5)
     assert db.faiss_index().ntotal == N_GOOD
+    if factory.startswith("IVF"):
+        assert db.manifest["index"]["search_params"] == "nprobe=4"
+        db.set_search_params("nprobe=1")  # one list: a subset, still re-ranked exactly
+        import faiss
+
+        assert faiss.extract_index_ivf(db.faiss_index()).nprobe == 1
+        one = db.search(q, 5)
+        assert one.ids[:, 0].tolist() == [0, 7, 19]
+        with pytest.raises(ParameterError, match="search parameters"):
+            db.set_search_params("bogus=3")
 
 
 # ----------------------------------------------------------------------------------------------

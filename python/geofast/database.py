@@ -475,6 +475,15 @@ def _default_search_params(factory: str, index: Any) -> str:
     return ",".join(parts)
 
 
+def _apply_search_params(index: Any, params: str) -> None:
+    faiss = _faiss()
+    try:
+        faiss.ParameterSpace().set_index_parameters(index, params)
+    except Exception as e:  # noqa: BLE001
+        raise ParameterError(f"invalid FAISS search parameters {params!r}: {str(e).strip().splitlines()[-1]}",
+                             hint="e.g. nprobe=64 for IVF indexes, efSearch=128 for HNSW") from e
+
+
 def _train_and_fill(index: Any, embeddings: np.ndarray, train_size: int, on_event: Event | None, start: int = 0) -> Any:
     n = embeddings.shape[0]
     if not index.is_trained:
@@ -548,6 +557,7 @@ class Database:
         self._gallery: Any = None
         self._faiss_index: Any = None
         self._meta_offsets: np.ndarray | None = None
+        self._search_params: str | None = None
 
     # -- properties ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -715,11 +725,20 @@ class Database:
                     index = faiss.read_index(str(self.path / INDEX))
                 except Exception as e:  # noqa: BLE001
                     raise DatabaseError(f"cannot read {self.path / INDEX}: {e}", hint=_rebuild_hint(self.path, self.manifest)) from e
-                params = self.manifest["index"].get("search_params") or ""
+                params = self._search_params if self._search_params is not None else self.manifest["index"].get("search_params")
                 if params:
-                    faiss.ParameterSpace().set_index_parameters(index, params)
+                    _apply_search_params(index, params)
             self._faiss_index = index
         return self._faiss_index
+
+    def set_search_params(self, params: str) -> None:
+        """FAISS search parameters for a non-flat index, e.g. ``"nprobe=128"`` (IVF) or
+        ``"efSearch=256"`` (HNSW); the default is recorded in the manifest at build time."""
+        if self.is_flat:
+            raise ParameterError("search parameters apply to FAISS indexes; this database is flat (exact)")
+        if self._faiss_index is not None:
+            _apply_search_params(self._faiss_index, params)
+        self._search_params = params
 
     def search(
         self,
