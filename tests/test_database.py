@@ -317,6 +317,17 @@ def test_faiss_index_database(dataset, backbone, tmp_path, factory):
             db.set_search_params("bogus=3")
 
 
+def test_untrainable_index_keeps_the_encoded_chunks(dataset, backbone, tmp_path):
+    out = tmp_path / "db"
+    with pytest.raises(DatabaseError, match="cannot train") as e:
+        Database.build(dataset["csv"], out, backbone=backbone, index="IVF64,Flat", chunk_size=8)
+    assert "Flat" in e.value.hint
+    assert not out.exists()
+    report = Database.build(dataset["csv"], out, backbone=backbone, index="Flat", chunk_size=8)
+    assert report.resumed_chunks == report.chunks == 4 and report.encoded == 0
+    assert len(Database.open(out)) == N_GOOD
+
+
 # ----------------------------------------------------------------------------------------------
 # EXIF GPS and folder sources
 # ----------------------------------------------------------------------------------------------
