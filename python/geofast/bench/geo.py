@@ -182,10 +182,12 @@ def float64_features(xy: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _location_features(quick: bool) -> Workload:
     import geofast as gf
 
+    base_note = "3 GeoCLIP B matrices (256 × 2, σ = 1, 16, 256)"
     n = 20_000 if quick else 100_000
 
     def setup() -> dict[str, Any]:
         torch, ee, enc, bs = _geoclip_location_encoding()
+        workload.note = f"{base_note}; anchor: float32 torch, {torch.get_num_threads()} threads (torch default)"
         pts = _random_latlon(n, 7)
         return {
             "pts": pts,
@@ -219,13 +221,7 @@ def _location_features(quick: bool) -> Workload:
             raise AssertionError(f"fourier_features max abs error vs float64 is {err_ours:.2e} > 2e-6")
         return f"max |Δ| vs float64: geofast {err_ours:.1e}, GeoCLIP float32 {err_torch:.1e}"
 
-    try:
-        import torch
-
-        torch_threads = f"{torch.get_num_threads()} threads (torch default)"
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch_threads = "torch default threads"
-    return Workload(
+    workload = Workload(
         name=f"equal_earth + fourier_features × 3, {n // 1000}K points",
         kernel="fourier_features",
         anchor="GeoCLIP torch equal_earth_projection + gaussian_encoding × 3",
@@ -234,9 +230,10 @@ def _location_features(quick: bool) -> Workload:
         run_anchor=anchor,
         check=check,
         target=4.0,
-        note=f"3 GeoCLIP B matrices (256 × 2, σ = 1, 16, 256); anchor: float32 torch, {torch_threads}",
+        note=f"{base_note}; anchor: float32 torch, default threads",
         repeat=3 if quick else 5,
     )
+    return workload
 
 
 def numpy_equal_earth(latlon: np.ndarray) -> np.ndarray:
@@ -280,7 +277,7 @@ def _equal_earth(quick: bool) -> Workload:
         run_geofast=lambda s: gf.equal_earth(s["pts"]),
         run_anchor=lambda s: s["ee"](s["t"]),
         check=check,
-        note="anchor: float32 torch, default threads",
+        note="anchor: float32 torch, its default threads",
         repeat=3 if quick else 5,
     )
 

@@ -8,10 +8,13 @@
 //!   d  = 2R · atan2(√h, √h')
 //!
 //! The second line follows from 1 + cos θ = 1 + sin φ₁ sin φ₂ + cos φ₁ cos φ₂ (2cos²(Δλ/2) − 1)
-//! = 2 sin²(Σφ/2) + 2 cos φ₁ cos φ₂ cos²(Δλ/2). Both h and h' are sums of non-negative terms, so
-//! each keeps full relative precision: tiny distances (h → 0) and near-antipodal pairs (h' → 0,
-//! where the usual 2R·asin(√h) is ill-conditioned and 1 − h cancels) are both accurate, and
-//! atan2 is well-conditioned everywhere.
+//! = 2 sin²(Σφ/2) + 2 cos φ₁ cos φ₂ cos²(Δλ/2). Both h and h' are sums of non-negative terms:
+//! h keeps full relative precision for tiny distances, h' never cancels near antipodes (where
+//! the usual 2R·asin(√h) is ill-conditioned and 1 − h loses everything), and atan2 is
+//! well-conditioned everywhere. Only h needs relative precision; √h' enters additively near
+//! the antipode, so sin(Σφ/2) is formed as sin(φ₂ + Δφ/2) = sin φ₂ cos(Δφ/2) + cos φ₂ sin(Δφ/2)
+//! from values already at hand (four sin/cos evaluations per pair: φ₁, φ₂, Δφ/2, Δλ/2). Pairs are
+//! put in a canonical order first, so d(p, q) and d(q, p) are bitwise equal.
 //!
 //! All angles stay in degrees until the exact quarter-circle reduction of
 //! [`sincos_deg`](crate::core::vmath::sincos_deg), so cos φ keeps its relative precision at the
@@ -44,7 +47,7 @@ use crate::simd_kernel;
 
 /// Half central angles below this (radians) take the accurate path in the matrix.
 pub const TINY_HALF_ANGLE: f64 = 5e-4;
-/// Columns of `b` per matrix tile: six 4 KiB arrays stay in L1.
+/// Columns of `b` per matrix tile: the seven 4 KiB arrays of a tile stay in L1.
 const COL_TILE: usize = 512;
 /// Smallest number of pairs worth a parallel task.
 const MIN_PAIRS_PER_TASK: usize = 16_384;
@@ -73,13 +76,39 @@ fn wrap_dlon_deg(lon1_deg: f64, lon2_deg: f64) -> f64 {
     }
 }
 
-/// θ/2 in radians for two points in degrees, given cos φ₁ and cos φ₂.
+/// A point in degrees with the sine and cosine of its latitude.
+#[derive(Clone, Copy)]
+struct LatLon {
+    lat_deg: f64,
+    lon_deg: f64,
+    sin_lat: f64,
+    cos_lat: f64,
+}
+
+impl LatLon {
+    #[inline(always)]
+    fn new(lat_deg: f64, lon_deg: f64) -> Self {
+        let (sin_lat, cos_lat) = sincos_deg(lat_deg);
+        LatLon { lat_deg, lon_deg, sin_lat, cos_lat }
+    }
+}
+
+/// θ/2 in radians between two points.
+///
+/// The pair is first put in a canonical order (by latitude, then longitude) with blends, so
+/// the result is bitwise symmetric. h needs full relative precision (it is tiny for close
+/// points) and gets it from exact Δφ/2 and Δλ/2; its complement h' only ever needs absolute
+/// precision (√h' enters θ/2 = atan2(√h, √h') additively near the antipode), so
+/// sin(Σφ/2) = sin(φ_b + Δφ/2) = sin φ_b cos(Δφ/2) + cos φ_b sin(Δφ/2) reuses the sines and
+/// cosines already at hand instead of a fifth sin/cos evaluation.
 #[inline(always)]
-fn half_angle(lat1_deg: f64, lon1_deg: f64, cos_lat1: f64, lat2_deg: f64, lon2_deg: f64, cos_lat2: f64) -> f64 {
-    let s_dlat = sincos_deg(0.5 * (lat1_deg - lat2_deg)).0;
-    let s_slat = sincos_deg(0.5 * (lat1_deg + lat2_deg)).0;
-    let (s_dlon, c_dlon) = sincos_deg(0.5 * wrap_dlon_deg(lon1_deg, lon2_deg));
-    let k = cos_lat1 * cos_lat2;
+fn half_angle(p: LatLon, q: LatLon) -> f64 {
+    let swap = (p.lat_deg > q.lat_deg) | ((p.lat_deg == q.lat_deg) & (p.lon_deg > q.lon_deg));
+    let (a, b) = if swap { (q, p) } else { (p, q) };
+    let (s_dlat, c_dlat) = sincos_deg(0.5 * (a.lat_deg - b.lat_deg));
+    let s_slat = b.sin_lat.mul_add(c_dlat, b.cos_lat * s_dlat);
+    let (s_dlon, c_dlon) = sincos_deg(0.5 * wrap_dlon_deg(a.lon_deg, b.lon_deg));
+    let k = a.cos_lat * b.cos_lat;
     let h = s_dlat.mul_add(s_dlat, k * (s_dlon * s_dlon));
     let h_comp = s_slat.mul_add(s_slat, k * (c_dlon * c_dlon));
     atan2_q1(h.sqrt(), h_comp.sqrt())
@@ -88,9 +117,7 @@ fn half_angle(lat1_deg: f64, lon1_deg: f64, cos_lat1: f64, lat2_deg: f64, lon2_d
 /// Great-circle distance in km between two valid points in degrees (no validation).
 #[inline]
 pub fn haversine_km(lat1_deg: f64, lon1_deg: f64, lat2_deg: f64, lon2_deg: f64, radius_km: f64) -> f64 {
-    let c1 = sincos_deg(lat1_deg).1;
-    let c2 = sincos_deg(lat2_deg).1;
-    2.0 * radius_km * half_angle(lat1_deg, lon1_deg, c1, lat2_deg, lon2_deg, c2)
+    2.0 * radius_km * half_angle(LatLon::new(lat1_deg, lon1_deg), LatLon::new(lat2_deg, lon2_deg))
 }
 
 simd_kernel! {
@@ -99,9 +126,7 @@ simd_kernel! {
         let n = out.len();
         let (lat1, lon1, lat2, lon2) = (&lat1[..n], &lon1[..n], &lat2[..n], &lon2[..n]);
         for i in 0..n {
-            let c1 = sincos_deg(lat1[i]).1;
-            let c2 = sincos_deg(lat2[i]).1;
-            out[i] = two_r * half_angle(lat1[i], lon1[i], c1, lat2[i], lon2[i], c2);
+            out[i] = two_r * half_angle(LatLon::new(lat1[i], lon1[i]), LatLon::new(lat2[i], lon2[i]));
         }
     }
 }
@@ -117,7 +142,7 @@ pub fn haversine<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, radius_km
     })
 }
 
-/// Per-point terms of the matrix kernel, structure of arrays.
+/// Per-point terms of the matrix kernel, structure of arrays (z = sin φ).
 struct Points {
     lat: Vec<f64>,
     lon: Vec<f64>,
@@ -187,14 +212,16 @@ simd_kernel! {
 simd_kernel! {
     /// Recompute, with the elementwise formula, the entries of a row tile below `limit_km`.
     fn close_row_tile(
-        lat_a: f64, lon_a: f64, cos_a: f64,
-        lat_b: &[f64], lon_b: &[f64], cos_b: &[f64],
+        lat_a: f64, lon_a: f64, sin_a: f64, cos_a: f64,
+        lat_b: &[f64], lon_b: &[f64], sin_b: &[f64], cos_b: &[f64],
         out: &mut [f64], two_r: f64, limit_km: f64,
     ) {
         let n = out.len();
-        let (lat_b, lon_b, cos_b) = (&lat_b[..n], &lon_b[..n], &cos_b[..n]);
+        let (lat_b, lon_b, sin_b, cos_b) = (&lat_b[..n], &lon_b[..n], &sin_b[..n], &cos_b[..n]);
         for j in 0..n {
-            let accurate = two_r * half_angle(lat_a, lon_a, cos_a, lat_b[j], lon_b[j], cos_b[j]);
+            let pa = LatLon { lat_deg: lat_a, lon_deg: lon_a, sin_lat: sin_a, cos_lat: cos_a };
+            let pb = LatLon { lat_deg: lat_b[j], lon_deg: lon_b[j], sin_lat: sin_b[j], cos_lat: cos_b[j] };
+            let accurate = two_r * half_angle(pa, pb);
             out[j] = if out[j] < limit_km { accurate } else { out[j] };
         }
     }
@@ -230,8 +257,8 @@ pub fn haversine_matrix<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, ra
                         let close = chord_row_tile(isa, pa.x[i], pa.y[i], pa.z[i], &pb.x[j0..j1], &pb.y[j0..j1], &pb.z[j0..j1], res, two_r);
                         if close > 0 {
                             close_row_tile(
-                                isa, pa.lat[i], pa.lon[i], pa.cos_lat[i],
-                                &pb.lat[j0..j1], &pb.lon[j0..j1], &pb.cos_lat[j0..j1],
+                                isa, pa.lat[i], pa.lon[i], pa.z[i], pa.cos_lat[i],
+                                &pb.lat[j0..j1], &pb.lon[j0..j1], &pb.z[j0..j1], &pb.cos_lat[j0..j1],
                                 res, two_r, limit_km,
                             );
                         }
