@@ -179,3 +179,25 @@ def test_errors(xy, b, error, text):
 def test_property_matches_float64(xy, b):
     xy, b = np.array(xy), np.array(b)
     np.testing.assert_allclose(gf.fourier_features(xy, b), reduced_features(xy, b), rtol=0, atol=5e-8)
+
+
+def test_portable_version_agrees(tmp_path, geoclip_bs):
+    """GEOFAST_SIMD=portable (the non-AVX2 build of the same kernel) stays within the bound."""
+    import subprocess
+    import sys
+
+    xy = gf.equal_earth(random_latlon(3_000, 6))
+    b = geoclip_bs[2].numpy()
+    np.save(tmp_path / "xy.npy", xy)
+    np.save(tmp_path / "b.npy", b)
+    script = (
+        "import sys, numpy as np, geofast as gf\n"
+        "d = sys.argv[1]\n"
+        "np.save(d + '/f.npy', gf.fourier_features(np.load(d + '/xy.npy'), np.load(d + '/b.npy')))\n"
+    )
+    env = dict(os.environ, GEOFAST_SIMD="portable")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, check=True)
+    portable = np.load(tmp_path / "f.npy")
+    assert portable.dtype == np.float32
+    np.testing.assert_allclose(portable, gf.fourier_features(xy, b), rtol=0, atol=6e-8)
+    np.testing.assert_allclose(portable, float64_features(xy, b), rtol=0, atol=5e-8)

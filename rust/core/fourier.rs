@@ -10,7 +10,7 @@
 //! ## Accuracy
 //! GeoCLIP evaluates 2π·v·Bᵀ in float32: at σ = 256 the argument reaches thousands of radians,
 //! where a float32 ulp is ~2.4e-4 rad, so its features carry errors of that order. Here
-//! x = v·bⱼ is formed in float64 with one fused multiply-add (in turns, no 2π factor), reduced
+//! x = v·bⱼ is formed in float64 with one multiply-add (in turns, no 2π factor), reduced
 //! exactly to r = x − n/4 with |r| ≤ 1/8 ([`vmath`](crate::core::vmath)), and sin/cos 2πr come
 //! from a minimax pair accurate to 4e-9; rounding to float32 adds at most 2⁻²⁵ ≈ 3e-8. The
 //! total error against float64 `cos(2π·(v @ B.T))` is below 5e-8 for any |x| < 2⁴⁸ turns
@@ -34,12 +34,12 @@ const MIN_VALUES_PER_TASK: usize = 32_768;
 
 simd_kernel! {
     /// One output row: cos and sin of 2π(v₀ b₀ⱼ + v₁ b₁ⱼ), |v·b| < 2⁴⁷.
-    fn row_small(v0: f64, v1: f64, b0: &[f64], b1: &[f64], out_cos: &mut [f32], out_sin: &mut [f32]) {
+    fn row_small<M>(v0: f64, v1: f64, b0: &[f64], b1: &[f64], out_cos: &mut [f32], out_sin: &mut [f32]) {
         let m = out_cos.len();
         let (b0, b1, out_sin) = (&b0[..m], &b1[..m], &mut out_sin[..m]);
         for j in 0..m {
-            let x = v0.mul_add(b0[j], v1 * b1[j]);
-            let (s, c) = sincos_turns_small_lp(x);
+            let x = M::mul_add(v0, b0[j], v1 * b1[j]);
+            let (s, c) = sincos_turns_small_lp::<M>(x);
             out_cos[j] = c as f32;
             out_sin[j] = s as f32;
         }
@@ -48,12 +48,12 @@ simd_kernel! {
 
 simd_kernel! {
     /// One output row for any finite v·b.
-    fn row_any(v0: f64, v1: f64, b0: &[f64], b1: &[f64], out_cos: &mut [f32], out_sin: &mut [f32]) {
+    fn row_any<M>(v0: f64, v1: f64, b0: &[f64], b1: &[f64], out_cos: &mut [f32], out_sin: &mut [f32]) {
         let m = out_cos.len();
         let (b0, b1, out_sin) = (&b0[..m], &b1[..m], &mut out_sin[..m]);
         for j in 0..m {
-            let x = v0.mul_add(b0[j], v1 * b1[j]);
-            let (s, c) = sincos_turns_lp(x);
+            let x = M::mul_add(v0, b0[j], v1 * b1[j]);
+            let (s, c) = sincos_turns_lp::<M>(x);
             out_cos[j] = c as f32;
             out_sin[j] = s as f32;
         }
@@ -164,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn paths_agree_and_kernels_are_bit_identical() {
+    fn reductions_and_versions_agree() {
         let mut rnd = lcg(9);
         let b0: Vec<f64> = (0..256).map(|_| 700.0 * rnd()).collect();
         let b1: Vec<f64> = (0..256).map(|_| 700.0 * rnd()).collect();
@@ -176,12 +176,15 @@ mod tests {
         row_small(Isa::portable(), 0.3, -0.2, &b0, &b1, c2, s2);
         row_any(Isa::detected(), 0.3, -0.2, &b0, &b1, c3, s3);
         row_any(Isa::portable(), 0.3, -0.2, &b0, &b1, c4, s4);
-        assert_eq!(c1, c2);
-        assert_eq!(s1, s2);
+        // Both reductions agree exactly within a version ...
         assert_eq!(c1, c3);
         assert_eq!(s1, s3);
-        assert_eq!(c3, c4);
-        assert_eq!(s3, s4);
+        assert_eq!(c2, c4);
+        assert_eq!(s2, s4);
+        // ... and the versions within the error bound (multiply-add rounding differs).
+        for (p, q) in c1.iter().chain(s1.iter()).zip(c2.iter().chain(s2.iter())) {
+            assert!((p - q).abs() <= 6e-8, "{p} vs {q}");
+        }
     }
 
     #[test]
