@@ -31,6 +31,9 @@ use crate::simd_kernel;
 const SMALL_TURNS: f64 = 1.4e14; // just under 2⁴⁷, leaving a margin for rounding of the bound
 /// Smallest number of output values worth a parallel task.
 const MIN_VALUES_PER_TASK: usize = 32_768;
+/// Largest number of output values per parallel task (whole rows, at least one), so that idle
+/// threads can take over the work of a thread the OS pauses on a busy machine.
+const MAX_VALUES_PER_TASK: usize = 262_144;
 
 simd_kernel! {
     /// One output row: cos and sin of 2π(v₀ b₀ⱼ + v₁ b₁ⱼ), |v·b| < 2⁴⁷.
@@ -85,7 +88,8 @@ pub fn fourier_features<X: Real, B: Real>(xy: ArrayView2<X>, b: ArrayView2<B>) -
         let bound = v0_max * max_abs(&b0) + v1_max * max_abs(&b1);
         let small = bound < SMALL_TURNS;
         let isa = Isa::active();
-        let rows_per_task = parallel::chunk_len(n, (MIN_VALUES_PER_TASK / width).max(1));
+        let rows_per_task = parallel::chunk_len(n, (MIN_VALUES_PER_TASK / width).max(1))
+            .min((MAX_VALUES_PER_TASK / width).max(1));
         let (v0s, v1s) = (xy.column(0), xy.column(1));
         parallel::install(|| {
             out.par_chunks_mut(rows_per_task * width).enumerate().for_each(|(t, block)| {

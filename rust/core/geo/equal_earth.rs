@@ -14,11 +14,12 @@
 //! in degrees, cos θ = √(1 − sin²θ) (≥ 1/2, no cancellation) and θ = atan2(sin θ, cos θ), all
 //! within a few ulp of the libm-based [`project`].
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
+use crate::core::buffer::{assume_init, uninit_vec, write_all};
 use crate::core::coords::{check_latlon, Real};
-use crate::core::error::GeoResult;
+use crate::core::error::{GeoError, GeoResult};
 use crate::core::parallel;
 use crate::core::simd::Isa;
 use crate::core::vmath::{atan2_q1, sincos_deg};
@@ -76,33 +77,41 @@ simd_kernel! {
 /// coordinates, `(N, 2)` float64.
 pub fn equal_earth<T: Real>(latlon: ArrayView2<T>) -> GeoResult<Array2<f64>> {
     let n = check_latlon("latlon", &latlon)?;
-    let mut out = Array2::<f64>::zeros((n, 2));
-    let chunk = parallel::chunk_len(n, 4096);
+    let mut out = uninit_vec::<f64>(2 * n, "projected coordinates")?;
+    let chunk = parallel::chunk_len(n, 4096).min(65_536);
     let isa = Isa::active();
+    let flat = latlon.as_slice();
     parallel::install(|| {
-        out.axis_chunks_iter_mut(Axis(0), chunk)
-            .into_par_iter()
-            .zip(latlon.axis_chunks_iter(Axis(0), chunk).into_par_iter())
-            .for_each(|(mut o, inp)| {
-                let mut lat = [0.0f64; TILE];
-                let mut lon = [0.0f64; TILE];
-                let mut xy = [0.0f64; 2 * TILE];
-                let rows = inp.nrows();
-                for t0 in (0..rows).step_by(TILE) {
-                    let len = TILE.min(rows - t0);
-                    for k in 0..len {
-                        lat[k] = inp[[t0 + k, 0]].to_f64();
-                        lon[k] = inp[[t0 + k, 1]].to_f64();
+        out.par_chunks_mut(2 * chunk).enumerate().for_each(|(c, out_chunk)| {
+            let mut lat = [0.0f64; TILE];
+            let mut lon = [0.0f64; TILE];
+            let mut xy = [0.0f64; 2 * TILE];
+            for (t, out_tile) in out_chunk.chunks_mut(2 * TILE).enumerate() {
+                let i0 = c * chunk + t * TILE;
+                let len = out_tile.len() / 2;
+                match flat {
+                    Some(flat) => {
+                        for (k, p) in flat[2 * i0..2 * (i0 + len)].chunks_exact(2).enumerate() {
+                            lat[k] = p[0].to_f64();
+                            lon[k] = p[1].to_f64();
+                        }
                     }
-                    project_tile(isa, &lat[..len], &lon[..len], &mut xy[..2 * len]);
-                    for k in 0..len {
-                        o[[t0 + k, 0]] = xy[2 * k];
-                        o[[t0 + k, 1]] = xy[2 * k + 1];
+                    None => {
+                        for k in 0..len {
+                            lat[k] = latlon[[i0 + k, 0]].to_f64();
+                            lon[k] = latlon[[i0 + k, 1]].to_f64();
+                        }
                     }
                 }
-            });
+                project_tile(isa, &lat[..len], &lon[..len], &mut xy[..2 * len]);
+                write_all(out_tile, &xy[..2 * len]);
+            }
+        });
     });
-    Ok(out)
+    // SAFETY: the chunks partition `out` (2 values per row) and the tiles partition each chunk;
+    // every tile was written by `write_all` above.
+    let out = unsafe { assume_init(out) };
+    Array2::from_shape_vec((n, 2), out).map_err(|e| GeoError::TooLarge { what: "projected coordinates", detail: e.to_string() })
 }
 
 #[cfg(test)]

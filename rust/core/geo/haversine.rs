@@ -51,6 +51,9 @@ pub const TINY_HALF_ANGLE: f64 = 5e-4;
 const COL_TILE: usize = 512;
 /// Smallest number of pairs worth a parallel task.
 const MIN_PAIRS_PER_TASK: usize = 16_384;
+/// Largest number of matrix entries per parallel task (whole rows, at least one): short tasks
+/// let idle threads take over the work of a thread the OS pauses on a busy machine.
+const MAX_PAIRS_PER_TASK: usize = 131_072;
 
 /// Reject a radius that is not a positive finite number.
 pub fn check_radius(radius_km: f64) -> GeoResult<()> {
@@ -243,7 +246,8 @@ pub fn haversine_matrix<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, ra
         let pb = Points::new(&b, isa);
         let two_r = 2.0 * radius_km;
         let limit_km = two_r * TINY_HALF_ANGLE;
-        let rows_per_task = parallel::chunk_len(na, (MIN_PAIRS_PER_TASK / nb).max(1));
+        let rows_per_task = parallel::chunk_len(na, (MIN_PAIRS_PER_TASK / nb).max(1))
+            .min((MAX_PAIRS_PER_TASK / nb).max(1));
         parallel::install(|| {
             out.par_chunks_mut(rows_per_task * nb).enumerate().for_each(|(t, block)| {
                 let r0 = t * rows_per_task;

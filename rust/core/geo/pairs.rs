@@ -23,6 +23,9 @@ use crate::core::parallel;
 /// Rows per gathered tile: five 2 KiB buffers, well inside L1.
 pub const TILE: usize = 256;
 
+/// Upper bound on pairs per parallel task (unless `min_chunk` is larger).
+const MAX_PAIRS_PER_TASK: usize = 65_536;
+
 /// Number of pairs of `a` (na rows) and `b` (nb rows): equal lengths, or one side a single point.
 pub fn pair_count(na: usize, nb: usize) -> GeoResult<usize> {
     if na == nb || nb == 1 {
@@ -125,7 +128,9 @@ where
     if n == 0 {
         return Ok(Array1::from_vec(Vec::new()));
     }
-    let chunk = parallel::chunk_len(n, min_chunk);
+    // Several tasks per thread, none longer than ~64K pairs, so a thread that the OS pauses on a
+    // busy machine leaves little work behind for the others to wait on.
+    let chunk = parallel::chunk_len(n, min_chunk).min(MAX_PAIRS_PER_TASK.max(min_chunk));
     let (rows_a, rows_b) = (Rows::new(a, a_one), Rows::new(b, b_one));
 
     let errors: Vec<(Option<GeoError>, Option<GeoError>)> = parallel::install(|| {
