@@ -201,3 +201,18 @@ def test_portable_version_agrees(tmp_path, geoclip_bs):
     assert portable.dtype == np.float32
     np.testing.assert_allclose(portable, gf.fourier_features(xy, b), rtol=0, atol=6e-8)
     np.testing.assert_allclose(portable, float64_features(xy, b), rtol=0, atol=5e-8)
+
+
+def _overcommit_refuses_huge_requests() -> bool:
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_refuses_huge_requests(), reason="needs Linux heuristic/strict overcommit")
+def test_too_large_output_is_an_error_not_a_crash():
+    z = np.zeros((1_000_000, 2))
+    with pytest.raises(gf.TooLargeError, match="Fourier feature matrix is too large"):
+        gf.fourier_features(z, z)  # 8 TB of float32

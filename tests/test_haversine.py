@@ -365,3 +365,20 @@ def test_radius_is_keyword_only():
     with pytest.raises(TypeError):
         gf.haversine([[0.0, 0.0]], [[1.0, 1.0]], 6371.0)  # type: ignore[misc]
     assert gf.haversine(a=[[0.0, 0.0]], b=[[0.0, 1.0]], radius_km=1.0)[0] == pytest.approx(np.radians(1.0))
+
+
+def _overcommit_refuses_huge_requests() -> bool:
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_refuses_huge_requests(), reason="needs Linux heuristic/strict overcommit")
+def test_matrix_too_large_is_an_error_not_a_crash():
+    z = np.zeros((1_000_000, 2))
+    with pytest.raises(gf.TooLargeError, match="distance matrix is too large") as info:
+        gf.haversine_matrix(z, z)  # 8 TB
+    assert isinstance(info.value, ValueError)
+    assert "smaller batches" in str(info.value)
