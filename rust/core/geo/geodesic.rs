@@ -7,7 +7,7 @@
 //! Ellipsoid: WGS-84, a = 6378137 m, f = 1/298.257223563. Result in km (s₁₂ / 1000).
 //!
 //! Broadcasting, validation and layout handling are those of
-//! [`map_pairs`](crate::core::geo::pairs::map_pairs).
+//! [`map_pairs`].
 
 use geographiclib_rs::{Geodesic, InverseGeodesic};
 use ndarray::{Array1, ArrayView2};

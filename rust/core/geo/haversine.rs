@@ -17,7 +17,7 @@
 //! put in a canonical order first, so d(p, q) and d(q, p) are bitwise equal.
 //!
 //! All angles stay in degrees until the exact quarter-circle reduction of
-//! [`sincos_deg`](crate::core::vmath::sincos_deg), so cos φ keeps its relative precision at the
+//! [`sincos_deg`], so cos φ keeps its relative precision at the
 //! poles (every longitude at ±90° gives the same point: cos φ = 0 exactly). Δλ is wrapped to
 //! [−180°, 180°] without rounding near the antimeridian: for λ₁ − λ₂ > 180° it is formed as
 //! (λ₁ − 180) − (λ₂ + 180), whose operands are exact there (Sterbenz), and symmetrically.

@@ -1,12 +1,12 @@
 //! Elementwise kernels over pairs of coordinate rows, with broadcasting.
 //!
-//! `a` (N, 2) and `b` (N, 2) give N pairs (a[i], b[i]); either side may instead be a single point
+//! `a` (N, 2) and `b` (N, 2) give N pairs (`a[i]`, `b[i]`); either side may instead be a single point
 //! (1, 2) that pairs with every row of the other. Any other pair of lengths is a shape error
 //! naming both shapes. N = 0 is valid and gives an empty result.
 //!
 //! Rows are gathered tile by tile into contiguous `f64` latitude/longitude buffers (any input
 //! layout, float32 or float64) and validated while they are read, with the same checks and
-//! messages as [`check_latlon`](crate::core::coords::check_latlon): the error reported is the
+//! messages as [`check_latlon`]: the error reported is the
 //! one `check_latlon(a)` then `check_latlon(b)` would report (a's first bad row, else b's).
 //! Tiles are spread over geofast's thread pool.
 
