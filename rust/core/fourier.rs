@@ -180,6 +180,10 @@ mod tests {
         row_small(Isa::portable(), 0.3, -0.2, &b0, &b1, c2, s2);
         row_any(Isa::detected(), 0.3, -0.2, &b0, &b1, c3, s3);
         row_any(Isa::portable(), 0.3, -0.2, &b0, &b1, c4, s4);
+        let (mut c5, mut s5) = (vec![0f32; 256], vec![0f32; 256]);
+        row_small(Isa::detected().without_avx512(), 0.3, -0.2, &b0, &b1, &mut c5, &mut s5);
+        assert_eq!(*c1, c5);
+        assert_eq!(*s1, s5);
         // Both reductions agree exactly within a version ...
         assert_eq!(c1, c3);
         assert_eq!(s1, s3);

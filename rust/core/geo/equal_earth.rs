@@ -161,8 +161,11 @@ mod tests {
         let lon: Vec<f64> = many.column(1).to_vec();
         let mut a = vec![0.0; 6000];
         let mut b = vec![0.0; 6000];
+        let mut c = vec![0.0; 6000];
         project_tile(Isa::detected(), &lat, &lon, &mut a);
         project_tile(Isa::portable(), &lat, &lon, &mut b);
+        project_tile(Isa::detected().without_avx512(), &lat, &lon, &mut c);
+        assert_eq!(a, c);
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-15 * x.abs() + 1e-18, "{x} vs {y}");
         }

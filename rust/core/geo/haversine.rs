@@ -373,7 +373,10 @@ mod tests {
         let lon2: Vec<f64> = b.column(1).to_vec();
         let mut fast = vec![0.0; 3_000];
         let mut portable = vec![0.0; 3_000];
+        let mut avx2 = vec![0.0; 3_000];
         haversine_tile(Isa::detected(), &lat1, &lon1, &lat2, &lon2, &mut fast, 2.0 * R);
+        haversine_tile(Isa::detected().without_avx512(), &lat1, &lon1, &lat2, &lon2, &mut avx2, 2.0 * R);
+        assert_eq!(fast, avx2);
         haversine_tile(Isa::portable(), &lat1, &lon1, &lat2, &lon2, &mut portable, 2.0 * R);
         for (x, y) in fast.iter().zip(&portable) {
             assert!((x - y).abs() <= 1e-15 * x + 1e-300, "{x} vs {y}");
