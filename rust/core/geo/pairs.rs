@@ -10,6 +10,7 @@
 //! one `check_latlon(a)` then `check_latlon(b)` would report (a's first bad row, else b's).
 //! Tiles are spread over geofast's thread pool.
 
+use std::any::TypeId;
 use std::mem::MaybeUninit;
 
 use ndarray::{s, Array1, ArrayView1, ArrayView2};
@@ -19,6 +20,8 @@ use crate::core::buffer::{assume_init, uninit_vec, write_all};
 use crate::core::coords::{check_cols, check_latlon, check_point, shape_str, Real};
 use crate::core::error::{GeoError, GeoResult};
 use crate::core::parallel;
+use crate::core::simd::Isa;
+use crate::simd_kernel;
 
 /// Rows per gathered tile: five 2 KiB buffers, well inside L1.
 pub const TILE: usize = 256;
@@ -38,6 +41,23 @@ pub fn pair_count(na: usize, nb: usize) -> GeoResult<usize> {
             expected: format!("{} to match a, or (1, 2) to broadcast one point", shape_str(&[na, 2])),
             got: shape_str(&[nb, 2]),
         })
+    }
+}
+
+simd_kernel! {
+    /// Split row-major (lat, lon) pairs into two arrays; true when every pair is a valid
+    /// coordinate (|lat| ≤ 90, |lon| ≤ 180, no NaN: NaN fails both comparisons).
+    fn deinterleave_f64<M>(rows: &[f64], lat: &mut [f64], lon: &mut [f64]) -> bool {
+        let n = lat.len();
+        let (rows, lon) = (&rows[..2 * n], &mut lon[..n]);
+        let mut ok = true;
+        for k in 0..n {
+            let (la, lo) = (rows[2 * k], rows[2 * k + 1]);
+            lat[k] = la;
+            lon[k] = lo;
+            ok &= (la.abs() <= 90.0) & (lo.abs() <= 180.0);
+        }
+        ok
     }
 }
 
@@ -74,6 +94,12 @@ impl<'a, T: Real> Rows<'a, T> {
                 lat.fill(*la);
                 lon.fill(*lo);
                 return;
+            }
+            Rows::Interleaved(flat) if TypeId::of::<T>() == TypeId::of::<f64>() => {
+                let rows = &flat[2 * i0..2 * (i0 + len)];
+                // SAFETY: T is f64 (same TypeId), so the slice is a slice of f64.
+                let rows = unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const f64, rows.len()) };
+                ok = deinterleave_f64(Isa::active(), rows, lat, lon);
             }
             Rows::Interleaved(flat) => {
                 let rows = &flat[2 * i0..2 * (i0 + len)];
