@@ -138,7 +138,7 @@ macro_rules! simd_kernel {
         #[allow(clippy::too_many_arguments)]
         $vis fn $name(isa: $crate::core::simd::Isa, $($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
+            #[allow(clippy::too_many_arguments, clippy::extra_unused_type_parameters)]
             fn body<$mode: $crate::core::vmath::MulAdd>($($arg: $ty),*) $(-> $ret)? $body
 
             #[cfg(target_arch = "x86_64")]
