@@ -10,7 +10,11 @@ from __future__ import annotations
 from geofast._geofast import (
     __version__,
     equal_earth,
+    fourier_features,
+    geodesic,
     get_num_threads,
+    haversine,
+    haversine_matrix,
     set_num_threads,
 )
 from geofast.errors import (
@@ -32,6 +36,10 @@ __all__ = [
     "__version__",
     # kernels
     "equal_earth",
+    "fourier_features",
+    "geodesic",
+    "haversine",
+    "haversine_matrix",
     # threads
     "get_num_threads",
     "set_num_threads",

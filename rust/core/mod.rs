@@ -5,3 +5,7 @@ pub mod coords;
 pub mod error;
 pub mod geo;
 pub mod parallel;
+pub mod simd;
+pub mod vmath;
+pub mod buffer;
+pub mod fourier;
