@@ -8,10 +8,15 @@ batches; models (GeoCLIP, GeoMapCLIP) run in torch and are imported lazily, so
 from __future__ import annotations
 
 from geofast._geofast import (
+    PointIndex,
     __version__,
+    dbscan,
     equal_earth,
+    fibonacci_lattice,
     get_num_threads,
     set_num_threads,
+    swc,
+    swc_batch,
 )
 from geofast.errors import (
     CacheError,
@@ -32,6 +37,12 @@ __all__ = [
     "__version__",
     # kernels
     "equal_earth",
+    # clustering, lattices, nearest places
+    "dbscan",
+    "swc",
+    "swc_batch",
+    "fibonacci_lattice",
+    "PointIndex",
     # threads
     "get_num_threads",
     "set_num_threads",

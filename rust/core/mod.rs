@@ -2,6 +2,10 @@
 //! imports pyo3; `cargo test --no-default-features` tests it without Python.
 
 pub mod coords;
+pub mod dbscan;
 pub mod error;
 pub mod geo;
+pub mod lattice;
+pub mod nearest;
 pub mod parallel;
+pub mod swc;

@@ -2,6 +2,7 @@
 //! numpy conversion they share. Wrappers convert, release the GIL around the core call, and
 //! convert back; they hold no logic of their own.
 
+mod cluster;
 pub mod convert;
 pub mod errors;
 mod geo;
@@ -14,5 +15,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     threads::register(m)?;
     geo::register(m)?;
+    cluster::register(m)?;
     Ok(())
 }
