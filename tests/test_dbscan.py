@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import random_latlon
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import DBSCAN
 from sklearn.neighbors import NearestNeighbors
@@ -21,6 +21,20 @@ from sklearn.neighbors import NearestNeighbors
 import geofast as gf
 
 R = 6371.0088
+
+
+# geofast runs small sparse inputs (n <= 4096) through a sort-and-sweep engine and everything else
+# through the grid; padding with far-away points forces the grid.
+GRID_PAD = 4_200
+
+
+def pad_far(pts, pad, seed=0):
+    """Append `pad` random points in the latitude band |lat| > 82 (away from the test points)."""
+    if not pad:
+        return pts
+    rng = np.random.default_rng(seed)
+    extra = np.column_stack([rng.choice([-1, 1], pad) * rng.uniform(82, 90, pad), rng.uniform(-180, 180, pad)])
+    return np.vstack([pts, extra])
 
 
 def sk_dbscan(latlon, eps_km, min_samples, sample_weight=None, radius_km=R):
@@ -160,8 +174,13 @@ def test_radius_keyword():
 
 def _pairs_at(dist_km, n, seed):
     """n point pairs at great-circle distance dist_km in random places and directions."""
+    return _pairs_from(random_latlon(n, seed), dist_km, seed)
+
+
+def _pairs_from(a, dist_km, seed):
+    """For each point of a, a partner at great-circle distance dist_km in a random direction."""
     rng = np.random.default_rng(seed)
-    a = random_latlon(n, seed)
+    n = len(a)
     brg = rng.uniform(0, 2 * np.pi, n)
     lat1, lon1 = np.radians(a[:, 0]), np.radians(a[:, 1])
     d = dist_km / R
@@ -177,14 +196,19 @@ def haversine_km(a, b):
     return 2 * R * np.arcsin(np.sqrt(h))
 
 
+@pytest.mark.parametrize("pad", [0, GRID_PAD])
 @pytest.mark.parametrize("eps_km", [0.001, 1.0, 7.5, 300.0])
-def test_boundary_pairs_at_eps_plus_minus_1e9_km(eps_km):
+def test_boundary_pairs_at_eps_plus_minus_1e9_km(eps_km, pad):
     for delta, inside in [(-1e-9, True), (1e-9, False)]:
-        a, b = _pairs_at(eps_km + delta, 300, seed=int(eps_km * 1000) + (delta > 0))
+        seed = int(eps_km * 1000) + (delta > 0)
+        a = random_latlon(300, seed) * [75 / 90, 1.0]  # clear of the padding band
+        a, b = _pairs_from(a, eps_km + delta, seed)
         pts = np.empty((600, 2))
         pts[0::2], pts[1::2] = a, b
-        labels = gf.dbscan(pts, eps_km, 2)
-        np.testing.assert_array_equal(labels, sk_dbscan(pts, eps_km, 2).labels_)
+        padded = pad_far(pts, pad if eps_km < 100 else 0)
+        labels = gf.dbscan(padded, eps_km, 2)
+        np.testing.assert_array_equal(labels, sk_dbscan(padded, eps_km, 2).labels_)
+        labels = labels[:600]
         # Independent check on pairs that have no other point nearby: clustered iff inside.
         d = haversine_km(pts[:, None, :], pts[None, :, :])
         np.fill_diagonal(d, np.inf)
@@ -199,24 +223,25 @@ def test_boundary_pairs_at_eps_plus_minus_1e9_km(eps_km):
             assert (first == -1).all() and (second == -1).all()
 
 
-def test_pairs_exactly_at_eps_follow_sklearn():
+@pytest.mark.parametrize("pad", [0, GRID_PAD])
+def test_pairs_exactly_at_eps_follow_sklearn(pad):
     # Pairs at exactly eps: sklearn's float haversine decides, and geofast decides the same way.
     rng = np.random.default_rng(8)
     pts = []
     eps_km = 2.5
     for _ in range(400):
-        lat = rng.uniform(-80, 80)
+        lat = rng.uniform(-75, 75)
         lon = rng.uniform(-179, 179)
         if rng.random() < 0.5:
             pts += [[lat, lon], [lat + np.degrees(eps_km / R), lon]]
         else:
             dlon = np.degrees(2 * np.arcsin(np.sin(eps_km / (2 * R)) / np.cos(np.radians(lat))))
             pts += [[lat, lon], [lat, lon + dlon]]
-    pts = np.array(pts)
+    pts = pad_far(np.array(pts), pad)
     labels = gf.dbscan(pts, eps_km, 2)
     ref = sk_dbscan(pts, eps_km, 2).labels_
     np.testing.assert_array_equal(labels, ref)
-    decided_in = (ref[0::2] >= 0).mean()
+    decided_in = (ref[0:800:2] >= 0).mean()
     assert 0.0 < decided_in < 1.0  # genuinely on the boundary: sklearn's rounding goes both ways
 
 
@@ -250,6 +275,17 @@ def test_hypothesis_matches_sklearn(case):
         assert (labels == -1).all()
         return
     check_dbscan_semantics(labels, pts, eps, m, sample_weight=w)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(dbscan_cases())
+def test_hypothesis_matches_sklearn_on_the_grid_engine(case):
+    pts, eps, m, w = case
+    assume(eps <= 20.0)  # keeps sklearn's neighbourhoods of the padding small
+    pts = pad_far(pts, GRID_PAD, seed=len(pts))
+    if w is not None:
+        w = np.concatenate([w, np.ones(GRID_PAD)])
+    check_dbscan_semantics(gf.dbscan(pts, eps, m, sample_weight=w), pts, eps, m, sample_weight=w)
 
 
 def test_float32_strided_and_list_inputs():

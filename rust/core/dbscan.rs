@@ -37,6 +37,11 @@
 //!    lock-free union-find shared by the threads;
 //! 3. border points take the lowest cluster label among the cubes holding a core neighbour.
 //!
+//! Small inputs (N ≤ 4096) whose points are sparse along their widest axis take a simpler,
+//! sequential engine instead: sort by that coordinate and sweep a window of width e (at most 16
+//! candidate pairs per point, else the grid is used); it is 2–4× faster there and gives the same
+//! labels (both engines are tested against the O(n²) oracle and sklearn).
+//!
 //! Memory is O(N): no point-level neighbour list is ever built; about 150 bytes per point plus
 //! 4 bytes per pair of neighbouring cubes (measured peak ≈ 160 MiB above the input for 1M points).
 //! For ε below about 4.4 cm on Earth (a clique cube would be under 4e-9 in chord units, where cube
@@ -58,6 +63,13 @@ const MIN_SIDE: f64 = 4e-9;
 
 /// Marker for "no point" in `u32` position arrays.
 const NONE: u32 = u32::MAX;
+
+/// ⌊x⌋ for |x| < 2⁶³ without a libm call (x86-64 before SSE4.1 has no rounding instruction).
+#[inline(always)]
+fn floor_i64(x: f64) -> i64 {
+    let t = x as i64;
+    t - ((t as f64) > x) as i64
+}
 
 /// Validate the scalar DBSCAN parameters shared by [`dbscan`] and Search-within-Cell.
 pub fn check_params(eps_km: f64, min_samples: i64, radius_km: f64) -> GeoResult<()> {
@@ -356,9 +368,9 @@ impl<'a, T: Real> Grid<'a, T> {
                     let i = base + j;
                     let u = unit_vector(latlon[[i, 0]].to_f64(), latlon[[i, 1]].to_f64());
                     *v = u;
-                    let ix = (u[0] * inv).floor() as i64;
-                    let iy = (u[1] * inv).floor() as i64;
-                    let iz = (u[2] * inv).floor() as i64;
+                    let ix = floor_i64(u[0] * inv);
+                    let iy = floor_i64(u[1] * inv);
+                    let iz = floor_i64(u[2] * inv);
                     let col =
                         (((ix >> 1) + (1 << 31)) as u64) << 32 | ((iy >> 1) + (1 << 31)) as u64;
                     let oct = ((ix & 1) << 2 | (iy & 1) << 1 | (iz & 1)) as u64;
@@ -500,8 +512,166 @@ pub fn dbscan<T: Real>(
         return Ok(vec![if total >= m { 0 } else { -1 }; n]);
     }
 
+    if n <= SWEEP_MAX_N {
+        if let Some(labels) = sweep(latlon, m, sample_weight, &test) {
+            return Ok(labels);
+        }
+    }
     // One crossing into the pool; the phases below run inline on its workers.
     Ok(parallel::install(|| cluster(latlon, m, sample_weight, test)))
+}
+
+/// Largest input the sort-and-sweep path takes.
+const SWEEP_MAX_N: usize = 1 << 12;
+/// The sweep path gives up beyond this many candidate pairs per point (dense data: the grid's
+/// clique cubes are then cheaper).
+const SWEEP_MAX_PAIRS_PER_POINT: usize = 16;
+
+/// Sequential union-find with path halving, linking the larger root under the smaller.
+fn find_root(parent: &mut [u32], mut x: u32) -> u32 {
+    while parent[x as usize] != x {
+        let gp = parent[parent[x as usize] as usize];
+        parent[x as usize] = gp;
+        x = gp;
+    }
+    x
+}
+
+/// Small inputs: sort the unit vectors along their widest axis and sweep a window of width e
+/// (pairs farther apart along one axis are farther apart in 3-D). Three passes over the window
+/// pairs count neighbourhood weights, join core pairs and label border points; no pair list is
+/// stored. Returns `None` (use the grid) when the windows hold more than
+/// [`SWEEP_MAX_PAIRS_PER_POINT`] candidates per point. Same predicate and semantics as the grid.
+#[allow(clippy::needless_range_loop)]
+fn sweep<T: Real>(
+    latlon: ArrayView2<T>,
+    m: f64,
+    sample_weight: Option<ArrayView1<f64>>,
+    test: &EpsTest,
+) -> Option<Vec<i64>> {
+    let n = latlon.nrows();
+    let vecs: Vec<[f64; 3]> =
+        latlon.outer_iter().map(|r| unit_vector(r[0].to_f64(), r[1].to_f64())).collect();
+    let mut lo = [f64::INFINITY; 3];
+    let mut hi = [f64::NEG_INFINITY; 3];
+    for v in &vecs {
+        for d in 0..3 {
+            lo[d] = lo[d].min(v[d]);
+            hi[d] = hi[d].max(v[d]);
+        }
+    }
+    let ext = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
+    let axis = if ext[0] >= ext[1] && ext[0] >= ext[2] {
+        0
+    } else if ext[1] >= ext[2] {
+        1
+    } else {
+        2
+    };
+    let mut ids: Vec<u32> = (0..n as u32).collect();
+    ids.sort_unstable_by(|&a, &b| vecs[a as usize][axis].total_cmp(&vecs[b as usize][axis]));
+    let pts: Vec<[f64; 3]> = ids.iter().map(|&i| vecs[i as usize]).collect();
+    drop(vecs);
+
+    // Window ends: the first t > s with (c_t − c_s)² > hi, non-decreasing in s. Any pair within
+    // ε has chord² ≤ hi and so (c_t − c_s)² ≤ hi (rounding is monotone).
+    let mut end = vec![0u32; n];
+    let mut t = 0usize;
+    let mut pairs = 0usize;
+    let budget = SWEEP_MAX_PAIRS_PER_POINT * n;
+    for s in 0..n {
+        t = t.max(s + 1);
+        while t < n && {
+            let d = pts[t][axis] - pts[s][axis];
+            d * d <= test.hi
+        } {
+            t += 1;
+        }
+        end[s] = t as u32;
+        pairs += t - s - 1;
+        if pairs > budget {
+            return None;
+        }
+    }
+    let rad = |s: usize| {
+        let i = ids[s] as usize;
+        radians(latlon[[i, 0]].to_f64(), latlon[[i, 1]].to_f64())
+    };
+    let within = |s: usize, t: usize| test.within(chord2(&pts[s], &pts[t]), || (rad(s), rad(t)));
+    let w = |s: usize| sample_weight.as_ref().map_or(1.0, |w| w[ids[s] as usize]);
+
+    // 1. Neighbourhood weights (itself included).
+    let mut acc: Vec<f64> = (0..n).map(w).collect();
+    for s in 0..n {
+        for t in s + 1..end[s] as usize {
+            if within(s, t) {
+                acc[s] += w(t);
+                acc[t] += w(s);
+            }
+        }
+    }
+    let core: Vec<bool> = acc.iter().map(|&a| a >= m).collect();
+
+    // 2. Components of core pairs.
+    let mut parent: Vec<u32> = (0..n as u32).collect();
+    for s in 0..n {
+        if !core[s] {
+            continue;
+        }
+        for t in s + 1..end[s] as usize {
+            if core[t] {
+                let (a, b) = (find_root(&mut parent, s as u32), find_root(&mut parent, t as u32));
+                if a != b && within(s, t) {
+                    let (h, l) = if a > b { (a, b) } else { (b, a) };
+                    parent[h as usize] = l;
+                }
+            }
+        }
+    }
+    let mut root_min = vec![NONE; n];
+    for s in 0..n {
+        if core[s] {
+            let r = find_root(&mut parent, s as u32) as usize;
+            root_min[r] = root_min[r].min(ids[s]);
+        }
+    }
+    let mut roots: Vec<(u32, u32)> = root_min
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v != NONE)
+        .map(|(r, &v)| (v, r as u32))
+        .collect();
+    roots.sort_unstable();
+    for (label, &(_, r)) in roots.iter().enumerate() {
+        root_min[r as usize] = label as u32;
+    }
+    let mut label: Vec<i64> =
+        (0..n)
+            .map(|s| {
+                if core[s] {
+                    root_min[find_root(&mut parent, s as u32) as usize] as i64
+                } else {
+                    -1
+                }
+            })
+            .collect();
+
+    // 3. Border points: the lowest label among core neighbours.
+    for s in 0..n {
+        for t in s + 1..end[s] as usize {
+            if core[s] != core[t] && within(s, t) {
+                let (c, b) = if core[s] { (s, t) } else { (t, s) };
+                if label[b] == -1 || label[c] < label[b] {
+                    label[b] = label[c];
+                }
+            }
+        }
+    }
+    let mut out = vec![-1i64; n];
+    for (s, &l) in label.iter().enumerate() {
+        out[ids[s] as usize] = l;
+    }
+    Some(out)
 }
 
 /// The grid algorithm on validated input (inside geofast's pool).
@@ -852,6 +1022,7 @@ mod tests {
     #[test]
     fn grid_matches_bruteforce_on_clustered_data() {
         let mut rng = Rng(7);
+        let mut swept_cases = 0;
         for trial in 0..40 {
             let n = 50 + (rng.next() % 400) as usize;
             let a = clustered(&mut rng, n, 1 + trial % 5, 0.05);
@@ -866,7 +1037,16 @@ mod tests {
             let got = dbscan(a.view(), eps, m, wv, MEAN_EARTH_RADIUS_KM).unwrap();
             let want = oracle(&a, eps, m, weights.as_deref());
             assert_eq!(got, want, "trial {trial} n={n} eps={eps} m={m}");
+            // Both engines, whichever `dbscan` picked.
+            let test = EpsTest::new(eps, MEAN_EARTH_RADIUS_KM);
+            let grid = parallel::install(|| cluster(a.view(), m as f64, wv, test));
+            assert_eq!(grid, want, "grid: trial {trial}");
+            if let Some(swept) = sweep(a.view(), m as f64, wv, &test) {
+                assert_eq!(swept, want, "sweep: trial {trial}");
+                swept_cases += 1;
+            }
         }
+        assert!(swept_cases > 5 && swept_cases < 40, "{swept_cases}");
     }
 
     #[test]
