@@ -21,6 +21,9 @@
 //! outside a band of half-width 1e-12·e + 1e-14·e² around e² is decided by the chord alone; a pair
 //! inside the band (a distance within a few parts in 1e9 of ε) is re-decided with sklearn's own
 //! formula and operation order, so points at exactly ε (or ε ± 1e-9 km) get sklearn's answer.
+//! With fractional weights, a neighbourhood whose total lies within rounding of `min_samples` may
+//! be decided differently from sklearn, which sums in its ball-tree order (integer and dyadic
+//! weights sum exactly either way).
 //! For ε ≥ πR (half the circumference) every pair is a neighbour (sklearn's sin² conversion
 //! folds back there and drops far pairs; geofast does not copy that).
 //!

@@ -197,14 +197,15 @@ fn by_residues(i0: u64, i1: u64, win: &LonWindow) -> Vec<u64> {
     let w = win.width() + 4e-12;
     let start = win.start_turns() - 2e-12;
     let pad = 2.0;
-    let residues: Vec<u64> = (0..m.min(len)).collect();
-    let chunk = parallel::chunk_len(residues.len(), 256);
+    let residues = m.min(len);
+    let chunk = parallel::chunk_len(residues as usize, 256) as u64;
+    let chunk_starts: Vec<u64> = (0..residues.div_ceil(chunk)).map(|c| c * chunk).collect();
     let parts: Vec<Vec<u64>> = parallel::install(|| {
-        residues
-            .par_chunks(chunk)
-            .map(|rs| {
+        chunk_starts
+            .par_iter()
+            .map(|&r0| {
                 let mut out = Vec::new();
-                for &r in rs {
+                for r in r0..(r0 + chunk).min(residues) {
                     let base = i0 + r;
                     let count = (i1 - base).div_ceil(m); // j = 0 .. count-1
                     let t0 = (turns_fixed(base) >> 64) as u64 as f64 / 2f64.powi(64);
@@ -217,12 +218,9 @@ fn by_residues(i0: u64, i1: u64, win: &LonWindow) -> Vec<u64> {
                         (v_end.floor() as i64, 0i64)
                     };
                     let mut next_j = 0u64;
-                    let ks: Box<dyn Iterator<Item = i64>> = if delta >= 0.0 {
-                        Box::new(k_lo..=k_hi)
-                    } else {
-                        Box::new((k_lo..=k_hi).rev())
-                    };
-                    for k in ks {
+                    // Visit the windows k in increasing j: upwards for δ ≥ 0, downwards else.
+                    for step in 0..=(k_hi - k_lo) {
+                        let k = if delta >= 0.0 { k_lo + step } else { k_hi - step };
                         // Hits: k ≤ v0 + j δ ≤ k + w.
                         let (ja, jb) = if delta == 0.0 {
                             if v0 >= k as f64 && v0 <= k as f64 + w {

@@ -72,7 +72,16 @@ enum View3<'a> {
     F32(ArrayView3<'a, f32>),
 }
 
-/// DBSCAN on the sphere with scikit-learn's semantics; labels (N,) int64, -1 = noise.
+/// DBSCAN on the sphere (haversine distance) with scikit-learn's semantics.
+///
+/// `latlon` is `(N, 2)` degrees, latitude first (float64/float32, any layout). A point's
+/// neighbours are the points within `eps_km` (inclusive) on a sphere of `radius_km`; it is core
+/// when their count (itself included), or their total `sample_weight`, reaches `min_samples`.
+/// Returns `(N,)` int64 labels, -1 for noise; clusters are numbered in order of their
+/// lowest-index core point and a border point joins the lowest-numbered cluster that reaches
+/// it, so the labels equal `sklearn.cluster.DBSCAN(eps=eps_km / radius_km,
+/// min_samples=min_samples, metric="haversine").fit(np.radians(latlon)).labels_`, including
+/// pairs at exactly `eps_km`. Exact, O(N) memory, parallel; the GIL is released.
 #[pyfunction]
 #[pyo3(signature = (latlon, eps_km, min_samples = 1, *, sample_weight = None, radius_km = 6371.0088))]
 fn dbscan<'py>(
@@ -97,7 +106,16 @@ fn dbscan<'py>(
     Ok(labels.into_pyarray(py))
 }
 
-/// Search-within-Cell for one query: (lat, lon, sorted member indices).
+/// Search-within-Cell (Müller-Budack et al.) for one query.
+///
+/// `latlon` `(k, 2)` are the coordinates of the query's k retrieved neighbours and
+/// `similarity` `(k,)` their similarities. DBSCAN (`eps_km`, `min_samples`, sphere of
+/// `radius_km`, 6371 km as in visloc) groups the neighbours; the largest cluster wins (ties: the
+/// one holding the most similar neighbour; all noise: the most similar neighbour alone) and the
+/// estimate is the re-normalised mean of its members' unit vectors weighted by
+/// `similarity ** weight_exponent` (0: equal weights). A one-member cluster returns that member's
+/// coordinates; a vanishing mean (members that cancel) returns the most similar member's.
+/// Returns `(lat, lon, members)` with `members` the sorted int64 indices of the winning cluster.
 #[pyfunction]
 #[pyo3(signature = (latlon, similarity, *, eps_km = 1.0, min_samples = 1, weight_exponent = 0.0, radius_km = 6371.0))]
 #[allow(clippy::too_many_arguments)]
@@ -120,7 +138,11 @@ fn swc<'py>(
     Ok((r.lat_deg, r.lon_deg, members.into_pyarray(py)))
 }
 
-/// Search-within-Cell for B queries in one call: (lat (B,), lon (B,), members (B, k) bool).
+/// Search-within-Cell for B queries in one call (parallel over queries, GIL released).
+///
+/// `latlon` is `(B, k, 2)`, `similarity` `(B, k)`; keywords as in `swc`. Returns
+/// `(lat (B,), lon (B,), members (B, k) bool)` where `members[b, j]` marks the neighbours of
+/// query b in its winning cluster.
 #[pyfunction]
 #[pyo3(signature = (latlon, similarity, *, eps_km = 1.0, min_samples = 1, weight_exponent = 0.0, radius_km = 6371.0))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
@@ -150,7 +172,15 @@ fn swc_batch<'py>(
     Ok((out.lat_deg.into_pyarray(py), out.lon_deg.into_pyarray(py), out.members.into_pyarray(py)))
 }
 
-/// Points of a spherical Fibonacci lattice with about `spacing_km` between neighbours.
+/// Points of a spherical Fibonacci lattice whose nearest-neighbour spacing is about `spacing_km`.
+///
+/// Point i of N = round(4πR² / (1.1 spacing²)) (R = 6371.0088 km) has z = 1 - (2i + 1)/N,
+/// lat = asin(z) and lon = i × the golden angle (137.5078°) wrapped to [-180, 180); the median
+/// nearest-neighbour distance is within a few percent of `spacing_km`. With
+/// `bbox = (lat_min, lon_min, lat_max, lon_max)` only the points inside (edges included) are
+/// generated, directly; `lon_min > lon_max` crosses the antimeridian. Returns `(M, 2)` float64
+/// lat/lon degrees in index order (north to south). More than 50 million points raise
+/// `TooLargeError`: pass a bbox or a larger spacing.
 #[pyfunction]
 #[pyo3(signature = (spacing_km, bbox = None))]
 fn fibonacci_lattice<'py>(
@@ -179,7 +209,11 @@ fn fibonacci_lattice<'py>(
     Ok(out.into_pyarray(py))
 }
 
-/// Exact k-nearest-neighbour index over points on the sphere (great-circle distances in km).
+/// Exact k-nearest-neighbour index over points on the sphere, e.g. for offline place names.
+///
+/// `PointIndex(latlon, *, radius_km=6371.0088)` indexes `(N, 2)` lat/lon degrees (built once,
+/// in parallel, GIL released). `query(latlon, k=1)` returns great-circle distances in km and
+/// indices of the k nearest points of each query, ascending, ties to the lower index.
 #[pyclass(frozen, name = "PointIndex", module = "geofast._geofast")]
 struct PointIndex {
     inner: nearest::PointIndex,
@@ -197,7 +231,10 @@ impl PointIndex {
         Ok(PointIndex { inner })
     }
 
-    /// The k nearest indexed points of each query: (dist_km (Q, k), idx (Q, k)), ascending.
+    /// The k nearest indexed points of each `(Q, 2)` query point.
+    ///
+    /// Returns `(dist_km (Q, k) float64, idx (Q, k) int64)`, ascending by distance, ties to the
+    /// lower index. Queries run in parallel with the GIL released. 1 <= k <= len(index).
     #[pyo3(signature = (latlon, k = 1))]
     #[allow(clippy::type_complexity)]
     fn query<'py>(
