@@ -46,8 +46,8 @@
 //! labels (both engines are tested against the O(n²) oracle and sklearn).
 //!
 //! Memory is O(N): no point-level neighbour list is ever built; at most about 150 bytes per point
-//! plus 4 bytes per pair of neighbouring cubes are live (1M clustered points: the whole Python
-//! process peaks at ≈ 150 MiB RSS, see `geofast bench --area cluster`).
+//! plus 4 bytes per pair of neighbouring cubes are live (1M clustered points: the Python process
+//! peaks at ≈ 150 MiB RSS, ≈ 110 MiB of it during the call; `geofast bench --area cluster`).
 //! For ε below about 4.4 cm on Earth (a clique cube would be under 4e-9 in chord units, where cube
 //! indices would leave `i32`), cubes of side 4e-9 are used without the clique shortcut, and every
 //! pair in a cube is checked (quadratic in the number of points of one 2.5 cm cube).
