@@ -8,14 +8,19 @@ batches; models (GeoCLIP, GeoMapCLIP) run in torch and are imported lazily, so
 from __future__ import annotations
 
 from geofast._geofast import (
+    PointIndex,
     __version__,
+    dbscan,
     equal_earth,
     fourier_features,
     geodesic,
+    fibonacci_lattice,
     get_num_threads,
     haversine,
     haversine_matrix,
     set_num_threads,
+    swc,
+    swc_batch,
 )
 from geofast.errors import (
     CacheError,
@@ -40,6 +45,12 @@ __all__ = [
     "geodesic",
     "haversine",
     "haversine_matrix",
+    # clustering, lattices, nearest places
+    "dbscan",
+    "swc",
+    "swc_batch",
+    "fibonacci_lattice",
+    "PointIndex",
     # threads
     "get_num_threads",
     "set_num_threads",

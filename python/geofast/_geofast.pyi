@@ -1,5 +1,7 @@
 """Type stubs for the Rust extension ``geofast._geofast`` (checked by mypy.stubtest)."""
 
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -12,6 +14,11 @@ __all__ = [
     "haversine_matrix",
     "geodesic",
     "fourier_features",
+    "dbscan",
+    "swc",
+    "swc_batch",
+    "fibonacci_lattice",
+    "PointIndex",
 ]
 
 __version__: str
@@ -27,3 +34,43 @@ def haversine_matrix(
 ) -> npt.NDArray[np.float64]: ...
 def geodesic(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
 def fourier_features(xy: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
+
+def dbscan(
+    latlon: npt.ArrayLike,
+    eps_km: float,
+    min_samples: int = 1,
+    *,
+    sample_weight: npt.ArrayLike | None = None,
+    radius_km: float = 6371.0088,
+) -> npt.NDArray[np.int64]: ...
+def swc(
+    latlon: npt.ArrayLike,
+    similarity: npt.ArrayLike,
+    *,
+    eps_km: float = 1.0,
+    min_samples: int = 1,
+    weight_exponent: float = 0.0,
+    radius_km: float = 6371.0,
+) -> tuple[float, float, npt.NDArray[np.int64]]: ...
+def swc_batch(
+    latlon: npt.ArrayLike,
+    similarity: npt.ArrayLike,
+    *,
+    eps_km: float = 1.0,
+    min_samples: int = 1,
+    weight_exponent: float = 0.0,
+    radius_km: float = 6371.0,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]: ...
+def fibonacci_lattice(
+    spacing_km: float,
+    bbox: tuple[float, float, float, float] | npt.ArrayLike | None = None,
+) -> npt.NDArray[np.float64]: ...
+@final
+class PointIndex:
+    def __new__(cls, latlon: npt.ArrayLike, *, radius_km: float = 6371.0088) -> PointIndex: ...
+    def query(
+        self, latlon: npt.ArrayLike, k: int = 1
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]: ...
+    @property
+    def radius_km(self) -> float: ...
+    def __len__(self) -> int: ...

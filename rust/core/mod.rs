@@ -2,10 +2,14 @@
 //! imports pyo3; `cargo test --no-default-features` tests it without Python.
 
 pub mod coords;
+pub mod dbscan;
 pub mod error;
 pub mod geo;
+pub mod lattice;
+pub mod nearest;
 pub mod parallel;
 pub mod simd;
 pub mod vmath;
 pub mod buffer;
 pub mod fourier;
+pub mod swc;

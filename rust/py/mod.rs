@@ -2,6 +2,7 @@
 //! numpy conversion they share. Wrappers convert, release the GIL around the core call, and
 //! convert back; they hold no logic of their own.
 
+mod cluster;
 pub mod convert;
 pub mod errors;
 mod geo;
@@ -16,5 +17,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     threads::register(m)?;
     geo::register(m)?;
     fourier::register(m)?;
+    cluster::register(m)?;
     Ok(())
 }
