@@ -8,10 +8,12 @@ batches; models (GeoCLIP, GeoMapCLIP) run in torch and are imported lazily, so
 from __future__ import annotations
 
 from geofast._geofast import (
+    Gallery,
     __version__,
     equal_earth,
     get_num_threads,
     set_num_threads,
+    topk,
 )
 from geofast.errors import (
     CacheError,
@@ -32,6 +34,9 @@ __all__ = [
     "__version__",
     # kernels
     "equal_earth",
+    # search
+    "topk",
+    "Gallery",
     # threads
     "get_num_threads",
     "set_num_threads",

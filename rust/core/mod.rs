@@ -5,3 +5,4 @@ pub mod coords;
 pub mod error;
 pub mod geo;
 pub mod parallel;
+pub mod topk;

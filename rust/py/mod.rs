@@ -6,6 +6,7 @@ pub mod convert;
 pub mod errors;
 mod geo;
 mod threads;
+mod topk;
 
 use pyo3::prelude::*;
 
@@ -14,5 +15,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     threads::register(m)?;
     geo::register(m)?;
+    topk::register(m)?;
     Ok(())
 }
