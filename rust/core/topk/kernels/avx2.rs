@@ -126,34 +126,41 @@ macro_rules! kernels {
             ldo: usize,
         ) {
             let (mr_max, nr_max) = if nq == 1 { (1, 6) } else { (2, 3) };
-            let mut i = 0;
-            while i < nq {
-                let mr = mr_max.min(nq - i);
-                let qi = q.add(i * dp);
-                let oi = out.add(i * ldo);
-                let mut r = 0;
-                while r < nrows {
-                    let nr = nr_max.min(nrows - r);
-                    let (xr, or) = (x.add(r * ld), oi.add(r));
-                    macro_rules! go {
-                        ($m:literal) => {
-                            match nr {
-                                1 => $micro::<$m, 1>(qi, dp, xr, ld, d, or, ldo),
-                                2 => $micro::<$m, 2>(qi, dp, xr, ld, d, or, ldo),
-                                3 => $micro::<$m, 3>(qi, dp, xr, ld, d, or, ldo),
-                                4 => $micro::<$m, 4>(qi, dp, xr, ld, d, or, ldo),
-                                5 => $micro::<$m, 5>(qi, dp, xr, ld, d, or, ldo),
-                                _ => $micro::<$m, 6>(qi, dp, xr, ld, d, or, ldo),
-                            }
-                        };
+            // Rows in panels that stay in L1 while every query block passes over them.
+            let panel = if nq == 1 { nrows } else { super::panel_rows(ld * std::mem::size_of::<$t>(), nr_max) };
+            let mut p0 = 0;
+            while p0 < nrows {
+                let p1 = (p0 + panel).min(nrows);
+                let mut i = 0;
+                while i < nq {
+                    let mr = mr_max.min(nq - i);
+                    let qi = q.add(i * dp);
+                    let oi = out.add(i * ldo);
+                    let mut r = p0;
+                    while r < p1 {
+                        let nr = nr_max.min(p1 - r);
+                        let (xr, or) = (x.add(r * ld), oi.add(r));
+                        macro_rules! go {
+                            ($m:literal) => {
+                                match nr {
+                                    1 => $micro::<$m, 1>(qi, dp, xr, ld, d, or, ldo),
+                                    2 => $micro::<$m, 2>(qi, dp, xr, ld, d, or, ldo),
+                                    3 => $micro::<$m, 3>(qi, dp, xr, ld, d, or, ldo),
+                                    4 => $micro::<$m, 4>(qi, dp, xr, ld, d, or, ldo),
+                                    5 => $micro::<$m, 5>(qi, dp, xr, ld, d, or, ldo),
+                                    _ => $micro::<$m, 6>(qi, dp, xr, ld, d, or, ldo),
+                                }
+                            };
+                        }
+                        match mr {
+                            1 => go!(1),
+                            _ => go!(2),
+                        }
+                        r += nr;
                     }
-                    match mr {
-                        1 => go!(1),
-                        _ => go!(2),
-                    }
-                    r += nr;
+                    i += mr;
                 }
-                i += mr;
+                p0 = p1;
             }
         }
     };

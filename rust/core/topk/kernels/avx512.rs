@@ -20,6 +20,34 @@ unsafe fn reduce16(v: __m512) -> f32 {
     _mm_cvtss_f32(v1)
 }
 
+/// The canonical tree of 16 accumulators at once (the same pairwise sums as [`reduce16`],
+/// batched by shuffles): `a[4r + m]` holds (query m, row r); writes `out[m * ldo + r]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn store_reduced_4x4(a: &[__m512; 16], out: *mut f32, ldo: usize) {
+    // v8: lanes l + (l + 8); two accumulators per vector.
+    let mut p = [_mm512_setzero_ps(); 8];
+    for t in 0..8 {
+        let (x, y) = (a[2 * t], a[2 * t + 1]);
+        p[t] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xEE));
+    }
+    // v4: lanes l + (l + 4); four accumulators per vector, one per 128-bit lane.
+    let mut q = [_mm512_setzero_ps(); 4];
+    for u in 0..4 {
+        let (x, y) = (p[2 * u], p[2 * u + 1]);
+        q[u] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xDD));
+    }
+    // v2: lanes l + (l + 2), within 128-bit lanes.
+    let r0 = _mm512_add_ps(_mm512_shuffle_ps(q[0], q[1], 0x44), _mm512_shuffle_ps(q[0], q[1], 0xEE));
+    let r1 = _mm512_add_ps(_mm512_shuffle_ps(q[2], q[3], 0x44), _mm512_shuffle_ps(q[2], q[3], 0xEE));
+    // s = v2[0] + v2[1]; lane 4j + p holds a[4p + j].
+    let s = _mm512_add_ps(_mm512_shuffle_ps(r0, r1, 0x88), _mm512_shuffle_ps(r0, r1, 0xDD));
+    _mm_storeu_ps(out, _mm512_extractf32x4_ps(s, 0));
+    _mm_storeu_ps(out.add(ldo), _mm512_extractf32x4_ps(s, 1));
+    _mm_storeu_ps(out.add(2 * ldo), _mm512_extractf32x4_ps(s, 2));
+    _mm_storeu_ps(out.add(3 * ldo), _mm512_extractf32x4_ps(s, 3));
+}
+
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn ld_f32(p: *const f32) -> __m512 {
@@ -103,9 +131,19 @@ macro_rules! kernels {
                     }
                 }
             }
-            for m in 0..MR {
-                for r in 0..NR {
-                    *out.add(m * ldo + r) = reduce16(acc[m][r]);
+            if MR == 4 && NR == 4 {
+                let mut a = [_mm512_setzero_ps(); 16];
+                for m in 0..4 {
+                    for r in 0..4 {
+                        a[4 * r + m] = acc[m][r];
+                    }
+                }
+                store_reduced_4x4(&a, out, ldo);
+            } else {
+                for m in 0..MR {
+                    for r in 0..NR {
+                        *out.add(m * ldo + r) = reduce16(acc[m][r]);
+                    }
                 }
             }
         }
@@ -126,29 +164,36 @@ macro_rules! kernels {
         ) {
             // One query: a long row block (memory-bound). Several: MR × NR accumulators.
             let (mr_max, nr_max) = if nq == 1 { (1, 8) } else { (MR_MAX, NR_MAX) };
-            let mut i = 0;
-            while i < nq {
-                let mr = mr_max.min(nq - i);
-                let qi = q.add(i * dp);
-                let oi = out.add(i * ldo);
-                let mut r = 0;
-                while r < nrows {
-                    let nr = nr_max.min(nrows - r);
-                    let (xr, or) = (x.add(r * ld), oi.add(r));
-                    let args = (qi, dp, xr, ld, d, or, ldo);
-                    if nq == 1 {
-                        dispatch!($micro, 1, nr, [1, 2, 3, 4, 5, 6, 7, 8], args)
-                    } else {
-                        match mr {
-                            1 => dispatch!($micro, 1, nr, [1, 2, 3, 4], args),
-                            2 => dispatch!($micro, 2, nr, [1, 2, 3, 4], args),
-                            3 => dispatch!($micro, 3, nr, [1, 2, 3, 4], args),
-                            _ => dispatch!($micro, 4, nr, [1, 2, 3, 4], args),
+            // Rows in panels that stay in L1 while every query block passes over them.
+            let panel = if nq == 1 { nrows } else { super::panel_rows(ld * std::mem::size_of::<$t>(), nr_max) };
+            let mut p0 = 0;
+            while p0 < nrows {
+                let p1 = (p0 + panel).min(nrows);
+                let mut i = 0;
+                while i < nq {
+                    let mr = mr_max.min(nq - i);
+                    let qi = q.add(i * dp);
+                    let oi = out.add(i * ldo);
+                    let mut r = p0;
+                    while r < p1 {
+                        let nr = nr_max.min(p1 - r);
+                        let (xr, or) = (x.add(r * ld), oi.add(r));
+                        let args = (qi, dp, xr, ld, d, or, ldo);
+                        if nq == 1 {
+                            dispatch!($micro, 1, nr, [1, 2, 3, 4, 5, 6, 7, 8], args)
+                        } else {
+                            match mr {
+                                1 => dispatch!($micro, 1, nr, [1, 2, 3, 4], args),
+                                2 => dispatch!($micro, 2, nr, [1, 2, 3, 4], args),
+                                3 => dispatch!($micro, 3, nr, [1, 2, 3, 4], args),
+                                _ => dispatch!($micro, 4, nr, [1, 2, 3, 4], args),
+                            }
                         }
+                        r += nr;
                     }
-                    r += nr;
+                    i += mr;
                 }
-                i += mr;
+                p0 = p1;
             }
         }
     };

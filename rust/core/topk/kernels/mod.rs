@@ -26,6 +26,12 @@ pub fn padded(d: usize) -> usize {
     d.div_ceil(LANES) * LANES
 }
 
+/// Rows per L1-resident panel in the multi-query kernels: ~24 KiB of rows, a multiple of the
+/// row block `nr` (at least one block).
+pub(crate) fn panel_rows(row_bytes: usize, nr: usize) -> usize {
+    ((24 * 1024) / row_bytes.max(1) / nr).max(1) * nr
+}
+
 /// Environment variable capping the SIMD level.
 pub const SIMD_ENV: &str = "GEOFAST_SIMD";
 
@@ -190,11 +196,35 @@ pub fn score_f32(isa: Isa, q: &[f32], nq: usize, dp: usize, x: &F32Rows, r0: usi
     }
 }
 
+thread_local! {
+    static F16_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// As [`score_f32`] for half-precision rows.
 #[allow(clippy::too_many_arguments)]
 pub fn score_f16(isa: Isa, q: &[f32], nq: usize, dp: usize, x: &F16Rows, r0: usize, r1: usize, out: &mut [f32], ldo: usize) {
     check_block(q.len(), nq, dp, x.d, x.n, r0, r1, out.len(), ldo);
     if nq == 0 || r0 == r1 {
+        return;
+    }
+    if nq > 1 && isa != Isa::Scalar {
+        // Several queries: widen the rows once (exact) and run the f32 kernel, instead of
+        // converting every row again for each query block.
+        F16_SCRATCH.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            const STEP: usize = 64;
+            let mut r = r0;
+            while r < r1 {
+                let e = (r + STEP).min(r1);
+                buf.resize((e - r) * x.d, 0.0);
+                for (i, row) in (r..e).enumerate() {
+                    f16_to_f32(isa, x.row(row), &mut buf[i * x.d..(i + 1) * x.d]);
+                }
+                let rows = F32Rows::new(&buf, e - r, x.d, x.d);
+                score_f32(isa, q, nq, dp, &rows, 0, e - r, &mut out[r - r0..], ldo);
+                r = e;
+            }
+        });
         return;
     }
     match isa {
