@@ -159,15 +159,18 @@ pub struct Gallery {
     inner: CoreGallery,
 }
 
-enum Source {
+/// Where a Gallery's vectors come from: borrowed/adopted buffers, or arrays copied (in parallel,
+/// without the GIL) while the guard keeps them borrowed.
+enum Source<'py> {
     F32(Buf<f32>, usize, usize),
     F16(Buf<u16>, usize, usize),
-    Copy32(ndarray::Array2<f32>),
-    Copy64(ndarray::Array2<f64>),
+    Copy32(PyReadonlyArray2<'py, f32>),
+    Copy16(PyReadonlyArray2<'py, u16>),
+    Copy64(PyReadonlyArray2<'py, f64>),
 }
 
 impl Gallery {
-    fn source(obj: &Bound<'_, PyAny>) -> PyResult<Source> {
+    fn source<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Source<'py>> {
         let py = obj.py();
         let arr_obj = if obj.cast::<PyUntypedArray>().is_ok() { obj.clone() } else { as_float32(obj, "vectors")? };
         let arr = arr_obj.cast::<PyUntypedArray>()?;
@@ -194,7 +197,7 @@ impl Gallery {
                 let buf = unsafe { Buf::external(s.as_ptr(), s.len(), false, Box::new(keep)) };
                 return Ok(Source::F32(buf, n, d));
             }
-            return Ok(Source::Copy32(a.as_array().to_owned()));
+            return Ok(Source::Copy32(a));
         }
         if is_f16 {
             let bits = arr_obj.call_method1("view", ("uint16",))?;
@@ -206,12 +209,11 @@ impl Gallery {
                 let buf = unsafe { Buf::external(s.as_ptr(), s.len(), false, Box::new(keep)) };
                 return Ok(Source::F16(buf, n, d));
             }
-            let owned: Vec<u16> = a.as_array().iter().copied().collect();
-            return Ok(Source::F16(Buf::owned(owned), n, d));
+            return Ok(Source::Copy16(a));
         }
         if is_f64 {
             let a = arr_obj.extract::<PyReadonlyArray2<f64>>()?;
-            return Ok(Source::Copy64(a.as_array().to_owned()));
+            return Ok(Source::Copy64(a));
         }
         // Any other dtype: convert once. A fresh array numpy allocated is private to us, so it
         // is adopted (and counted in nbytes) instead of copied again.
@@ -225,7 +227,7 @@ impl Gallery {
             return Ok(Source::F32(buf, n, d));
         }
         let _ = py;
-        Ok(Source::Copy32(a.as_array().to_owned()))
+        Ok(Source::Copy32(a))
     }
 }
 
@@ -235,19 +237,23 @@ impl Gallery {
     #[pyo3(signature = (vectors, *, dtype = "f32"))]
     fn new(py: Python<'_>, vectors: &Bound<'_, PyAny>, dtype: &str) -> PyResult<Self> {
         let dt = Dtype::parse(dtype).py_err()?;
-        let src = Gallery::source(vectors)?;
-        let inner = py
-            .detach(move || match src {
-                Source::F32(b, n, d) => CoreGallery::from_f32(b, n, d, dt),
-                Source::F16(b, n, d) => CoreGallery::from_f16(b, n, d, dt),
-                Source::Copy32(a) => {
-                    let (n, d) = a.dim();
-                    let v = if a.is_standard_layout() { a.into_raw_vec_and_offset().0 } else { a.iter().copied().collect() };
-                    CoreGallery::from_f32(Buf::owned(v), n, d, dt)
-                }
-                Source::Copy64(a) => CoreGallery::from_view(a.view(), dt),
-            })
-            .py_err()?;
+        let inner = match Gallery::source(vectors)? {
+            Source::F32(b, n, d) => py.detach(move || CoreGallery::from_f32(b, n, d, dt)),
+            Source::F16(b, n, d) => py.detach(move || CoreGallery::from_f16(b, n, d, dt)),
+            Source::Copy32(a) => {
+                let v = a.as_array();
+                py.detach(|| CoreGallery::from_view(v, dt))
+            }
+            Source::Copy16(a) => {
+                let v = a.as_array();
+                py.detach(|| CoreGallery::from_f16_view(v, dt))
+            }
+            Source::Copy64(a) => {
+                let v = a.as_array();
+                py.detach(|| CoreGallery::from_view(v, dt))
+            }
+        }
+        .py_err()?;
         Ok(Gallery { inner })
     }
 

@@ -170,20 +170,43 @@ fn check_dims(n: usize, d: usize, len: usize) -> GeoResult<()> {
     Ok(())
 }
 
-/// Squared norm in f64 (four accumulators).
-#[inline]
-fn norm2(x: &[f32]) -> f64 {
-    let mut a = [0f64; 4];
-    let mut it = x.chunks_exact(4);
+/// An upper bound on ‖x‖² and the first non-finite value of a row. Squares are summed in 16
+/// independent f32 lanes (vectorized), then inflated by the rounding bound of that sum
+/// (≤ (⌈D/16⌉ + 1) roundings of relative size 2⁻²⁴ each) plus an allowance for underflow.
+fn row_check(x: &[f32]) -> (f64, Option<f64>) {
+    let mut acc = [0f32; 16];
+    let mut it = x.chunks_exact(16);
     for c in &mut it {
-        for l in 0..4 {
-            a[l] += c[l] as f64 * c[l] as f64;
+        for l in 0..16 {
+            acc[l] += c[l] * c[l];
         }
     }
+    let mut s: f64 = acc.iter().map(|&v| v as f64).sum();
     for &v in it.remainder() {
-        a[0] += v as f64 * v as f64;
+        s += v as f64 * v as f64;
     }
-    (a[0] + a[1]) + (a[2] + a[3])
+    if !s.is_finite() {
+        if let Some(v) = first_nonfinite(x) {
+            return (s, Some(v));
+        }
+        // Finite values whose squares overflow float32: sum in f64.
+        s = x.iter().map(|&v| v as f64 * v as f64).sum();
+    }
+    let n = (x.len() / 16 + 2) as f64;
+    (s * (1.0 + 2.0 * n * f64::powi(2.0, -24)) + x.len() as f64 * 1e-38, None)
+}
+
+/// Σ (x − x̂)² and Σ x̂² in f64 over four independent lanes (vectorized).
+fn err_stats(x: &[f32], xh: impl Fn(usize) -> f64) -> (f64, f64) {
+    let mut e = [0f64; 4];
+    let mut h = [0f64; 4];
+    for (j, &v) in x.iter().enumerate() {
+        let r = xh(j);
+        let t = v as f64 - r;
+        e[j % 4] += t * t;
+        h[j % 4] += r * r;
+    }
+    ((e[0] + e[1]) + (e[2] + e[3]), (h[0] + h[1]) + (h[2] + h[3]))
 }
 
 #[derive(Clone, Copy)]
@@ -238,8 +261,8 @@ impl Gallery {
         check_dims(n, d, src.as_slice().len())?;
         let data = &src.as_slice()[..n * d];
         let stats = rows_stats(n, d, |r, _| {
-            let row = &data[r * d..(r + 1) * d];
-            RowStats { x2: norm2(row), bad: first_nonfinite(row).map(|v| (r, v)), ..RowStats::ZERO }
+            let (x2, bad) = row_check(&data[r * d..(r + 1) * d]);
+            RowStats { x2, bad: bad.map(|v| (r, v)), ..RowStats::ZERO }
         });
         if let Some((row, value)) = stats.bad {
             return Err(GeoError::NonFinite { name: "vectors", row, value });
@@ -285,7 +308,8 @@ impl Gallery {
         };
         let stats = rows_stats(n, d, |r, buf| {
             to_f32(r, buf);
-            RowStats { x2: norm2(buf), bad: first_nonfinite(buf).map(|v| (r, v)), ..RowStats::ZERO }
+            let (x2, bad) = row_check(buf);
+            RowStats { x2, bad: bad.map(|v| (r, v)), ..RowStats::ZERO }
         });
         if let Some((row, value)) = stats.bad {
             return Err(GeoError::NonFinite { name: "vectors", row, value });
@@ -325,9 +349,37 @@ impl Gallery {
     /// Build by copying any 2-D float view (f32 or f64, any layout) into Rust-owned f32 rows.
     pub fn from_view<T: Vector>(v: ArrayView2<T>, dtype: Dtype) -> GeoResult<Gallery> {
         let (n, d) = v.dim();
-        let mut data = Vec::with_capacity(n * d);
-        data.extend(v.rows().into_iter().flat_map(|r| r.into_iter().map(|x| x.to_f32())));
+        let mut data = vec![0f32; n * d];
+        if d > 0 {
+            parallel::install(|| {
+                data.par_chunks_mut(d).zip(v.axis_iter(ndarray::Axis(0)).into_par_iter()).with_min_len(256).for_each(
+                    |(out, row)| {
+                        for (o, &x) in out.iter_mut().zip(row.iter()) {
+                            *o = x.to_f32();
+                        }
+                    },
+                )
+            });
+        }
         Gallery::from_f32(Buf::owned(data), n, d, dtype)
+    }
+
+    /// Build by copying a 2-D view of half-precision bits (any layout) into Rust-owned rows.
+    pub fn from_f16_view(v: ArrayView2<u16>, dtype: Dtype) -> GeoResult<Gallery> {
+        let (n, d) = v.dim();
+        let mut data = vec![0u16; n * d];
+        if d > 0 {
+            parallel::install(|| {
+                data.par_chunks_mut(d).zip(v.axis_iter(ndarray::Axis(0)).into_par_iter()).with_min_len(256).for_each(
+                    |(out, row)| {
+                        for (o, &x) in out.iter_mut().zip(row.iter()) {
+                            *o = x;
+                        }
+                    },
+                )
+            });
+        }
+        Gallery::from_f16(Buf::owned(data), n, d, dtype)
     }
 
     fn set_quant(&mut self, codes: Codes, exact: Exact, st: RowStats) {
@@ -538,8 +590,9 @@ pub(super) fn finish_exact(scans: Vec<QueryScan>) -> GeoResult<(Vec<Vec<Hit>>, V
     Ok(scans.into_iter().map(|s| (s.top, s.lse)).unzip())
 }
 
-/// f16 codes of f32 rows (`row(r, buf)` yields row r), with error statistics.
+/// f16 codes of f32 rows (`fill(r, buf)` writes row r), with error statistics.
 fn quantize_f16(n: usize, d: usize, fill: impl Fn(usize, &mut Vec<f32>) + Sync) -> GeoResult<(Vec<u16>, RowStats)> {
+    let isa = kernels::active();
     let mut codes = vec![0u16; n * d];
     let st = parallel::install(|| {
         codes
@@ -547,25 +600,22 @@ fn quantize_f16(n: usize, d: usize, fill: impl Fn(usize, &mut Vec<f32>) + Sync) 
             .enumerate()
             .with_min_len(256)
             .fold(
-                || (Vec::<f32>::new(), RowStats::ZERO),
-                |(mut buf, acc), (r, c)| {
+                || (Vec::<f32>::new(), Vec::<f32>::new(), RowStats::ZERO),
+                |(mut buf, mut back, acc), (r, c)| {
                     fill(r, &mut buf);
                     let x = &buf[..d];
+                    kernels::f32_to_f16(isa, x, c);
+                    back.resize(d, 0.0);
+                    kernels::f16_to_f32(isa, c, &mut back);
                     let mut s = RowStats::ZERO;
-                    for (cj, &xj) in c.iter_mut().zip(x) {
-                        let h = half::f16::from_f32(xj);
-                        if !h.is_finite() && s.bad.is_none() {
-                            s.bad = Some((r, xj as f64));
-                        }
-                        *cj = h.to_bits();
-                        let xh = h.to_f64();
-                        s.xh2 += xh * xh;
-                        s.e2 += (xj as f64 - xh) * (xj as f64 - xh);
+                    if let Some(j) = back.iter().position(|v| !v.is_finite()) {
+                        s.bad = Some((r, x[j] as f64));
                     }
-                    (buf, RowStats::join(acc, s))
+                    (s.e2, s.xh2) = err_stats(x, |j| back[j] as f64);
+                    (buf, back, RowStats::join(acc, s))
                 },
             )
-            .map(|(_, s)| s)
+            .map(|(_, _, s)| s)
             .reduce(|| RowStats::ZERO, RowStats::join)
     });
     if let Some((row, value)) = st.bad {
@@ -576,6 +626,13 @@ fn quantize_f16(n: usize, d: usize, fill: impl Fn(usize, &mut Vec<f32>) + Sync) 
         });
     }
     Ok((codes, st))
+}
+
+/// Round to the nearest integer, ties to even, for |y| < 2⁵¹ (vectorizes, unlike `round`).
+#[inline(always)]
+fn round_even(y: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 · 2⁵²
+    (y + MAGIC) - MAGIC
 }
 
 /// Per-row symmetric int8 codes (rows padded to 16) and scales, with error statistics.
@@ -594,18 +651,17 @@ fn quantize_i8(n: usize, d: usize, fill: impl Fn(usize, &mut Vec<f32>) + Sync) -
                 |(mut buf, acc), (r, (c, sc))| {
                     fill(r, &mut buf);
                     let x = &buf[..d];
-                    let maxabs = x.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-                    let sx = (maxabs / 127.0) as f32;
+                    let maxabs = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
+                    let sx = (maxabs as f64 / 127.0) as f32;
                     *sc = sx;
                     let mut s = RowStats::ZERO;
-                    for (cj, &xj) in c.iter_mut().zip(x) {
-                        let xj = xj as f64;
-                        let code = if sx > 0.0 { (xj / sx as f64).round().clamp(-127.0, 127.0) } else { 0.0 };
-                        *cj = code as i8;
-                        let xh = sx as f64 * code;
-                        s.xh2 += xh * xh;
-                        s.e2 += (xj - xh) * (xj - xh);
+                    if sx > 0.0 {
+                        let inv = 1.0 / sx as f64;
+                        for (cj, &xj) in c.iter_mut().zip(x) {
+                            *cj = round_even(xj as f64 * inv).clamp(-127.0, 127.0) as i8;
+                        }
                     }
+                    (s.e2, s.xh2) = err_stats(x, |j| sx as f64 * c[j] as f64);
                     (buf, RowStats::join(acc, s))
                 },
             )

@@ -105,6 +105,24 @@ fn simd_levels_give_identical_bits() {
 }
 
 #[test]
+fn half_conversions_agree_with_the_half_crate() {
+    let mut r = Rng(5);
+    let mut vals: Vec<f32> = (0..4000).map(|_| (r.normal() * 10f64.powi((r.next_u64() % 14) as i32 - 9)) as f32).collect();
+    vals.extend([0.0, -0.0, 65504.0, 65519.0, 65520.0, -1e6, 6e-8, 3e-8, 1e-9, 1.0 + 1.0 / 2048.0, 2049.0, 2051.0]);
+    let want: Vec<u16> = vals.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+    for isa in Isa::all_available() {
+        let mut got = vec![0u16; vals.len()];
+        kernels::f32_to_f16(isa, &vals, &mut got);
+        assert_eq!(got, want, "{isa:?}");
+        let mut back = vec![0f32; vals.len()];
+        kernels::f16_to_f32(isa, &got, &mut back);
+        for (b, h) in back.iter().zip(&want) {
+            assert_eq!(b.to_bits(), half::f16::from_bits(*h).to_f32().to_bits());
+        }
+    }
+}
+
+#[test]
 fn int8_kernels_agree_and_are_exact_integers() {
     let mut r = Rng(7);
     for &dp in &[16usize, 48, 512] {

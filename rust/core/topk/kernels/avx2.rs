@@ -381,3 +381,16 @@ pub unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
     }
     super::scalar::f16_to_f32(&src[j..], &mut dst[j..]);
 }
+
+/// f32 to half-precision bits (round to nearest, ties to even), 8 at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len();
+    let mut j = 0;
+    while j + 8 <= n {
+        let h = _mm256_cvtps_ph(_mm256_loadu_ps(src.as_ptr().add(j)), _MM_FROUND_TO_NEAREST_INT);
+        _mm_storeu_si128(dst.as_mut_ptr().add(j) as *mut __m128i, h);
+        j += 8;
+    }
+    super::scalar::f32_to_f16(&src[j..], &mut dst[j..]);
+}

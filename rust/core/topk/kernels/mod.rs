@@ -314,3 +314,13 @@ pub fn f16_to_f32(isa: Isa, src: &[u16], dst: &mut [f32]) {
         _ => scalar::f16_to_f32(src, dst),
     }
 }
+
+/// Round f32 values to IEEE half precision (nearest, ties to even; overflow gives ±inf).
+pub fn f32_to_f16(isa: Isa, src: &[f32], dst: &mut [u16]) {
+    assert!(dst.len() >= src.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::f32_to_f16(src, dst) },
+        _ => scalar::f32_to_f16(src, dst),
+    }
+}

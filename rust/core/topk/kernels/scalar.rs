@@ -166,3 +166,10 @@ pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
         *d = half::f16::from_bits(s).to_f32();
     }
 }
+
+/// f32 to half-precision bits (round to nearest, ties to even).
+pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_f32(s).to_bits();
+    }
+}
