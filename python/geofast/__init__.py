@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from geofast._geofast import (
     PointIndex,
+    Gallery,
     __version__,
     dbscan,
     equal_earth,
@@ -21,6 +22,7 @@ from geofast._geofast import (
     set_num_threads,
     swc,
     swc_batch,
+    topk,
 )
 from geofast.errors import (
     CacheError,
@@ -51,6 +53,9 @@ __all__ = [
     "swc_batch",
     "fibonacci_lattice",
     "PointIndex",
+    # search
+    "topk",
+    "Gallery",
     # threads
     "get_num_threads",
     "set_num_threads",

@@ -8,6 +8,7 @@ pub mod errors;
 mod geo;
 mod fourier;
 mod threads;
+mod topk;
 
 use pyo3::prelude::*;
 
@@ -18,5 +19,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     geo::register(m)?;
     fourier::register(m)?;
     cluster::register(m)?;
+    topk::register(m)?;
     Ok(())
 }
