@@ -88,6 +88,19 @@ def test_matches_reference(seed):
         assert_same_place(lat, lon, rlat, rlon)
 
 
+@pytest.mark.parametrize("k", [65, 300, 2000])
+def test_many_neighbours_match_reference(k):
+    # Beyond 64 neighbours DBSCAN runs through gf.dbscan's engines instead of the O(k^2) one.
+    ll, sim = neighbours(k, k, groups=6, spread_km=0.8)
+    for eps, m, a in [(1.0, 1, 0.0), (0.5, 4, 1.0)]:
+        lat, lon, members = gf.swc(ll, sim, eps_km=eps, min_samples=m, weight_exponent=a)
+        rlat, rlon, rmembers = ref_swc(ll, sim, eps, m, a)
+        np.testing.assert_array_equal(members, rmembers)
+        assert_same_place(lat, lon, rlat, rlon)
+        blat, blon, bmembers = gf.swc_batch(ll[None], sim[None], eps_km=eps, min_samples=m, weight_exponent=a)
+        assert (blat[0], blon[0]) == (lat, lon) and np.flatnonzero(bmembers[0]).tolist() == members.tolist()
+
+
 def test_visloc_example_largest_cluster_wins():
     # 4 neighbours around the Eiffel tower (within a few hundred metres), 3 in Rome, 3 scattered.
     ll = np.array(

@@ -49,7 +49,7 @@
 //! plus 4 bytes per pair of neighbouring cubes are live (1M clustered points: the Python process
 //! peaks at ≈ 150 MiB RSS, ≈ 110 MiB of it during the call; `geofast bench --area cluster`).
 //! For ε below about 4.4 cm on Earth (a clique cube would be under 4e-9 in chord units, where cube
-//! indices would leave `i32`), cubes of side 4e-9 are used without the clique shortcut, and every
+//! indices would overflow their key fields), cubes of side 4e-9 are used without the clique shortcut, and every
 //! pair in a cube is checked (quadratic in the number of points of one 2.5 cm cube).
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -62,7 +62,8 @@ use crate::core::error::{GeoError, GeoResult};
 use crate::core::geo::sphere::{chord2, chord_from_km, unit_vector};
 use crate::core::parallel;
 
-/// Smallest cube side used (chord units); keeps cube indices within ±5e8, inside `i32`.
+/// Smallest cube side used (chord units); keeps cube indices within ±2.5e8 (they are packed in
+/// 29–32-bit fields of the sort keys).
 const MIN_SIDE: f64 = 4e-9;
 
 /// Marker for "no point" in `u32` position arrays.
@@ -334,7 +335,7 @@ fn neighbour_lists(cells: &[Cell], supers: &[(u128, u32, u32)], hi: f64) -> (Vec
     (offsets, list)
 }
 
-/// Points sorted by cube, the occupied cubes, and a map from (x, y) columns to their cubes.
+/// Points sorted by cube, the occupied cubes, and the neighbouring cubes of each cube.
 struct Grid<'a, T: Real> {
     latlon: ArrayView2<'a, T>,
     test: EpsTest,

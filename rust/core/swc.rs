@@ -20,7 +20,7 @@ use ndarray::{Array2, ArrayView1, ArrayView2, ArrayView3, Axis};
 use rayon::prelude::*;
 
 use crate::core::coords::{check_latlon, check_point, Real};
-use crate::core::dbscan::{check_params, dbscan_bruteforce, radians, EpsTest};
+use crate::core::dbscan::{check_params, dbscan, dbscan_bruteforce, radians, EpsTest};
 use crate::core::error::{GeoError, GeoResult};
 use crate::core::geo::sphere::{centroid, unit_vector};
 use crate::core::parallel;
@@ -42,6 +42,10 @@ pub struct SwcResult {
     /// Indices (ascending) of the neighbours in the winning cluster.
     pub members: Vec<usize>,
 }
+
+/// Up to this many neighbours per query, DBSCAN runs as the O(k²) textbook algorithm; beyond,
+/// through [`crate::core::dbscan::dbscan`] (same labels).
+const BRUTE_FORCE_MAX_K: usize = 64;
 
 fn check_swc_params(p: &SwcParams) -> GeoResult<()> {
     check_params(p.eps_km, p.min_samples, p.radius_km)?;
@@ -92,9 +96,15 @@ fn most_similar(sim: &[f64], candidates: impl Iterator<Item = usize>) -> usize {
 /// SwC on validated input: `pts` are (lat, lon) degrees, `sim` finite, k ≥ 1.
 fn swc_validated(pts: &[(f64, f64)], sim: &[f64], p: &SwcParams, test: &EpsTest) -> SwcResult {
     let k = pts.len();
-    let vecs: Vec<[f64; 3]> = pts.iter().map(|&(la, lo)| unit_vector(la, lo)).collect();
-    let rad: Vec<[f64; 2]> = pts.iter().map(|&(la, lo)| radians(la, lo)).collect();
-    let labels = dbscan_bruteforce(&vecs, &rad, None, p.min_samples as f64, test);
+    let labels = if k <= BRUTE_FORCE_MAX_K {
+        let vecs: Vec<[f64; 3]> = pts.iter().map(|&(la, lo)| unit_vector(la, lo)).collect();
+        let rad: Vec<[f64; 2]> = pts.iter().map(|&(la, lo)| radians(la, lo)).collect();
+        dbscan_bruteforce(&vecs, &rad, None, p.min_samples as f64, test)
+    } else {
+        let flat: Vec<f64> = pts.iter().flat_map(|&(la, lo)| [la, lo]).collect();
+        let view = ArrayView2::from_shape((k, 2), &flat).expect("k rows of 2");
+        dbscan(view, p.eps_km, p.min_samples, None, p.radius_km).expect("validated input")
+    };
     let n_clusters = labels.iter().copied().max().map_or(0, |m| (m + 1) as usize);
     let members: Vec<usize> = if n_clusters == 0 {
         vec![most_similar(sim, 0..k)]
