@@ -67,11 +67,12 @@ def test_json_output_and_per_image_errors(geolocator, tiny_clip_dir, cache_dir, 
         assert text in by_name[name]["error"]
     err_lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert len(err_lines) == len(bad)
-    # The JSON equals the library's answer for the same images.
+    # The JSON equals the library's answer for the same image (the CLI ran it in a batch of six;
+    # batch composition moves float32 CLIP outputs in the last bits, hence rtol on probabilities).
     lib = geolocator.predict([str(mixed_dir / "good1.jpg")], top_k=3)[0]
     got = by_name["good1.jpg"]["predictions"]
-    np.testing.assert_allclose([[p["lat"], p["lon"], p["prob"]] for p in got],
-                               [[c.lat, c.lon, c.prob] for c in lib.candidates], atol=1e-9)
+    np.testing.assert_array_equal([[p["lat"], p["lon"]] for p in got], [[c.lat, c.lon] for c in lib.candidates])
+    np.testing.assert_allclose([p["prob"] for p in got], [c.prob for c in lib.candidates], rtol=1e-4)
 
 
 @pytest.mark.slow

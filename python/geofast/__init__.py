@@ -8,10 +8,21 @@ batches; models (GeoCLIP, GeoMapCLIP) run in torch and are imported lazily, so
 from __future__ import annotations
 
 from geofast._geofast import (
+    PointIndex,
+    Gallery,
     __version__,
+    dbscan,
     equal_earth,
+    fourier_features,
+    geodesic,
+    fibonacci_lattice,
     get_num_threads,
+    haversine,
+    haversine_matrix,
     set_num_threads,
+    swc,
+    swc_batch,
+    topk,
 )
 from geofast.errors import (
     CacheError,
@@ -33,6 +44,19 @@ __all__ = [
     "__version__",
     # kernels
     "equal_earth",
+    "fourier_features",
+    "geodesic",
+    "haversine",
+    "haversine_matrix",
+    # clustering, lattices, nearest places
+    "dbscan",
+    "swc",
+    "swc_batch",
+    "fibonacci_lattice",
+    "PointIndex",
+    # search
+    "topk",
+    "Gallery",
     # threads
     "get_num_threads",
     "set_num_threads",

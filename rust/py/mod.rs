@@ -2,10 +2,13 @@
 //! numpy conversion they share. Wrappers convert, release the GIL around the core call, and
 //! convert back; they hold no logic of their own.
 
+mod cluster;
 pub mod convert;
 pub mod errors;
 mod geo;
+mod fourier;
 mod threads;
+mod topk;
 
 use pyo3::prelude::*;
 
@@ -14,5 +17,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     threads::register(m)?;
     geo::register(m)?;
+    fourier::register(m)?;
+    cluster::register(m)?;
+    topk::register(m)?;
     Ok(())
 }

@@ -8,13 +8,25 @@
 //! GeoCLIP (Vivanco Cepeda et al., NeurIPS 2023; `geoclip.model.location_encoder`) then scales
 //! both coordinates by SF / 180 with SF = 66.50336, so the output lies in about [-1, 1] × [-0.5, 0.5].
 //! Computed here in float64.
+//!
+//! The array version evaluates the same formula branch-free over tiles with the polynomial
+//! kernels of [`vmath`](crate::core::vmath) (SIMD, chosen at run time): sin φ by exact reduction
+//! in degrees, cos θ = √(1 − sin²θ) (≥ 1/2, no cancellation) and θ = atan2(sin θ, cos θ), all
+//! within a few ulp of the libm-based [`project`].
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
+use crate::core::buffer::{assume_init, uninit_vec, write_all};
 use crate::core::coords::{check_latlon, Real};
-use crate::core::error::GeoResult;
+use crate::core::error::{GeoError, GeoResult};
 use crate::core::parallel;
+use crate::core::simd::Isa;
+use crate::core::vmath::{atan2_q1, sincos_deg};
+use crate::simd_kernel;
+
+/// Points per gathered tile.
+const TILE: usize = 512;
 
 const A1: f64 = 1.340264;
 const A2: f64 = -0.081106;
@@ -37,25 +49,69 @@ pub fn project(lat_deg: f64, lon_deg: f64) -> [f64; 2] {
     [x * s, y * s]
 }
 
+simd_kernel! {
+    /// Project one tile: `out` holds x, y interleaved (row-major `(n, 2)`).
+    fn project_tile<M>(lat_deg: &[f64], lon_deg: &[f64], out: &mut [f64]) {
+        let n = lat_deg.len();
+        let (lon_deg, out) = (&lon_deg[..n], &mut out[..2 * n]);
+        let m = 3f64.sqrt() / 2.0;
+        let x_factor = 2.0 * 3f64.sqrt() / 3.0 * (GEOCLIP_SF / 180.0);
+        let s = GEOCLIP_SF / 180.0;
+        for i in 0..n {
+            let sin_t = m * sincos_deg::<M>(lat_deg[i]).0;
+            let cos_t = M::mul_add(-sin_t, sin_t, 1.0).sqrt();
+            let theta_abs = atan2_q1::<M>(sin_t.abs(), cos_t);
+            let theta = f64::from_bits(theta_abs.to_bits() | (sin_t.to_bits() & (1u64 << 63)));
+            let t2 = theta * theta;
+            // A1 + 3 A2 θ² + 7 A3 θ⁶ + 9 A4 θ⁸ and A1 + A2 θ² + A3 θ⁶ + A4 θ⁸, in θ².
+            let t4 = t2 * t2;
+            let dpoly = M::mul_add(3.0 * A2, t2, t4 * t2 * M::mul_add(9.0 * A4, t2, 7.0 * A3)) + A1;
+            let ypoly = M::mul_add(A2, t2, t4 * t2 * M::mul_add(A4, t2, A3)) + A1;
+            out[2 * i] = x_factor * lon_deg[i].to_radians() * cos_t / dpoly;
+            out[2 * i + 1] = s * (theta * ypoly);
+        }
+    }
+}
+
 /// Project an `(N, 2)` latitude/longitude array (degrees) to GeoCLIP's scaled Equal Earth
 /// coordinates, `(N, 2)` float64.
 pub fn equal_earth<T: Real>(latlon: ArrayView2<T>) -> GeoResult<Array2<f64>> {
     let n = check_latlon("latlon", &latlon)?;
-    let mut out = Array2::<f64>::zeros((n, 2));
-    let chunk = parallel::chunk_len(n, 4096);
+    let mut out = uninit_vec::<f64>(2 * n, "projected coordinates")?;
+    let chunk = parallel::chunk_len(n, 4096).min(65_536);
+    let isa = Isa::active();
+    let flat = latlon.as_slice();
     parallel::install(|| {
-        out.axis_chunks_iter_mut(Axis(0), chunk)
-            .into_par_iter()
-            .zip(latlon.axis_chunks_iter(Axis(0), chunk).into_par_iter())
-            .for_each(|(mut o, inp)| {
-                for (mut orow, irow) in o.outer_iter_mut().zip(inp.outer_iter()) {
-                    let [x, y] = project(irow[0].to_f64(), irow[1].to_f64());
-                    orow[0] = x;
-                    orow[1] = y;
+        out.par_chunks_mut(2 * chunk).enumerate().for_each(|(c, out_chunk)| {
+            let mut lat = [0.0f64; TILE];
+            let mut lon = [0.0f64; TILE];
+            let mut xy = [0.0f64; 2 * TILE];
+            for (t, out_tile) in out_chunk.chunks_mut(2 * TILE).enumerate() {
+                let i0 = c * chunk + t * TILE;
+                let len = out_tile.len() / 2;
+                match flat {
+                    Some(flat) => {
+                        for (k, p) in flat[2 * i0..2 * (i0 + len)].chunks_exact(2).enumerate() {
+                            lat[k] = p[0].to_f64();
+                            lon[k] = p[1].to_f64();
+                        }
+                    }
+                    None => {
+                        for k in 0..len {
+                            lat[k] = latlon[[i0 + k, 0]].to_f64();
+                            lon[k] = latlon[[i0 + k, 1]].to_f64();
+                        }
+                    }
                 }
-            });
+                project_tile(isa, &lat[..len], &lon[..len], &mut xy[..2 * len]);
+                write_all(out_tile, &xy[..2 * len]);
+            }
+        });
     });
-    Ok(out)
+    // SAFETY: the chunks partition `out` (2 values per row) and the tiles partition each chunk;
+    // every tile was written by `write_all` above.
+    let out = unsafe { assume_init(out) };
+    Array2::from_shape_vec((n, 2), out).map_err(|e| GeoError::TooLarge { what: "projected coordinates", detail: e.to_string() })
 }
 
 #[cfg(test)]
@@ -86,9 +142,33 @@ mod tests {
         let out = equal_earth(pts.view()).unwrap();
         for i in 0..3 {
             let p = project(pts[[i, 0]] as f64, pts[[i, 1]] as f64);
-            assert_eq!([out[[i, 0]], out[[i, 1]]], p);
+            for c in 0..2 {
+                assert!((out[[i, c]] - p[c]).abs() <= 1e-15 * p[c].abs(), "{} vs {}", out[[i, c]], p[c]);
+            }
         }
         assert!(equal_earth(array![[91.0, 0.0]].view()).is_err());
+        let many = Array2::from_shape_fn((3000, 2), |(i, j)| {
+            if j == 0 { -90.0 + 180.0 * (i as f64 / 2999.0) } else { -180.0 + 360.0 * ((i * 7919) % 3000) as f64 / 2999.0 }
+        });
+        let fast = equal_earth(many.view()).unwrap();
+        for i in 0..3000 {
+            let p = project(many[[i, 0]], many[[i, 1]]);
+            for c in 0..2 {
+                assert!((fast[[i, c]] - p[c]).abs() <= 1e-15 * p[c].abs() + 1e-18, "{i}: {} vs {}", fast[[i, c]], p[c]);
+            }
+        }
+        let lat: Vec<f64> = many.column(0).to_vec();
+        let lon: Vec<f64> = many.column(1).to_vec();
+        let mut a = vec![0.0; 6000];
+        let mut b = vec![0.0; 6000];
+        let mut c = vec![0.0; 6000];
+        project_tile(Isa::detected(), &lat, &lon, &mut a);
+        project_tile(Isa::portable(), &lat, &lon, &mut b);
+        project_tile(Isa::detected().without_avx512(), &lat, &lon, &mut c);
+        assert_eq!(a, c);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-15 * x.abs() + 1e-18, "{x} vs {y}");
+        }
         assert_eq!(equal_earth(Array2::<f64>::zeros((0, 2)).view()).unwrap().nrows(), 0);
     }
 }

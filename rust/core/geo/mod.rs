@@ -2,4 +2,7 @@
 //! distances, GeoCLIP's Equal Earth projection, unit vectors and spherical centroids.
 
 pub mod equal_earth;
+pub mod geodesic;
+pub mod haversine;
+pub mod pairs;
 pub mod sphere;

@@ -1,0 +1,321 @@
+//! Bindings for `rust/core/topk`: `topk` and the `Gallery` class. Convert, release the GIL
+//! around the core call, return numpy.
+//!
+//! Queries: float32 (any layout) and float64 arrays are read in place, 1-D `(D,)` as `(1, D)`;
+//! anything else goes through `numpy.asarray(x, float32)` once. Gallery vectors: a C-contiguous,
+//! aligned, read-only float32/float16 array is borrowed (the Gallery keeps a reference to it);
+//! other arrays are copied once into Rust-owned memory (float64 converted while copying).
+
+use ndarray::{ArrayView2, Axis};
+use numpy::{
+    IntoPyArray, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::errors::{InputError, IntoPyResult, ShapeError};
+use crate::core::coords::shape_str;
+use crate::core::topk::{self as core_topk, kernels, Buf, Dtype, Gallery as CoreGallery, Neighbors};
+
+/// A 1-D or 2-D float input, borrowed (f32/f64) or converted once to f32.
+enum Vecs<'py> {
+    F32(PyReadonlyArray2<'py, f32>),
+    F64(PyReadonlyArray2<'py, f64>),
+    F32Row(PyReadonlyArray1<'py, f32>),
+    F64Row(PyReadonlyArray1<'py, f64>),
+}
+
+enum VecsView<'a> {
+    F32(ArrayView2<'a, f32>),
+    F64(ArrayView2<'a, f64>),
+}
+
+impl<'py> Vecs<'py> {
+    /// `allow_1d`: a `(D,)` vector is one row.
+    fn extract(obj: &Bound<'py, PyAny>, name: &str, allow_1d: bool) -> PyResult<Self> {
+        if let Ok(a) = obj.extract::<PyReadonlyArray2<'py, f32>>() {
+            return Ok(Vecs::F32(a));
+        }
+        if let Ok(a) = obj.extract::<PyReadonlyArray2<'py, f64>>() {
+            return Ok(Vecs::F64(a));
+        }
+        if allow_1d {
+            if let Ok(a) = obj.extract::<PyReadonlyArray1<'py, f32>>() {
+                return Ok(Vecs::F32Row(a));
+            }
+            if let Ok(a) = obj.extract::<PyReadonlyArray1<'py, f64>>() {
+                return Ok(Vecs::F64Row(a));
+            }
+        }
+        let converted = as_float32(obj, name)?;
+        let arr = converted.cast::<PyUntypedArray>()?;
+        match arr.ndim() {
+            2 => Ok(Vecs::F32(converted.extract()?)),
+            1 if allow_1d => Ok(Vecs::F32Row(converted.extract()?)),
+            _ => Err(ShapeError::new_err(format!(
+                "{name} must be a {}2-D (N, D) array, got shape {}",
+                if allow_1d { "1-D (D,) or " } else { "" },
+                shape_str(arr.shape())
+            ))),
+        }
+    }
+
+    fn view(&self) -> VecsView<'_> {
+        match self {
+            Vecs::F32(a) => VecsView::F32(a.as_array()),
+            Vecs::F64(a) => VecsView::F64(a.as_array()),
+            Vecs::F32Row(a) => VecsView::F32(a.as_array().insert_axis(Axis(0))),
+            Vecs::F64Row(a) => VecsView::F64(a.as_array().insert_axis(Axis(0))),
+        }
+    }
+}
+
+macro_rules! with_vecs {
+    ($v:expr, |$a:ident| $body:expr) => {
+        match $v {
+            VecsView::F32($a) => $body,
+            VecsView::F64($a) => $body,
+        }
+    };
+}
+
+/// `numpy.asarray(obj, dtype=float32)`, with a clear error when numpy cannot convert.
+fn as_float32<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    let np = obj.py().import("numpy")?;
+    np.call_method1("asarray", (obj, np.getattr("float32")?)).map_err(|e| {
+        InputError::new_err(format!("{name} must be a numeric array of shape (N, D); numpy could not convert it: {e}"))
+    })
+}
+
+fn flag(arr: &Bound<'_, PyAny>, name: &str) -> PyResult<bool> {
+    arr.getattr("flags")?.getattr(name)?.extract()
+}
+
+fn result<'py>(py: Python<'py>, r: Neighbors) -> PyResult<Bound<'py, PyTuple>> {
+    let scores = r.scores.into_pyarray(py).into_any();
+    let indices = r.indices.into_pyarray(py).into_any();
+    match r.lse {
+        Some(l) => PyTuple::new(py, [scores, indices, l.into_pyarray(py).into_any()]),
+        None => PyTuple::new(py, [scores, indices]),
+    }
+}
+
+/// Exact top-k maximum inner product search.
+///
+/// Returns ``(scores, indices)``: ``(B, k)`` float32 scores sorted descending (ties broken by
+/// the lower gallery index) and ``(B, k)`` int64 gallery indices. ``queries`` is ``(B, D)`` or
+/// one ``(D,)`` vector; ``gallery`` is ``(N, D)``; ``1 <= k <= N``.
+#[pyfunction]
+#[pyo3(signature = (queries, gallery, k))]
+fn topk<'py>(
+    py: Python<'py>,
+    queries: &Bound<'py, PyAny>,
+    gallery: &Bound<'py, PyAny>,
+    k: i64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let q = Vecs::extract(queries, "queries", true)?;
+    let g = Vecs::extract(gallery, "gallery", false)?;
+    let (qv, gv) = (q.view(), g.view());
+    let r = py
+        .detach(|| with_vecs!(qv, |a| with_vecs!(gv, |b| core_topk::topk(a, b, k))))
+        .py_err()?;
+    result(py, r)
+}
+
+/// Gallery vectors stored once for repeated exact top-k inner-product search.
+///
+/// ``Gallery(vectors, *, dtype="f32")`` with ``vectors`` of shape ``(N, D)``, float32 or float16
+/// (other types are converted once). ``dtype`` is the storage scanned by each search:
+///
+/// * ``"f32"``: scores are exact float32 dot products.
+/// * ``"f16"``: from float16 input the halves *are* the data (exact float32 scores of them);
+///   from float32 input the scan reads f16 codes and re-ranks a shortlist exactly against the
+///   float32 vectors.
+/// * ``"i8"``: per-vector symmetric int8 codes (scale = max|x|/127), re-ranked exactly against
+///   the input vectors.
+///
+/// Quantized scans keep every candidate within a proven error bound of the k-th best, so the
+/// returned top-k and scores always equal the ``"f32"`` gallery's (recall 1.0).
+///
+/// Memory (``nbytes`` reports what the Gallery holds itself; D16 = D rounded up to 16):
+///
+/// * a C-contiguous, aligned, **read-only** float32 (``"f32"``) or float16 (``"f16"``) array,
+///   e.g. ``np.load(path, mmap_mode="r")``, is borrowed zero-copy: ``nbytes == 0``;
+/// * otherwise ``"f32"`` holds one copy, N·D·4 bytes (float16 input is widened);
+/// * ``"f16"`` from float32 input: N·D·2 bytes of codes, plus N·D·4 for the exact vectors unless
+///   they are borrowed (read-only float32 input);
+/// * ``"i8"``: N·D16 + 4·N bytes of codes and scales, plus the exact vectors (float32 or float16
+///   as given) unless borrowed.
+///
+/// ``search(queries, k, *, lse_scale=None)`` returns ``(scores, indices)`` like
+/// :func:`geofast.topk`; with ``lse_scale`` also ``lse`` (float64, shape ``(B,)``),
+/// ``log Σ_j exp(lse_scale · score_j)`` over the whole gallery, computed in the same pass.
+/// Its error is ~1e-7 relative for exact storage; for quantized storage the scan's approximate
+/// scores are used, corrected with the exact scores of every re-ranked candidate, leaving an
+/// error of at most ``lse_scale`` times the quantization bound (~3e-4 for f16, ~1e-2 for i8 on
+/// unit vectors) weighted by the probability mass outside the re-ranked candidates.
+#[pyclass(module = "geofast", name = "Gallery", frozen)]
+pub struct Gallery {
+    inner: CoreGallery,
+}
+
+/// Where a Gallery's vectors come from: borrowed/adopted buffers, or arrays copied (in parallel,
+/// without the GIL) while the guard keeps them borrowed.
+enum Source<'py> {
+    F32(Buf<f32>, usize, usize),
+    F16(Buf<u16>, usize, usize),
+    Copy32(PyReadonlyArray2<'py, f32>),
+    Copy16(PyReadonlyArray2<'py, u16>),
+    Copy64(PyReadonlyArray2<'py, f64>),
+}
+
+impl Gallery {
+    fn source<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Source<'py>> {
+        let py = obj.py();
+        let arr_obj = if obj.cast::<PyUntypedArray>().is_ok() { obj.clone() } else { as_float32(obj, "vectors")? };
+        let arr = arr_obj.cast::<PyUntypedArray>()?;
+        if arr.ndim() != 2 {
+            return Err(ShapeError::new_err(format!(
+                "vectors must be a 2-D (N, D) array, got shape {}",
+                shape_str(arr.shape())
+            )));
+        }
+        let (n, d) = (arr.shape()[0], arr.shape()[1]);
+        let descr = arr.dtype();
+        let native = descr.is_native_byteorder().unwrap_or(true);
+        let in_place = flag(&arr_obj, "c_contiguous")? && flag(&arr_obj, "aligned")?;
+        let readonly = !flag(&arr_obj, "writeable")?;
+        let is_f32 = native && descr.kind() == b'f' && descr.itemsize() == 4;
+        let is_f16 = native && descr.kind() == b'f' && descr.itemsize() == 2;
+        let is_f64 = native && descr.kind() == b'f' && descr.itemsize() == 8;
+        if is_f32 {
+            let a = arr_obj.extract::<PyReadonlyArray2<f32>>()?;
+            if in_place && readonly {
+                let s = a.as_slice().map_err(|e| InputError::new_err(e.to_string()))?;
+                let keep: Py<PyAny> = arr_obj.clone().unbind();
+                // SAFETY: read-only numpy buffer kept alive by `keep` (held by the Gallery).
+                let buf = unsafe { Buf::external(s.as_ptr(), s.len(), false, Box::new(keep)) };
+                return Ok(Source::F32(buf, n, d));
+            }
+            return Ok(Source::Copy32(a));
+        }
+        if is_f16 {
+            let bits = arr_obj.call_method1("view", ("uint16",))?;
+            let a = bits.extract::<PyReadonlyArray2<u16>>()?;
+            if in_place && readonly {
+                let s = a.as_slice().map_err(|e| InputError::new_err(e.to_string()))?;
+                let keep: Py<PyAny> = arr_obj.clone().unbind();
+                // SAFETY: as above.
+                let buf = unsafe { Buf::external(s.as_ptr(), s.len(), false, Box::new(keep)) };
+                return Ok(Source::F16(buf, n, d));
+            }
+            return Ok(Source::Copy16(a));
+        }
+        if is_f64 {
+            let a = arr_obj.extract::<PyReadonlyArray2<f64>>()?;
+            return Ok(Source::Copy64(a));
+        }
+        // Any other dtype: convert once. A fresh array numpy allocated is private to us, so it
+        // is adopted (and counted in nbytes) instead of copied again.
+        let conv = as_float32(&arr_obj, "vectors")?;
+        let a = conv.extract::<PyReadonlyArray2<f32>>()?;
+        if flag(&conv, "owndata")? && flag(&conv, "c_contiguous")? && !conv.is(&arr_obj) {
+            let s = a.as_slice().map_err(|e| InputError::new_err(e.to_string()))?;
+            let keep: Py<PyAny> = conv.clone().unbind();
+            // SAFETY: the converted array is referenced only by this Gallery.
+            let buf = unsafe { Buf::external(s.as_ptr(), s.len(), true, Box::new(keep)) };
+            return Ok(Source::F32(buf, n, d));
+        }
+        let _ = py;
+        Ok(Source::Copy32(a))
+    }
+}
+
+#[pymethods]
+impl Gallery {
+    #[new]
+    #[pyo3(signature = (vectors, *, dtype = "f32"))]
+    fn new(py: Python<'_>, vectors: &Bound<'_, PyAny>, dtype: &str) -> PyResult<Self> {
+        let dt = Dtype::parse(dtype).py_err()?;
+        let inner = match Gallery::source(vectors)? {
+            Source::F32(b, n, d) => py.detach(move || CoreGallery::from_f32(b, n, d, dt)),
+            Source::F16(b, n, d) => py.detach(move || CoreGallery::from_f16(b, n, d, dt)),
+            Source::Copy32(a) => {
+                let v = a.as_array();
+                py.detach(|| CoreGallery::from_view(v, dt))
+            }
+            Source::Copy16(a) => {
+                let v = a.as_array();
+                py.detach(|| CoreGallery::from_f16_view(v, dt))
+            }
+            Source::Copy64(a) => {
+                let v = a.as_array();
+                py.detach(|| CoreGallery::from_view(v, dt))
+            }
+        }
+        .py_err()?;
+        Ok(Gallery { inner })
+    }
+
+    /// Top-k gallery vectors by exact inner product for each query (see the class docstring).
+    #[pyo3(signature = (queries, k, *, lse_scale = None))]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyAny>,
+        k: i64,
+        lse_scale: Option<f64>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let q = Vecs::extract(queries, "queries", true)?;
+        let qv = q.view();
+        let g = &self.inner;
+        let r = py.detach(|| with_vecs!(qv, |a| g.search(a, k, lse_scale))).py_err()?;
+        result(py, r)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Dimension D of the vectors.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// Storage scanned by searches: "f32", "f16" or "i8".
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.dtype().name()
+    }
+
+    /// Bytes of vector storage held by the Gallery itself (borrowed arrays excluded).
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.nbytes()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Gallery(n={}, dim={}, dtype='{}', nbytes={})",
+            self.inner.len(),
+            self.inner.dim(),
+            self.inner.dtype().name(),
+            self.inner.nbytes()
+        )
+    }
+}
+
+/// The SIMD level the search kernels use ("avx512", "avx2" or "scalar"; capped by the
+/// environment variable GEOFAST_SIMD, read once).
+#[pyfunction]
+fn _simd_level() -> &'static str {
+    kernels::active().name()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(topk, m)?)?;
+    m.add_class::<Gallery>()?;
+    m.add_function(wrap_pyfunction!(_simd_level, m)?)?;
+    Ok(())
+}
