@@ -278,6 +278,7 @@ def test_from_arrays_matches_faiss(tmp_path):
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     latlon = np.column_stack([rng.uniform(-90, 90, 5000), rng.uniform(-180, 180, 5000)])
     db = Database.from_arrays(tmp_path / "arr", emb, latlon, dtype="f16", normalize=False)
+    assert db.gallery().nbytes == 0  # gf.Gallery borrows the read-only memory map: no copy
     stored = np.asarray(db.embeddings, dtype=np.float32)
     np.testing.assert_array_equal(stored, emb.astype(np.float16).astype(np.float32))
     index = faiss.IndexFlatIP(96)

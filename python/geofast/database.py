@@ -707,7 +707,7 @@ class Database:
         if self._gallery is None:
             import geofast as gf
 
-            self._gallery = gf.Gallery(self.embeddings, dtype=self.dtype)
+            self._gallery = gf.Gallery(self.embeddings, dtype="f16" if self.dtype == "f16" else "f32")
         return self._gallery
 
     def faiss_index(self) -> Any:
