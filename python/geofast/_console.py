@@ -13,8 +13,18 @@ from typing import Any
 
 from rich.console import Console
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+def _width(stream: object) -> int | None:
+    """Terminals report their width; pipes and files get a wide fixed one (rich's default of 80
+    columns folds benchmark and result tables into unreadable cells)."""
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return None
+    env = os.environ.get("COLUMNS", "").strip()
+    return int(env) if env.isdigit() else 160
+
+
+out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 DEBUG_ENV = "GEOFAST_DEBUG"
 
