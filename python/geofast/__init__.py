@@ -46,7 +46,7 @@ from geofast.errors import (  # noqa: E402
     ShapeError,
     TooLargeError,
 )
-from geofast.database import Database  # image database (numpy only at import; torch lazily)
+from geofast.database import Database  # noqa: E402  (image database: numpy only at import; torch lazily)
 
 __all__ = [
     "__version__",
