@@ -46,6 +46,7 @@ from geofast.errors import (  # noqa: E402
     ShapeError,
     TooLargeError,
 )
+from geofast.database import Database  # noqa: E402  (image database: numpy only at import; torch lazily)
 
 __all__ = [
     "__version__",
@@ -80,4 +81,6 @@ __all__ = [
     "CacheError",
     "DatabaseError",
     "LLMError",
+    # image database
+    "Database",
 ]

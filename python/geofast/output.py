@@ -41,7 +41,9 @@ def prediction_json(p: Prediction) -> dict[str, Any]:
             {"lat": c.lat, "lon": c.lon, "source": c.source, "score": _num(c.score)} for c in p.candidates
         ]
         out["fallback"] = p.fallback
-    for key in ("usage", "swc_members"):
+    if p.method in ("swc", "geoclip+swc") and p.fallback:
+        out["fallback"] = True
+    for key in ("usage", "swc_members", "neighbours", "cell", "fallback_reason"):
         if key in p.extra:
             out[key] = p.extra[key]
     return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Modules that contribute workloads, in report order.
-AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm")
+AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm", "db")
 
 
 @dataclass

@@ -45,6 +45,7 @@ def _root(
 def _register_commands() -> None:
     # Each command module adds itself to `app` on import.
     from geofast.cli import bench, eval, locate  # noqa: F401
+    from geofast.cli import db  # noqa: F401
 
 
 _register_commands()

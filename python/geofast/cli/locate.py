@@ -10,7 +10,7 @@ from rich.table import Table
 from geofast import _console
 from geofast.cli import app
 
-_METHODS = ("geoclip", "swc")
+_METHODS = ("geoclip", "swc", "geoclip+swc")
 
 
 @app.command("locate")
@@ -23,8 +23,12 @@ def locate(
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
     gallery: Path | None = typer.Option(None, "--gallery", metavar="FILE", help="Custom gallery: CSV with lat/lon columns or an (N, 2) .npy."),
     region: str | None = typer.Option(None, "--region", metavar="LAT_MIN,LON_MIN,LAT_MAX,LON_MAX", help="Only consider gallery points inside this box."),
-    method: str = typer.Option("geoclip", "--method", help="geoclip, or swc (Search-within-Cell over the top-k candidates)."),
+    method: str = typer.Option("geoclip", "--method", help="geoclip; swc (Search-within-Cell: over the --db image database, else over GeoCLIP's top-k); geoclip+swc (SwC among --db photos inside GeoCLIP's top-1 cell)."),
+    db: Path | None = typer.Option(None, "--db", metavar="DIR", help="Image database (geofast db build) for --method swc / geoclip+swc."),
+    swc_k: int = typer.Option(10, "--swc-k", min=1, help="Database neighbours clustered by --method swc / geoclip+swc."),
     eps_km: float = typer.Option(1.0, "--eps-km", min=0.0, help="DBSCAN radius for --method swc."),
+    cell_km: float = typer.Option(25.0, "--cell-km", min=0.0, help="Cell radius around GeoCLIP's top-1 for --method geoclip+swc."),
+    confidence: bool = typer.Option(True, "--confidence/--no-confidence", help="With --db: load GeoCLIP's heads to give a PD confidence (--no-confidence loads only the CLIP backbone)."),
     places: bool = typer.Option(True, "--places/--no-places", help="Name the nearest GeoNames place of each candidate."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON array to stdout."),
     geojson: Path | None = typer.Option(None, "--geojson", metavar="FILE", help="Also write the top-1 points as GeoJSON."),
@@ -41,6 +45,19 @@ def locate(
         raise gf.InputError(f"unknown --method {method!r}", hint=f"choose one of: {', '.join(_METHODS)}")
     if eps_km <= 0:
         raise gf.ParameterError(f"--eps-km must be > 0, got {eps_km}")
+    if cell_km <= 0:
+        raise gf.ParameterError(f"--cell-km must be > 0, got {cell_km}")
+    if db is None and method == "geoclip+swc":
+        raise gf.InputError("--method geoclip+swc needs an image database", hint="pass --db DIR (build one with geofast db build)")
+    if db is not None and method == "geoclip":
+        raise gf.InputError("--db is used by --method swc or geoclip+swc", hint="add --method swc (or geoclip+swc)")
+    if method == "geoclip+swc" and not confidence:
+        raise gf.InputError("--method geoclip+swc needs GeoCLIP's heads", hint="drop --no-confidence")
+    database = None
+    if db is not None:
+        from geofast.database import Database
+
+        database = Database.open(db)  # check the database before the (slow) model load
     from geofast.gallery import parse_region
 
     parse_region(region)  # validate before the (slow) model load
@@ -55,11 +72,26 @@ def locate(
     if not entries:
         raise gf.InputError("no images found in the given folders", hint="pass image files, folders or glob patterns")
 
-    with _console.err.status(f"loading {model} ...", spinner="dots"):
-        locator = Geolocator.from_pretrained(model, clip=clip, device=device, gallery=gallery, region=region, progress=True)
-
     paths = [e for e in entries if isinstance(e, str)]
-    located = iter(_run(locator, paths, top_k, batch_size, method, eps_km, places) if paths else [])
+    if database is None:
+        with _console.err.status(f"loading {model} ...", spinner="dots"):
+            locator = Geolocator.from_pretrained(model, clip=clip, device=device, gallery=gallery, region=region, progress=True)
+        located = iter(_run(locator, paths, top_k, batch_size, method, eps_km, places) if paths else [])
+    else:
+        from geofast.predict.swc import SwcPredictor
+
+        with _console.err.status(f"loading {model if confidence else 'the CLIP backbone'} and the database ...", spinner="dots"):
+            swc_loc = None
+            if confidence:
+                swc_loc = Geolocator.from_pretrained(model, clip=clip or _db_clip(database), device=device, gallery=gallery,
+                                                     region=region, progress=True)
+                backbone = swc_loc.backbone
+            else:
+                from geofast.models.clip import load_backbone
+
+                backbone = load_backbone(clip or _db_clip(database), device)
+            predictor = SwcPredictor(database, backbone, geolocator=swc_loc, k=swc_k, eps_km=eps_km, cell_km=cell_km)
+        located = iter(_run_swc(predictor, paths, top_k, batch_size, method, places) if paths else [])
     results = [e if isinstance(e, Prediction) else next(located) for e in entries]
 
     failed = [p for p in results if p.error is not None]
@@ -97,18 +129,54 @@ def _run(locator, items, top_k, batch_size, method, eps_km, places):  # type: ig
         )
 
 
+def _db_clip(database) -> str | None:  # type: ignore[no-untyped-def]
+    """The backbone a database was built with, when --clip and $GEOFAST_CLIP are not given."""
+    import os
+
+    if os.environ.get("GEOFAST_CLIP", "").strip():
+        return None
+    recorded = database.backbone_source
+    if recorded and (Path(recorded).expanduser().is_dir() or not Path(recorded).expanduser().is_absolute()):
+        return str(recorded)
+    return None
+
+
+def _run_swc(predictor, items, top_k, batch_size, method, places):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if len(items) <= batch_size:
+        return predictor.predict(items, method=method, top_k=top_k, batch_size=batch_size, places=places)
+    columns = (TextColumn("locating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=_console.err, transient=True) as bar:
+        task = bar.add_task("locate", total=len(items))
+        return predictor.predict(items, method=method, top_k=top_k, batch_size=batch_size, places=places,
+                                 on_progress=lambda n: bar.advance(task, n))
+
+
 def _render(p) -> None:  # type: ignore[no-untyped-def]
     conf = "n/a" if p.confidence is None else f"{p.confidence:.3f}"
-    loc = "localizable" if p.localizable else "hard to localize"
-    title = f"{p.image}  —  PD25 confidence {conf} ({loc})"
+    loc = "" if p.localizable is None else (" (localizable)" if p.localizable else " (hard to localize)")
+    title = f"{p.image}  —  PD25 confidence {conf}{loc}"
     table = Table(title=title, title_justify="left")
+    from_db = bool(p.candidates) and p.candidates[0].source == "db"
     table.add_column("rank", justify="right")
     table.add_column("lat", justify="right")
     table.add_column("lon", justify="right")
-    table.add_column("probability", justify="right")
+    table.add_column("similarity" if from_db else "probability", justify="right")
     table.add_column("place")
-    if p.method == "swc":
-        table.add_row("swc", f"{p.lat:.5f}", f"{p.lon:.5f}", f"{p.prob:.4f}" if p.prob is not None else "-", "cluster centroid")
+    if from_db:
+        table.add_column("database photo")
+    if p.method in ("swc", "geoclip+swc"):
+        what = "cluster centroid" if not p.fallback else f"GeoCLIP top-1 ({p.extra.get('fallback_reason', 'fallback')})"
+        place = p.extra.get("place")
+        row = [p.method, f"{p.lat:.5f}", f"{p.lon:.5f}", f"{p.prob:.4f}" if p.prob is not None else "-",
+               f"{what}: {place}" if place else what]
+        table.add_row(*row, *([""] if from_db else []))
+    images = [n.get("image") or "" for n in p.extra.get("neighbours", [])] if from_db else []
     for rank, c in enumerate(p.candidates, start=1):
-        table.add_row(str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", f"{c.prob:.4f}" if c.prob is not None else "-", c.place or "")
+        value = f"{c.prob:.4f}" if c.prob is not None else (f"{c.score:.4f}" if c.score is not None else "-")
+        row = [str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", value, c.place or ""]
+        if from_db:
+            row.append(Path(images[rank - 1]).name if rank - 1 < len(images) else "")
+        table.add_row(*row)
     _console.out.print(table)

@@ -1,0 +1,187 @@
+"""``geofast db build|info|add``: image databases for Search-within-Cell and RAG."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import typer
+
+from geofast import _console
+from geofast.cli import app
+
+db_app = typer.Typer(
+    name="db",
+    help="Build, grow and inspect image databases (geotagged photo embeddings) for --method swc.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(db_app, name="db")
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[tuple[Callable[[int, int], None], Callable[[str], None]]]:
+    """(on_progress, on_event) callbacks drawing a rich bar with ETA on stderr. The bar appears
+    with the first progress report, so argument errors and model loading print no empty bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    bar = Progress(*columns, console=_console.err, transient=False)
+    state: dict[str, object] = {}
+
+    def advance(done: int, total: int) -> None:
+        if not enabled:
+            return
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task(label, total=total, completed=done)
+        bar.update(state["task"], completed=done, total=total)  # type: ignore[arg-type]
+
+    def event(msg: str) -> None:
+        _console.err.print(f"[dim]{msg}[/]", markup=True, highlight=False)
+
+    try:
+        yield advance, event
+    finally:
+        if "task" in state:
+            bar.stop()
+
+
+def _report(report, as_json: bool, verb: str) -> None:  # type: ignore[no-untyped-def]
+    if as_json:
+        _console.print_json(report.as_dict())
+        return
+    skipped = f", {report.no_gps:,} without GPS" if report.no_gps else ""
+    dup = f", {report.duplicates:,} already present" if report.duplicates else ""
+    _console.out.print(
+        f"{verb} {report.path}: {report.added:,} photos added ({report.rows:,} rows), "
+        f"{report.failed:,} failed{skipped}{dup} in {report.seconds:.1f} s"
+    )
+    if report.failed or report.no_gps:
+        _console.err.print(f"skipped photos are listed in {report.failed_file}")
+
+
+@db_app.command("build")
+def build(
+    source: str = typer.Argument(..., metavar="SOURCE", help="CSV with columns image,lat,lon (paths relative to the CSV) or a folder of photos with EXIF GPS."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Database folder to create (replaced only when the new one is complete)."),
+    clip: str | None = typer.Option(None, "--clip", metavar="ID|DIR", help="CLIP ViT-L/14 backbone: hub id or local folder (default $GEOFAST_CLIP, then openai/clip-vit-large-patch14)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    dtype: str = typer.Option("f16", "--dtype", help="Embedding storage: f16 (default, half the size) or f32."),
+    index: str = typer.Option("Flat", "--index", metavar="FACTORY", help="Flat (exact, default) or a FAISS factory string for millions of photos, e.g. IVF4096,SQ8 or HNSW32."),
+    chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Photos per committed chunk (an interrupted build resumes from the last chunk)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the build report as JSON."),
+) -> None:
+    """Build an image database from geotagged photos (resumes an interrupted build of the same SOURCE)."""
+    from geofast.database import Database
+
+    with _progress(progress, "encoding") as (advance, event):
+        report = Database.build(source, out, clip=clip, device=device, batch_size=batch_size, dtype=dtype,
+                                index=index, chunk_size=chunk_size, workers=workers, on_progress=advance, on_event=event)
+    _report(report, as_json, "built")
+
+
+@db_app.command("add")
+def add(
+    directory: Path = typer.Argument(..., metavar="DIR", help="An existing database folder."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="CSV (image,lat,lon) or folder of photos with EXIF GPS to add."),
+    clip: str | None = typer.Option(None, "--clip", metavar="ID|DIR", help="CLIP backbone (default: the one the database was built with)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Photos per committed chunk."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the report as JSON."),
+) -> None:
+    """Add photos to a database (photos already in it are skipped; the old database stays valid until the new one is complete)."""
+    from geofast.database import Database
+
+    with _progress(progress, "encoding") as (advance, event):
+        report = Database.add(directory, source, clip=clip, device=device, batch_size=batch_size,
+                              chunk_size=chunk_size, workers=workers, on_progress=advance, on_event=event)
+    _report(report, as_json, "updated")
+
+
+@db_app.command("info")
+def info(
+    directory: Path = typer.Argument(..., metavar="DIR", help="A database folder."),
+    verify: bool = typer.Option(False, "--verify", help="Check every file's sha256 (reads the whole database)."),
+    map_file: Path | None = typer.Option(None, "--map", metavar="FILE.html", help="Also write a coverage map (folium heat map)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
+) -> None:
+    """Counts, sizes, backbone, index and coverage of a database."""
+    from rich.table import Table
+
+    from geofast.database import Database
+
+    db = Database.open(directory, verify=True if verify else None)
+    data = db.info()
+    data["verified"] = bool(verify) or data["bytes"] <= _full_verify_bytes()
+    if map_file is not None:
+        _write_coverage_map(map_file, db)
+        data["map"] = str(map_file)
+    if as_json:
+        _console.print_json(data)
+        return
+    table = Table(title=f"geofast database {data['path']}", title_justify="left", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    cov = data["coverage"]
+    rows = [
+        ("rows", f"{data['rows']:,}"),
+        ("failed / without GPS", f"{data['failed']:,} / {data['no_gps']:,}"),
+        ("embeddings", f"{data['dim']}-d {data['dtype']}"),
+        ("index", data["index"]["factory"] + (f" ({data['index']['search_params']})" if data["index"].get("search_params") else "")),
+        ("backbone", str(data["backbone"].get("source"))),
+        ("size", _size(data["bytes"])),
+        ("coverage", f"lat {cov['lat_min']:.3f}…{cov['lat_max']:.3f}, lon {cov['lon_min']:.3f}…{cov['lon_max']:.3f}, "
+                     f"{cov['cells_1deg']:,} 1°×1° cells" if cov else "-"),
+        ("sources", "; ".join(f"{s['source']} (+{s['added']:,})" for s in data["sources"]) or "-"),
+        ("geofast", f"{data['geofast_version']} (format {data['format_version']}), updated {data['updated']}"),
+        ("checksums", "verified" if data["verified"] else "sampled (use --verify for a full check)"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    _console.out.print(table)
+    if map_file is not None:
+        _console.err.print(f"wrote {map_file}")
+
+
+def _full_verify_bytes() -> int:
+    from geofast.database import FULL_VERIFY_BYTES
+
+    return FULL_VERIFY_BYTES
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _write_coverage_map(path: Path, db) -> None:  # type: ignore[no-untyped-def]
+    """A folium heat map of (up to 20,000 sampled) database photo positions."""
+    import folium
+    import numpy as np
+    from folium.plugins import HeatMap
+
+    from geofast._io import atomic_write_text
+
+    ll = np.asarray(db.latlon)
+    if ll.shape[0] > 20_000:
+        ll = ll[np.sort(np.random.default_rng(0).choice(ll.shape[0], 20_000, replace=False))]
+    center = [float(ll[:, 0].mean()), float(ll[:, 1].mean())] if ll.shape[0] else [20.0, 0.0]
+    fmap = folium.Map(location=center, zoom_start=2, tiles="OpenStreetMap")
+    HeatMap(ll.tolist(), radius=8, blur=6, min_opacity=0.3).add_to(fmap)
+    atomic_write_text(path, fmap.get_root().render())
