@@ -215,13 +215,18 @@ def test_many_threads_give_identical_results():
 
 
 _RSS = """
-import resource, sys, numpy as np, geofast as gf
-path = sys.argv[1]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-g = gf.Gallery(np.load(path, mmap_mode="r"), dtype="f16")
+import sys, numpy as np, geofast as gf
+def kb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM (ru_maxrss would include the parent's)
+    f.write("5")
+base = kb("VmRSS")
+g = gf.Gallery(np.load(sys.argv[1], mmap_mode="r"), dtype="f16")
 q = np.random.default_rng(0).standard_normal((1, g.dim)).astype(np.float32)
 g.search(q, 10)
-print(g.nbytes, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(g.nbytes, base, kb("VmHWM"))
 """
 
 
@@ -231,7 +236,6 @@ def test_memmap_f16_gallery_peak_rss(tmp_path):
     n, d = 200_000, 768
     path = tmp_path / "g.npy"
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, d))
-    rng = np.random.default_rng(1)
     for s in range(0, n, 20_000):
         mm[s : s + 20_000] = unit_rows(20_000, d, seed=s).astype(np.float16)
     mm.flush()
@@ -240,4 +244,6 @@ def test_memmap_f16_gallery_peak_rss(tmp_path):
     nbytes, base_kb, peak_kb = map(int, out.stdout.split())
     size = os.path.getsize(path)
     assert nbytes == 0
-    assert (peak_kb - base_kb) * 1024 <= 1.3 * size, (peak_kb, base_kb, size)
+    grown = (peak_kb - base_kb) * 1024
+    # The scan maps the whole file (so RSS grows by about its size), and holds nothing more.
+    assert 0.5 * size <= grown <= 1.3 * size, (peak_kb, base_kb, size)

@@ -127,7 +127,7 @@ macro_rules! kernels {
         ) {
             let (mr_max, nr_max) = if nq == 1 { (1, 6) } else { (2, 3) };
             // Rows in panels that stay in L1 while every query block passes over them.
-            let panel = if nq == 1 { nrows } else { super::panel_rows(ld * std::mem::size_of::<$t>(), nr_max) };
+            let panel = super::panel_for(nq, dp, nrows, ld * std::mem::size_of::<$t>(), nr_max);
             let mut p0 = 0;
             while p0 < nrows {
                 let p1 = (p0 + panel).min(nrows);

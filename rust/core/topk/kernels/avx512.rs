@@ -77,9 +77,9 @@ unsafe fn ld_f16_tail(p: *const u16, rem: usize) -> __m512 {
 /// `micro::<M, nr>(args...)` for a run-time `nr` among the listed constants.
 macro_rules! dispatch {
     ($micro:ident, $m:literal, $nr:expr, [$($n:literal),*], $args:expr) => {{
-        let (a0, a1, a2, a3, a4, a5, a6) = $args;
+        let (a0, a1, a2, a3, a4, a5, a6, a7) = $args;
         match $nr {
-            $($n => $micro::<$m, $n>(a0, a1, a2, a3, a4, a5, a6),)*
+            $($n => $micro::<$m, $n>(a0, a1, a2, a3, a4, a5, a6, a7),)*
             _ => unreachable!("row block wider than the kernel"),
         }
     }};
@@ -88,10 +88,13 @@ macro_rules! dispatch {
 /// Register block for several queries: MR_MAX queries × NR_MAX rows.
 const MR_MAX: usize = 4;
 const NR_MAX: usize = 4;
+/// Prefetch distance of the multi-query kernel, in rows.
+const PF_ROWS: usize = 8;
 
 macro_rules! kernels {
     ($micro:ident, $block:ident, $t:ty, $ld:ident, $ldt:ident) => {
         /// MR queries × NR rows over the full dimension; writes MR × NR canonical scores.
+        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
         unsafe fn $micro<const MR: usize, const NR: usize>(
             q: *const f32,
@@ -101,6 +104,7 @@ macro_rules! kernels {
             d: usize,
             out: *mut f32,
             ldo: usize,
+            pf: usize,
         ) {
             let mut acc = [[_mm512_setzero_ps(); NR]; MR];
             let full = d / 16;
@@ -109,6 +113,12 @@ macro_rules! kernels {
                 let mut xv = [_mm512_setzero_ps(); NR];
                 for r in 0..NR {
                     xv[r] = $ld(x.add(r * ld + off));
+                }
+                if pf != 0 {
+                    // Rows `pf` ahead: one line per row and step, spread over the whole pass.
+                    for r in 0..NR {
+                        _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add((r + pf) * ld + off) as *const i8);
+                    }
                 }
                 for m in 0..MR {
                     let qv = _mm512_loadu_ps(q.add(m * dp + off));
@@ -178,7 +188,9 @@ macro_rules! kernels {
                     while r < p1 {
                         let nr = nr_max.min(p1 - r);
                         let (xr, or) = (x.add(r * ld), oi.add(r));
-                        let args = (qi, dp, xr, ld, d, or, ldo);
+                        // The first query block prefetches the rows a few row blocks ahead.
+                        let pf = if i == 0 && nq > 1 && r + PF_ROWS + nr <= nrows { PF_ROWS } else { 0 };
+                        let args = (qi, dp, xr, ld, d, or, ldo, pf);
                         if nq == 1 {
                             dispatch!($micro, 1, nr, [1, 2, 3, 4, 5, 6, 7, 8], args)
                         } else {

@@ -32,6 +32,20 @@ pub(crate) fn panel_rows(row_bytes: usize, nr: usize) -> usize {
     ((24 * 1024) / row_bytes.max(1) / nr).max(1) * nr
 }
 
+/// Rows per panel of the multi-query loop `for panel { for query block { for row block } }`.
+/// Few queries (all of them fit in L1): one row block per panel, so each row is fetched once
+/// and immediately reused by every query while the prefetcher streams the next rows. Many
+/// queries: ~24 KiB of rows stay in L1 while all query blocks pass over them.
+pub(crate) fn panel_for(nq: usize, dp: usize, nrows: usize, row_bytes: usize, nr: usize) -> usize {
+    if nq == 1 {
+        nrows
+    } else if nq * dp * 4 <= 32 * 1024 {
+        nr
+    } else {
+        panel_rows(row_bytes, nr)
+    }
+}
+
 /// Environment variable capping the SIMD level.
 pub const SIMD_ENV: &str = "GEOFAST_SIMD";
 
