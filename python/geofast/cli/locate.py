@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -10,7 +12,8 @@ from rich.table import Table
 from geofast import _console
 from geofast.cli import app
 
-_METHODS = ("geoclip", "swc", "geoclip+swc")
+_METHODS = ("geoclip", "swc", "geoclip+swc", "rag")
+_LLM = "LLM (--method rag)"
 
 
 @app.command("locate")
@@ -33,6 +36,20 @@ def locate(
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON array to stdout."),
     geojson: Path | None = typer.Option(None, "--geojson", metavar="FILE", help="Also write the top-1 points as GeoJSON."),
     map_file: Path | None = typer.Option(None, "--map", metavar="FILE.html", help="Also write an interactive map (folium)."),
+    llm_base_url: str | None = typer.Option(None, "--llm-base-url", metavar="URL", rich_help_panel=_LLM, help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama), http://localhost:8000/v1 (vLLM); default $GEOFAST_LLM_BASE_URL, $OPENAI_BASE_URL, OpenAI. The key comes from $GEOFAST_LLM_API_KEY or $OPENAI_API_KEY."),
+    llm_model: str | None = typer.Option(None, "--llm-model", metavar="NAME", rich_help_panel=_LLM, help="Model name (default $GEOFAST_LLM_MODEL, else gpt-4o-mini)."),
+    llm_recipe: str = typer.Option("g3", "--llm-recipe", rich_help_panel=_LLM, help="g3 (prompts with 0/5/10/15 references, 2 samples each) or img2loc (16 nearest + 16 farthest, 1 sample); the options below override it."),
+    llm_references: str | None = typer.Option(None, "--llm-references", metavar="N,...", rich_help_panel=_LLM, help="Reference counts of the prompts, e.g. 0,5,10,15."),
+    llm_samples: int | None = typer.Option(None, "--llm-samples", min=1, rich_help_panel=_LLM, help="Samples per prompt."),
+    llm_temperature: float | None = typer.Option(None, "--llm-temperature", min=0.0, max=2.0, rich_help_panel=_LLM),
+    llm_nearest: int | None = typer.Option(None, "--llm-nearest", min=0, rich_help_panel=_LLM, help="Nearest database neighbours (or GeoCLIP candidates) offered as references."),
+    llm_farthest: int | None = typer.Option(None, "--llm-farthest", min=0, rich_help_panel=_LLM, help="Farthest database neighbours offered as negative references (--db only)."),
+    llm_concurrency: int = typer.Option(8, "--llm-concurrency", min=1, rich_help_panel=_LLM, help="Requests in flight at once."),
+    llm_timeout: float = typer.Option(60.0, "--llm-timeout", min=0.1, rich_help_panel=_LLM, help="Seconds per request."),
+    llm_retries: int = typer.Option(3, "--llm-retries", min=0, rich_help_panel=_LLM, help="Retries on 429/5xx/connection errors (exponential backoff)."),
+    llm_image_size: int = typer.Option(512, "--llm-image-size", min=16, rich_help_panel=_LLM, help="Longest side (px) of the image sent to the model."),
+    llm_max_tokens: int = typer.Option(256, "--llm-max-tokens", min=1, rich_help_panel=_LLM),
+    llm_cache: bool = typer.Option(True, "--llm-cache/--no-llm-cache", rich_help_panel=_LLM, help="Reuse cached answers for the same image, prompt and model."),
 ) -> None:
     """Predict where each photo was taken: ranked coordinates with probabilities, place names and a confidence."""
     import geofast as gf
@@ -50,7 +67,13 @@ def locate(
     if db is None and method == "geoclip+swc":
         raise gf.InputError("--method geoclip+swc needs an image database", hint="pass --db DIR (build one with geofast db build)")
     if db is not None and method == "geoclip":
-        raise gf.InputError("--db is used by --method swc or geoclip+swc", hint="add --method swc (or geoclip+swc)")
+        raise gf.InputError("--db is used by --method swc, geoclip+swc or rag", hint="add --method swc (or geoclip+swc, rag)")
+    llm_config = None
+    if method == "rag":
+        llm_config = _llm_config(
+            llm_recipe, llm_base_url, llm_model, llm_references, llm_samples, llm_temperature, llm_nearest,
+            llm_farthest, llm_concurrency, llm_timeout, llm_retries, llm_image_size, llm_max_tokens, llm_cache,
+        )
     if method == "geoclip+swc" and not confidence:
         raise gf.InputError("--method geoclip+swc needs GeoCLIP's heads", hint="drop --no-confidence")
     database = None
@@ -73,10 +96,23 @@ def locate(
         raise gf.InputError("no images found in the given folders", hint="pass image files, folders or glob patterns")
 
     paths = [e for e in entries if isinstance(e, str)]
-    if database is None:
+    run: Callable[[list[str], Callable[[int], None]], list[Prediction]]
+    if method == "rag":
+        from geofast.predict.rag import RagPredictor
+
+        with _console.err.status(f"loading {model}{' and the database' if database is not None else ''} ...", spinner="dots"):
+            locator = Geolocator.from_pretrained(model, clip=clip or (_db_clip(database) if database is not None else None),
+                                                 device=device, gallery=gallery, region=region, progress=True)
+            if database is not None:
+                database.check_backbone(locator.backbone)
+        rag = RagPredictor(locator, database=database, config=llm_config)
+        run = lambda items, advance: rag.predict(items, top_k=top_k, batch_size=batch_size, places=places,  # noqa: E731
+                                                 on_progress=advance)
+    elif database is None:
         with _console.err.status(f"loading {model} ...", spinner="dots"):
             locator = Geolocator.from_pretrained(model, clip=clip, device=device, gallery=gallery, region=region, progress=True)
-        located = iter(_run(locator, paths, top_k, batch_size, method, eps_km, places) if paths else [])
+        run = lambda items, advance: locator.predict(items, top_k=top_k, batch_size=batch_size, method=method,  # noqa: E731
+                                                     swc_eps_km=eps_km, places=places, on_progress=advance)
     else:
         from geofast.predict.swc import SwcPredictor
 
@@ -91,7 +127,9 @@ def locate(
 
                 backbone = load_backbone(clip or _db_clip(database), device)
             predictor = SwcPredictor(database, backbone, geolocator=swc_loc, k=swc_k, eps_km=eps_km, cell_km=cell_km)
-        located = iter(_run_swc(predictor, paths, top_k, batch_size, method, places) if paths else [])
+        run = lambda items, advance: predictor.predict(items, method=method, top_k=top_k, batch_size=batch_size,  # noqa: E731
+                                                       places=places, on_progress=advance)
+    located = iter(_with_progress(paths, batch_size, run) if paths else [])
     results = [e if isinstance(e, Prediction) else next(located) for e in entries]
 
     failed = [p for p in results if p.error is not None]
@@ -105,6 +143,8 @@ def locate(
                 _render(p)
         if len(results) > 1:
             _console.err.print(f"{len(results) - len(failed)} of {len(results)} images located")
+    if method == "rag":
+        _console.err.print(_usage_line(results))
     if geojson is not None:
         write_geojson(geojson, results)
         _console.err.print(f"wrote {geojson}")
@@ -115,18 +155,49 @@ def locate(
         raise typer.Exit(1)
 
 
-def _run(locator, items, top_k, batch_size, method, eps_km, places):  # type: ignore[no-untyped-def]
+def _with_progress(items: list[str], batch_size: int, run: Callable[[list[str], Callable[[int], None]], list[Any]]) -> list[Any]:
+    """``run(items, advance)`` under a progress bar with ETA when there is more than one batch."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if len(items) <= batch_size:
-        return locator.predict(items, top_k=top_k, batch_size=batch_size, method=method, swc_eps_km=eps_km, places=places)
+        return run(items, lambda _n: None)
     columns = (TextColumn("locating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=_console.err, transient=True) as bar:
         task = bar.add_task("locate", total=len(items))
-        return locator.predict(
-            items, top_k=top_k, batch_size=batch_size, method=method, swc_eps_km=eps_km, places=places,
-            on_progress=lambda n: bar.advance(task, n),
-        )
+        return run(items, lambda n: bar.advance(task, n))
+
+
+def _llm_config(recipe, base_url, model, references, samples, temperature, nearest, farthest,  # type: ignore[no-untyped-def]
+                concurrency, timeout, retries, image_size, max_tokens, cache):
+    import geofast as gf
+    from geofast.llm import LLMConfig
+
+    if recipe not in ("g3", "img2loc"):
+        raise gf.InputError(f"unknown --llm-recipe {recipe!r}", hint="choose g3 or img2loc")
+    overrides: dict[str, Any] = dict(base_url=base_url, model=model, concurrency=concurrency, timeout_s=timeout,
+                                     max_retries=retries, image_max_side=image_size, max_tokens=max_tokens, cache=cache)
+    if references is not None:
+        try:
+            overrides["references"] = tuple(int(x) for x in references.split(",") if x.strip())
+        except ValueError:
+            raise gf.InputError(f"--llm-references {references!r} must be whole numbers separated by commas",
+                                hint="e.g. --llm-references 0,5,10,15") from None
+    for key, value in (("samples", samples), ("temperature", temperature), ("nearest", nearest), ("farthest", farthest)):
+        if value is not None:
+            overrides[key] = value
+    config = LLMConfig.g3(**overrides) if recipe == "g3" else LLMConfig.img2loc(**overrides)
+    from geofast.llm.client import resolve_api_key
+
+    resolve_api_key(config.resolved_base_url())  # a missing key fails before the (slow) model load
+    return config
+
+
+def _usage_line(results: list[Any]) -> str:
+    from geofast.predict.rag import total_usage
+
+    parts = [f"{k.replace('_', ' ')} {v}" for k, v in total_usage(results).as_dict().items()]
+    fallbacks = sum(1 for p in results if p.error is None and p.fallback)
+    return "LLM usage: " + ", ".join(parts) + f"; fallback answers {fallbacks}"
 
 
 def _db_clip(database) -> str | None:  # type: ignore[no-untyped-def]
@@ -139,18 +210,6 @@ def _db_clip(database) -> str | None:  # type: ignore[no-untyped-def]
     if recorded and (Path(recorded).expanduser().is_dir() or not Path(recorded).expanduser().is_absolute()):
         return str(recorded)
     return None
-
-
-def _run_swc(predictor, items, top_k, batch_size, method, places):  # type: ignore[no-untyped-def]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    if len(items) <= batch_size:
-        return predictor.predict(items, method=method, top_k=top_k, batch_size=batch_size, places=places)
-    columns = (TextColumn("locating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=_console.err, transient=True) as bar:
-        task = bar.add_task("locate", total=len(items))
-        return predictor.predict(items, method=method, top_k=top_k, batch_size=batch_size, places=places,
-                                 on_progress=lambda n: bar.advance(task, n))
 
 
 def _render(p) -> None:  # type: ignore[no-untyped-def]

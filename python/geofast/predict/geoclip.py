@@ -120,6 +120,12 @@ class Geolocator:
         return self.heads.logit_scale
 
     def _embed_pil(self, images: Sequence[Any]) -> np.ndarray:
+        return self.embed_pil(images)[0]
+
+    def embed_pil(self, images: Sequence[Any], *, with_clip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """One backbone forward for RGB PIL images: (GeoCLIP embeddings (B, 512), and with
+        ``with_clip`` the L2-normalised CLIP features (B, 768) an image database is searched
+        with), both float32."""
         import torch
 
         pixels = self.backbone.preprocess(images)
@@ -127,7 +133,8 @@ class Geolocator:
         with torch.inference_mode():
             emb = self.heads.image(feats.to(next(self.heads.image.parameters()).device).float())
             emb = torch.nn.functional.normalize(emb, dim=1)
-        return emb.cpu().numpy().astype(np.float32, copy=False)
+            clip = torch.nn.functional.normalize(feats.float(), dim=1).cpu().numpy() if with_clip else None
+        return emb.cpu().numpy().astype(np.float32, copy=False), clip
 
     def encode_images(self, images: Sequence[ImageInput], *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """L2-normalised float32 GeoCLIP image embeddings ``(N, 512)``; raises ``ImageError`` on a bad image."""
@@ -188,27 +195,42 @@ class Geolocator:
         items = _as_items(images)
         results: list[Prediction] = []
         for start in range(0, len(items), max(1, batch_size)):
-            chunk = items[start : start + batch_size]
-            loaded = list(iter_loaded(chunk))
-            good = [(name, im) for _, name, im, err in loaded if im is not None]
-            by_name: dict[int, Prediction] = {}
+            loaded = list(iter_loaded(items[start : start + batch_size]))
+            good = [(name, im) for _, name, im, _ in loaded if im is not None]
+            preds: list[Prediction] = []
             if good:
                 emb = self._embed_pil([im for _, im in good])
-                idx, probs, pd, _ = self.search_embeddings(emb, top_k)
-                k = 0
-                for j, (i, name, im, err) in enumerate(loaded):
-                    if im is None:
-                        continue
-                    by_name[j] = self._prediction(name, idx[k], probs[k], float(pd[k]), method, swc_eps_km, places)
-                    k += 1
-            for j, (i, name, im, err) in enumerate(loaded):
-                if im is None:
-                    results.append(Prediction(image=name, method=method, error=str(err)))
-                else:
-                    results.append(by_name[j])
+                preds = self.predict_embeddings(
+                    emb, [name for name, _ in good], top_k, method=method, swc_eps_km=swc_eps_km, places=places
+                )
+            located = iter(preds)
+            for _, name, im, err in loaded:
+                results.append(next(located) if im is not None else Prediction(image=name, method=method, error=str(err)))
             if on_progress is not None:
-                on_progress(len(chunk))
+                on_progress(len(loaded))
         return results
+
+    def predict_embeddings(
+        self,
+        embeddings: np.ndarray,
+        names: Sequence[str],
+        top_k: int = 5,
+        *,
+        method: str = "geoclip",
+        swc_eps_km: float = 1.0,
+        places: bool = True,
+    ) -> list[Prediction]:
+        """Predictions from precomputed GeoCLIP image embeddings ``(B, 512)`` (``encode_images``)."""
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(names):
+            raise gf.ShapeError(f"embeddings must have shape ({len(names)}, 512) for {len(names)} names, got {emb.shape}")
+        if emb.shape[0] == 0:
+            return []
+        idx, probs, pd, _ = self.search_embeddings(emb, top_k)
+        return [
+            self._prediction(name, idx[k], probs[k], float(pd[k]), method, swc_eps_km, places)
+            for k, name in enumerate(names)
+        ]
 
     def _prediction(
         self,

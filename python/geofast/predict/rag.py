@@ -32,7 +32,7 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from geofast.predict.types import Candidate, Prediction
 __all__ = [
     "LocationEncoder",
     "NeighbourSource",
+    "RagPredictor",
     "RagInput",
     "apredict_rag",
     "arun_rag",
@@ -151,8 +152,13 @@ def build_inputs(
     database: NeighbourSource | None = None,
     geoclip: Sequence[Prediction] | None = None,
     names: Sequence[str] | None = None,
+    database_embeddings: np.ndarray | None = None,
 ) -> list[RagInput]:
     """The per-image inputs of the LLM stage.
+
+    ``database_embeddings`` query the database when its embedding space differs from the
+    verification space of ``image_embeddings`` (a geofast image database holds 768-d CLIP
+    features; GeoCLIP's image embeddings are 512-d); default: ``image_embeddings``.
 
     References come from ``database`` (``config.nearest`` nearest and ``config.farthest``
     farthest neighbours of ``image_embeddings``) when one is given, else from the GeoCLIP
@@ -167,17 +173,18 @@ def build_inputs(
     if geoclip is not None and len(geoclip) != n:
         raise ShapeError(f"geoclip has {len(geoclip)} predictions for {n} images")
     emb = _as_embeddings(image_embeddings, n)
-    if database is not None and emb is None:
+    query = _as_embeddings(database_embeddings, n) if database_embeddings is not None else emb
+    if database is not None and query is None:
         raise ParameterError(
-            "searching the image database needs image_embeddings",
+            "searching the image database needs image_embeddings (or database_embeddings)",
             hint="pass image_embeddings=Geolocator.encode_images(images)",
         )
 
     nearest: list[list[Reference]] = [[] for _ in range(n)]
     farthest: list[list[Reference]] = [[] for _ in range(n)]
-    if database is not None and emb is not None and n > 0:
-        nearest = _search(database, emb, cfg.nearest)
-        farthest = _search(database, -emb, cfg.farthest)
+    if database is not None and query is not None and n > 0:
+        nearest = _search(database, query, cfg.nearest)
+        farthest = _search(database, -query, cfg.farthest)
 
     inputs: list[RagInput] = []
     for i, image in enumerate(images):
@@ -466,11 +473,13 @@ async def apredict_rag(
     names: Sequence[str] | None = None,
     client: LLMClient | None = None,
     progress: Progress | None = None,
+    database_embeddings: np.ndarray | None = None,
 ) -> list[Prediction]:
     """:func:`predict_rag` for callers inside an event loop."""
     cfg = client.config if client is not None else (config if config is not None else LLMConfig())
     inputs = build_inputs(
-        images, config=cfg, image_embeddings=image_embeddings, database=database, geoclip=geoclip, names=names
+        images, config=cfg, image_embeddings=image_embeddings, database=database, geoclip=geoclip, names=names,
+        database_embeddings=database_embeddings,
     )
     return await arun_rag(inputs, config=cfg, encoder=encoder, client=client, progress=progress)
 
@@ -486,6 +495,7 @@ def predict_rag(
     names: Sequence[str] | None = None,
     client: LLMClient | None = None,
     progress: Progress | None = None,
+    database_embeddings: np.ndarray | None = None,
 ) -> list[Prediction]:
     """Locate ``images`` (paths or PIL images) with a multimodal LLM, Img2Loc/G3 style.
 
@@ -508,6 +518,100 @@ def predict_rag(
             names=names,
             client=client,
             progress=progress,
+            database_embeddings=database_embeddings,
         )
     )
 
+
+
+class RagPredictor:
+    """``geofast locate --method rag``: GeoCLIP (plus an image database when given) feeds an LLM.
+
+    For each image one CLIP forward gives both the GeoCLIP embedding (candidates, PD confidence,
+    geo-verification) and, with a database, the CLIP features its neighbours are searched with;
+    then :func:`predict_rag` runs the LLM stage for all images concurrently.
+    """
+
+    def __init__(
+        self,
+        geolocator: Any,
+        *,
+        database: Any = None,
+        config: LLMConfig | None = None,
+        client: LLMClient | None = None,
+    ) -> None:
+        self.geolocator = geolocator
+        self.database = database
+        self.config = config if config is not None else LLMConfig()
+        self.client = client
+
+    def predict(
+        self,
+        images: Any,
+        *,
+        top_k: int = 5,
+        batch_size: int = 16,
+        places: bool = True,
+        on_progress: Callable[[int], None] | None = None,
+        llm_progress: Progress | None = None,
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per image (``method="rag"``); unreadable images carry ``error``."""
+        from geofast.images import iter_loaded
+        from geofast.predict.geoclip import _as_items
+
+        items = _as_items(images)
+        results: list[Prediction | None] = [None] * len(items)
+        keep: list[int] = []
+        names: list[str] = []
+        geo_emb: list[np.ndarray] = []
+        db_emb: list[np.ndarray] = []
+        geo_preds: list[Prediction] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            loaded = list(iter_loaded(items[start : start + batch_size]))
+            good = [(start + j, name, im) for j, name, im, _ in loaded if im is not None]
+            for j, name, im, err in loaded:
+                if im is None:
+                    results[start + j] = Prediction(image=name, method="rag", error=str(err))
+            if good:
+                g, q = self.geolocator.embed_pil([im for _, _, im in good], with_clip=self.database is not None)
+                batch_names = [name for _, name, _ in good]
+                geo_preds += self.geolocator.predict_embeddings(g, batch_names, top_k, places=False)
+                keep += [i for i, _, _ in good]
+                names += batch_names
+                geo_emb.append(g)
+                if q is not None:
+                    db_emb.append(q)
+            if on_progress is not None:
+                on_progress(len(loaded))
+        if keep:
+            preds = predict_rag(
+                [items[i] for i in keep],
+                config=self.config,
+                image_embeddings=np.concatenate(geo_emb),
+                database=self.database,
+                database_embeddings=np.concatenate(db_emb) if db_emb else None,
+                geoclip=geo_preds,
+                encoder=self.geolocator,
+                names=names,
+                client=self.client,
+                progress=llm_progress,
+            )
+            if places:
+                self._name_places(preds)
+            for i, p in zip(keep, preds):
+                results[i] = p
+        return [p for p in results if p is not None]
+
+    def _name_places(self, preds: list[Prediction]) -> None:
+        located = [p for p in preds if p.error is None and p.lat is not None and p.lon is not None]
+        if not located:
+            return
+        index = self.geolocator.places()
+        answers = index.nearest(np.array([[p.lat, p.lon] for p in located]))
+        for p, place in zip(located, answers):
+            p.extra["place"] = place.label()
+            labels = index.nearest(np.array([[c.lat, c.lon] for c in p.candidates])) if p.candidates else []
+            p.candidates = [
+                Candidate(c.lat, c.lon, prob=c.prob, score=c.score, source=c.source, place=lab.label())
+                for c, lab in zip(p.candidates, labels)
+            ]

@@ -118,17 +118,12 @@ class SwcPredictor:
     def embed(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
         """(database query embeddings (B, D) float32, GeoCLIP embeddings (B, 512) or None) of RGB
         PIL images, from one backbone forward pass."""
-        import torch
-
+        if self.geolocator is not None:
+            g, q = self.geolocator.embed_pil(images, with_clip=True)
+            assert q is not None
+            return q, g
         feats = self.backbone.encode(self.backbone.preprocess(images))
-        q = normalize_rows(feats.cpu().numpy(), "CLIP features")
-        if self.geolocator is None:
-            return q, None
-        head = self.geolocator.heads.image
-        with torch.inference_mode():
-            g = head(feats.to(next(head.parameters()).device).float())
-            g = torch.nn.functional.normalize(g, dim=1)
-        return q, g.cpu().numpy().astype(np.float32, copy=False)
+        return normalize_rows(feats.cpu().numpy(), "CLIP features"), None
 
     def places(self) -> PlaceIndex:
         if self.geolocator is not None:
