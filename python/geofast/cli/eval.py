@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from geofast import _console
+from geofast.cli import _options as o
 from geofast.cli import app
 
 
@@ -30,16 +31,37 @@ def evaluate(
     images: Path | None = typer.Option(None, "--images", metavar="DIR", help="Folder holding the dataset's images."),
     predictions: Path | None = typer.Option(None, "--predictions", metavar="FILE", help="Score an existing CSV (lat,lon,pred_lat,pred_lon); no model needed."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", metavar="FILE", help="Predictions are appended here; a rerun skips images already done."),
-    method: str = typer.Option("geoclip", "--method", help="geoclip or swc."),
-    model: str = typer.Option("geoclip", "--model", "-m", help="geoclip or geomapclip."),
-    clip: str | None = typer.Option(None, "--clip", metavar="ID|DIR", help="CLIP ViT-L/14 backbone (hub id or folder)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
+    method: o.Method = "geoclip",
+    model: o.Model = "geoclip",
+    clip: o.Clip = None,
+    device: o.Device = None,
+    batch_size: o.BatchSize = 16,
+    gallery: o.Gallery = None,
+    region: o.Region = None,
+    db: o.Db = None,
+    swc_k: o.SwcK = 10,
+    eps_km: o.EpsKm = 1.0,
+    cell_km: o.CellKm = 25.0,
+    confidence: o.Confidence = True,
     radii: str = typer.Option("1,25,200,750,2500", "--radii", metavar="KM,...", help="Accuracy radii in km."),
     distance: str = typer.Option("geodesic", "--distance", help="geodesic (WGS-84; GeoCLIP/Img2Loc/G3) or haversine (R = 6371 km; visloc/OSV-5M)."),
     strict: bool = typer.Option(False, "--strict", help="Count error < r instead of ≤ r."),
     as_json: bool = typer.Option(False, "--json", help="Print only the metrics as JSON."),
     plot: Path | None = typer.Option(None, "--plot", metavar="FILE.png", help="Draw the error CDF with the radii marked."),
+    llm_base_url: o.LlmBaseUrl = None,
+    llm_model: o.LlmModel = None,
+    llm_recipe: o.LlmRecipe = "g3",
+    llm_references: o.LlmReferences = None,
+    llm_samples: o.LlmSamples = None,
+    llm_temperature: o.LlmTemperature = None,
+    llm_nearest: o.LlmNearest = None,
+    llm_farthest: o.LlmFarthest = None,
+    llm_concurrency: o.LlmConcurrency = 8,
+    llm_timeout: o.LlmTimeout = 60.0,
+    llm_retries: o.LlmRetries = 3,
+    llm_image_size: o.LlmImageSize = 512,
+    llm_max_tokens: o.LlmMaxTokens = 256,
+    llm_cache: o.LlmCache = True,
 ) -> None:
     """Evaluate geolocation accuracy: accuracy at radii, median/mean error, GeoScore, PD split."""
     import geofast as gf
@@ -56,19 +78,25 @@ def evaluate(
     else:
         if dataset is None or images is None:
             raise gf.InputError("give DATASET and --images DIR, or --predictions FILE", hint="geofast eval im2gps3k.csv --images im2gps3k/")
-        if method not in ("geoclip", "swc"):
-            raise gf.InputError(f"unknown --method {method!r}", hint="choose geoclip or swc")
+        from geofast.predict.factory import MethodOptions, make_predictor
+
+        llm = None
+        if method == "rag":
+            llm = o.llm_config(llm_recipe, llm_base_url, llm_model, llm_references, llm_samples, llm_temperature,
+                               llm_nearest, llm_farthest, llm_concurrency, llm_timeout, llm_retries, llm_image_size,
+                               llm_max_tokens, llm_cache)
+        opts = MethodOptions(method=method, model=model, clip=clip, device=device, gallery=gallery, region=region, db=db,
+                             swc_k=swc_k, eps_km=eps_km, cell_km=cell_km, confidence=confidence, llm=llm)
+        database = opts.check()
         if not images.is_dir():
             raise gf.InputError(f"--images {images} is not a folder")
         data = ev.read_dataset(dataset)
         log = ev.PredictionLog.open(out)
         todo = sum(1 for name in data.images if name not in log.done)
         if todo:
-            from geofast.predict.geoclip import Geolocator
-
             with _console.err.status(f"loading {model} ...", spinner="dots"):
-                locator = Geolocator.from_pretrained(model, clip=clip, device=device, progress=True)
-            _predict_all(data, images, locator, log, batch_size, method)
+                run = make_predictor(opts, database, top_k=5, batch_size=batch_size, places=False)
+            _predict_all(data, images, run, log, batch_size, method)
         scored = _subset(ev.read_predictions(out), set(data.images))
         title = f"{dataset.name} ({method}, {model})"
 
@@ -98,7 +126,7 @@ def _subset(scored: Any, names: set[str]) -> Any:
                       [f for f in scored.failed if f[0] in names])
 
 
-def _predict_all(data: Any, images: Path, locator: Any, log: Any, batch_size: int, method: str) -> None:
+def _predict_all(data: Any, images: Path, run: Any, log: Any, batch_size: int, method: str) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from geofast.evaluate import run_predictions
@@ -108,7 +136,7 @@ def _predict_all(data: Any, images: Path, locator: Any, log: Any, batch_size: in
         task = bar.add_task("eval", total=len(data.images))
         run_predictions(
             data, images,
-            lambda paths: locator.predict(paths, top_k=5, batch_size=batch_size, method=method, places=False),
+            lambda paths: run(paths, lambda _n: None),
             log, batch_size=batch_size, on_progress=lambda n: bar.advance(task, n), method=method,
         )
 

@@ -1,0 +1,132 @@
+"""One place that turns a method name and its options into a ready predictor.
+
+``geofast locate`` and ``geofast eval`` both call :func:`make_predictor`, so every method
+(``geoclip``, ``swc``, ``geoclip+swc``, ``rag``) behaves the same in both. Cheap checks
+(:meth:`MethodOptions.check`) run before the slow model load.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geofast.errors import InputError, ParameterError
+from geofast.predict.types import Prediction
+
+if TYPE_CHECKING:
+    from geofast.database import Database
+    from geofast.llm import LLMConfig
+
+METHODS = ("geoclip", "swc", "geoclip+swc", "rag")
+
+#: ``run(image_paths, advance)`` → one Prediction per path; ``advance(n)`` reports progress.
+Runner = Callable[[Sequence[str], Callable[[int], None]], list[Prediction]]
+
+
+@dataclass
+class MethodOptions:
+    """Everything that selects and configures a prediction method."""
+
+    method: str = "geoclip"
+    model: str = "geoclip"
+    clip: str | None = None
+    device: str | None = None
+    gallery: str | os.PathLike[str] | None = None
+    region: str | None = None
+    db: str | os.PathLike[str] | None = None
+    swc_k: int = 10
+    eps_km: float = 1.0
+    cell_km: float = 25.0
+    confidence: bool = True
+    llm: LLMConfig | None = None
+
+    def check(self) -> Database | None:
+        """Validate the combination and open the database (if any) before any model loads."""
+        from geofast.gallery import parse_region
+
+        if self.method not in METHODS:
+            raise InputError(f"unknown --method {self.method!r}", hint=f"choose one of: {', '.join(METHODS)}")
+        if self.eps_km <= 0:
+            raise ParameterError(f"--eps-km must be > 0, got {self.eps_km}")
+        if self.cell_km <= 0:
+            raise ParameterError(f"--cell-km must be > 0, got {self.cell_km}")
+        if self.db is None and self.method == "geoclip+swc":
+            raise InputError("--method geoclip+swc needs an image database", hint="pass --db DIR (build one with geofast db build)")
+        if self.db is not None and self.method == "geoclip":
+            raise InputError("--db is used by --method swc, geoclip+swc or rag", hint="add --method swc (or geoclip+swc, rag)")
+        if self.method == "geoclip+swc" and not self.confidence:
+            raise InputError("--method geoclip+swc needs GeoCLIP's heads", hint="drop --no-confidence")
+        if self.method == "rag":
+            from geofast.llm import LLMConfig
+            from geofast.llm.client import resolve_api_key
+
+            if self.llm is None:
+                self.llm = LLMConfig()
+            resolve_api_key(self.llm.resolved_base_url())  # a missing key fails before the model load
+        parse_region(self.region)
+        if self.db is None:
+            return None
+        from geofast.database import Database
+
+        return Database.open(self.db)
+
+    def clip_for(self, database: Database | None) -> str | None:
+        """``--clip``, else (when ``$GEOFAST_CLIP`` is unset) the backbone a database was built with."""
+        if self.clip is not None or database is None or os.environ.get("GEOFAST_CLIP", "").strip():
+            return self.clip
+        recorded = database.backbone_source
+        if recorded and (Path(recorded).expanduser().is_dir() or not Path(recorded).expanduser().is_absolute()):
+            return str(recorded)
+        return None
+
+
+def make_predictor(
+    opts: MethodOptions,
+    database: Database | None,
+    *,
+    top_k: int = 5,
+    batch_size: int = 16,
+    places: bool = True,
+    progress: bool = True,
+) -> Runner:
+    """Load the models ``opts`` needs and return the runner. ``database`` is ``opts.check()``'s."""
+    from geofast.predict.geoclip import Geolocator
+
+    clip = opts.clip_for(database)
+
+    def geolocator() -> Geolocator:
+        return Geolocator.from_pretrained(
+            opts.model, clip=clip, device=opts.device, gallery=opts.gallery, region=opts.region, progress=progress
+        )
+
+    if opts.method == "rag":
+        from geofast.predict.rag import RagPredictor
+
+        loc = geolocator()
+        if database is not None:
+            database.check_backbone(loc.backbone)
+        rag = RagPredictor(loc, database=database, config=opts.llm)
+        return lambda items, advance: rag.predict(list(items), top_k=top_k, batch_size=batch_size, places=places, on_progress=advance)
+    if database is None:
+        loc = geolocator()
+        return lambda items, advance: loc.predict(
+            list(items), top_k=top_k, batch_size=batch_size, method=opts.method, swc_eps_km=opts.eps_km,
+            places=places, on_progress=advance,
+        )
+    from geofast.predict.swc import SwcPredictor
+
+    swc_loc: Any = None
+    if opts.confidence:
+        swc_loc = geolocator()
+        backbone = swc_loc.backbone
+    else:
+        from geofast.models.clip import load_backbone
+
+        backbone = load_backbone(clip, opts.device)
+    predictor = SwcPredictor(database, backbone, geolocator=swc_loc, k=opts.swc_k, eps_km=opts.eps_km, cell_km=opts.cell_km)
+    return lambda items, advance: predictor.predict(
+        list(items), method=opts.method, top_k=top_k, batch_size=batch_size, places=places, on_progress=advance
+    )
