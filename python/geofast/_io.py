@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(f)`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

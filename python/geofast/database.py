@@ -71,6 +71,7 @@ import numpy as np
 from geofast import __version__
 from geofast._io import atomic_write, atomic_write_text
 from geofast.errors import DatabaseError, ImageError, InputError, ParameterError, ShapeError
+from geofast.gallery import find_column
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -212,14 +213,6 @@ def read_exif_gps(image: str | os.PathLike[str] | Image.Image) -> tuple[float, f
     return lat, lon
 
 
-def _pick(columns: Sequence[str], names: tuple[str, ...]) -> str | None:
-    lowered = {c.strip().lower(): c for c in columns}
-    for n in names:
-        if n in lowered:
-            return lowered[n]
-    return None
-
-
 def read_csv_source(path: str | os.PathLike[str]) -> SourcePlan:
     """Plan a build from a CSV with columns ``image,lat,lon`` (any order and case; ``path``,
     ``latitude``, ``longitude``, ``lng`` accepted too). Relative image paths are relative to the
@@ -236,7 +229,7 @@ def read_csv_source(path: str | os.PathLike[str]) -> SourcePlan:
     except StopIteration:
         raise InputError(f"CSV {p} is empty", hint="add a header line image,lat,lon and one row per photo") from None
     header = [h.strip() for h in header]
-    img_col, lat_col, lon_col = (_pick(header, names) for names in (_IMAGE_COLUMNS, _LAT_COLUMNS, _LON_COLUMNS))
+    img_col, lat_col, lon_col = (find_column(header, names) for names in (_IMAGE_COLUMNS, _LAT_COLUMNS, _LON_COLUMNS))
     if img_col is None or lat_col is None or lon_col is None:
         raise InputError(
             f"CSV {p} needs columns image, lat and lon; found {', '.join(header[:8]) or 'none'}",

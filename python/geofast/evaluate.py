@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from geofast.errors import InputError
+from geofast.gallery import find_column
 
 DEFAULT_RADII_KM: tuple[float, ...] = (1.0, 25.0, 200.0, 750.0, 2500.0)
 GEOSCORE_SCALE_KM = 1492.7
@@ -111,14 +112,6 @@ def score(
 # -- datasets and prediction files ---------------------------------------------------------------
 
 
-def _find(header: Sequence[str], names: Iterable[str]) -> str | None:
-    lowered = {h.strip().lower(): h for h in header}
-    for n in names:
-        if n in lowered:
-            return lowered[n]
-    return None
-
-
 @dataclass
 class Dataset:
     """Images of a benchmark with their true coordinates."""
@@ -140,7 +133,7 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     except Exception as e:  # noqa: BLE001
         raise InputError(f"cannot read dataset CSV {p}: {e}") from e
     cols = list(frame.columns)
-    img, lat, lon = _find(cols, _IMAGE_COLUMNS), _find(cols, _LAT_COLUMNS), _find(cols, _LON_COLUMNS)
+    img, lat, lon = find_column(cols, _IMAGE_COLUMNS), find_column(cols, _LAT_COLUMNS), find_column(cols, _LON_COLUMNS)
     if img is None or lat is None or lon is None:
         raise InputError(
             f"dataset {p} needs an image column and latitude/longitude columns, found {cols[:8]}",
@@ -182,16 +175,16 @@ def read_predictions(path: str | os.PathLike[str]) -> ScoredFile:
     except Exception as e:  # noqa: BLE001
         raise InputError(f"cannot read predictions CSV {p}: {e}") from e
     cols = list(frame.columns)
-    lat, lon = _find(cols, _LAT_COLUMNS), _find(cols, _LON_COLUMNS)
-    plat, plon = _find(cols, _PRED_LAT), _find(cols, _PRED_LON)
+    lat, lon = find_column(cols, _LAT_COLUMNS), find_column(cols, _LON_COLUMNS)
+    plat, plon = find_column(cols, _PRED_LAT), find_column(cols, _PRED_LON)
     if None in (lat, lon, plat, plon):
         raise InputError(
             f"predictions file {p} needs lat,lon and pred_lat,pred_lon columns, found {cols[:8]}",
             hint="write it with `geofast eval DATASET --images DIR --out FILE`",
         )
-    img = _find(cols, _IMAGE_COLUMNS)
-    conf_col = _find(cols, ("confidence", "pd25", "pd_25"))
-    err_col = _find(cols, ("error",))
+    img = find_column(cols, _IMAGE_COLUMNS)
+    conf_col = find_column(cols, ("confidence", "pd25", "pd_25"))
+    err_col = find_column(cols, ("error",))
     images = frame[img].tolist() if img else [str(i) for i in range(len(frame))]
     errors = frame[err_col].tolist() if err_col else [""] * len(frame)
     ok = [i for i in range(len(frame)) if not errors[i] and frame[plat].iloc[i] != "" and frame[plon].iloc[i] != ""]

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,8 @@ def check_latlon_array(latlon: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _pick_column(columns: list[str], names: tuple[str, ...]) -> str | None:
+def find_column(columns: Sequence[str], names: Iterable[str]) -> str | None:
+    """The first of ``columns`` whose stripped, lower-cased name is in ``names`` (in ``names`` order)."""
     lowered = {c.strip().lower(): c for c in columns}
     for n in names:
         if n in lowered:
@@ -80,8 +81,8 @@ def read_gallery_file(path: str | os.PathLike[str]) -> np.ndarray:
         frame = pd.read_csv(p)
     except Exception as e:  # noqa: BLE001 - pandas raises many types
         raise InputError(f"cannot read gallery CSV {p}: {e}") from e
-    lat_col = _pick_column(list(frame.columns), _LAT_NAMES)
-    lon_col = _pick_column(list(frame.columns), _LON_NAMES)
+    lat_col = find_column(list(frame.columns), _LAT_NAMES)
+    lon_col = find_column(list(frame.columns), _LON_NAMES)
     if lat_col is None or lon_col is None:
         raise InputError(
             f"gallery CSV {p} needs latitude and longitude columns, found {list(frame.columns)[:6]}",

@@ -91,6 +91,7 @@ def write_map(path: str | os.PathLike[str], predictions: Sequence[Prediction]) -
     fmap = folium.Map(location=[lat0, lon0], zoom_start=2 if len(located) != 1 else 5, tiles="OpenStreetMap")
     group = MarkerCluster(name="predictions").add_to(fmap) if len(located) > 50 else fmap
     for p in located:
+        assert p.lat is not None and p.lon is not None
         place = p.candidates[0].place if p.candidates else None
         conf = f"{p.confidence:.2f}" if p.confidence is not None else "n/a"
         prob = f"{p.prob:.3f}" if p.prob is not None else "n/a"

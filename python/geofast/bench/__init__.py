@@ -128,9 +128,10 @@ def run_workload(w: Workload, threads: int) -> Result:
         g_s, g_out = time_call(lambda: w.run_geofast(state), w.repeat)
     a_s: float | None = None
     a_out: Any = None
-    if w.run_anchor is not None:
+    anchor = w.run_anchor
+    if anchor is not None:
         # Anchors are usually far slower: fewer repeats.
-        a_s, a_out = time_call(lambda: w.run_anchor(state), max(1, min(w.repeat, 3)))
+        a_s, a_out = time_call(lambda: anchor(state), max(1, min(w.repeat, 3)))
         a_s /= w.anchor_scale
     agreement = w.check(state, g_out, a_out) if w.check is not None else ""
     speedup = (a_s / g_s) if (a_s is not None and g_s > 0) else None

@@ -39,6 +39,11 @@ LlmMaxTokens = Annotated[int, typer.Option("--llm-max-tokens", min=1, rich_help_
 LlmCache = Annotated[bool, typer.Option("--llm-cache/--no-llm-cache", rich_help_panel=_LLM, help="Reuse cached answers for the same image, prompt and model.")]
 
 
+def llm_config_from(params: dict[str, Any]) -> Any:
+    """The LLM config of a command's ``llm_*`` parameters (pass ``locals()``)."""
+    return llm_config(**{k[len("llm_"):]: v for k, v in params.items() if k.startswith("llm_")})
+
+
 def llm_config(
     recipe: str,
     base_url: str | None,

@@ -59,8 +59,7 @@ def locate(
 
     llm = None
     if method == "rag":
-        llm = o.llm_config(llm_recipe, llm_base_url, llm_model, llm_references, llm_samples, llm_temperature, llm_nearest,
-                           llm_farthest, llm_concurrency, llm_timeout, llm_retries, llm_image_size, llm_max_tokens, llm_cache)
+        llm = o.llm_config_from(locals())
     opts = MethodOptions(method=method, model=model, clip=clip, device=device, gallery=gallery, region=region, db=db,
                          swc_k=swc_k, eps_km=eps_km, cell_km=cell_km, confidence=confidence, llm=llm)
     database = opts.check()  # every cheap check before the (slow) model load

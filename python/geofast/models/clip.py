@@ -195,9 +195,10 @@ def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None
 
     with quiet_transformers():
         try:
-            model, info = CLIPVisionModelWithProjection.from_pretrained(
+            loaded: Any = CLIPVisionModelWithProjection.from_pretrained(
                 folder, config=config, dtype=dtype, output_loading_info=True
             )
+            model, info = loaded
         except Exception as e:  # noqa: BLE001 - any loader failure becomes one clear message
             raise ModelError(f"cannot load the CLIP backbone from {folder}: {e}", hint=_HINT) from e
         missing = list(info.get("missing_keys") or []) + [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []]

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ class ImageHead(nn.Module):
 
 
 class _Capsule(nn.Module):
+    b: np.ndarray
+    mlp: nn.Sequential
+
     def __init__(self, state: Mapping[str, torch.Tensor], i: int, where: str) -> None:
         super().__init__()
         p = f"LocEnc{i}"
@@ -114,7 +117,7 @@ class LocationEncoder(nn.Module):
         """Unnormalised 512-d embeddings of ``(N, 2)`` lat/lon degrees (float32 tensor)."""
         xy = gf.equal_earth(latlon)
         total: torch.Tensor | None = None
-        for cap in self.capsules:
+        for cap in cast("list[_Capsule]", list(self.capsules)):
             feats = torch.from_numpy(gf.fourier_features(xy, cap.b))
             out = cap.mlp(feats)
             total = out if total is None else total.add_(out)

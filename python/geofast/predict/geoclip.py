@@ -192,23 +192,15 @@ class Geolocator:
             raise InputError(f"unknown method {method!r} for Geolocator.predict", hint="use geoclip or swc")
         if top_k < 1:
             raise gf.ParameterError(f"top_k must be >= 1, got {top_k}")
-        items = _as_items(images)
-        results: list[Prediction] = []
-        for start in range(0, len(items), max(1, batch_size)):
-            loaded = list(iter_loaded(items[start : start + batch_size]))
-            good = [(name, im) for _, name, im, _ in loaded if im is not None]
-            preds: list[Prediction] = []
-            if good:
-                emb = self._embed_pil([im for _, im in good])
-                preds = self.predict_embeddings(
-                    emb, [name for name, _ in good], top_k, method=method, swc_eps_km=swc_eps_km, places=places
-                )
-            located = iter(preds)
-            for _, name, im, err in loaded:
-                results.append(next(located) if im is not None else Prediction(image=name, method=method, error=str(err)))
-            if on_progress is not None:
-                on_progress(len(loaded))
-        return results
+        return predict_in_batches(
+            _as_items(images),
+            batch_size,
+            method,
+            lambda names, ims: self.predict_embeddings(
+                self._embed_pil(ims), names, top_k, method=method, swc_eps_km=swc_eps_km, places=places
+            ),
+            on_progress,
+        )
 
     def predict_embeddings(
         self,
@@ -266,6 +258,27 @@ class Geolocator:
             pred.prob = float(probs[members].sum())
             pred.extra["swc_members"] = [int(m) for m in members]
         return pred
+
+
+def predict_in_batches(
+    items: Sequence[ImageInput],
+    batch_size: int,
+    method: str,
+    predict: Callable[[list[str], list[Any]], list[Prediction]],
+    on_progress: Callable[[int], None] | None = None,
+) -> list[Prediction]:
+    """Load ``items`` batch by batch and call ``predict(names, rgb_images)`` on the readable ones;
+    an unreadable image becomes a Prediction carrying its error, in its place."""
+    results: list[Prediction] = []
+    for start in range(0, len(items), max(1, batch_size)):
+        loaded = list(iter_loaded(items[start : start + batch_size]))
+        good = [(name, im) for _, name, im, _ in loaded if im is not None]
+        located = iter(predict([n for n, _ in good], [im for _, im in good]) if good else [])
+        for _, name, im, err in loaded:
+            results.append(next(located) if im is not None else Prediction(image=name, method=method, error=str(err)))
+        if on_progress is not None:
+            on_progress(len(loaded))
+    return results
 
 
 def _as_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
@@ -330,6 +343,5 @@ def build_gallery(
         latlon = latlon[mask]
         emb = np.ascontiguousarray(emb[mask])
         emb.setflags(write=False)
-    dtype = "f16" if emb.dtype == np.float16 else "f32"
-    search = gf.Gallery(emb, dtype=dtype)
+    search = gf.Gallery(emb, dtype="f16" if emb.dtype == np.float16 else "f32")
     return GalleryData(latlon=latlon, embeddings=emb, label=label, search=search, built=built)

@@ -556,51 +556,42 @@ class RagPredictor:
         llm_progress: Progress | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per image (``method="rag"``); unreadable images carry ``error``."""
-        from geofast.images import iter_loaded
-        from geofast.predict.geoclip import _as_items
+        from geofast.predict.geoclip import _as_items, predict_in_batches
 
         items = _as_items(images)
-        results: list[Prediction | None] = [None] * len(items)
-        keep: list[int] = []
-        names: list[str] = []
         geo_emb: list[np.ndarray] = []
         db_emb: list[np.ndarray] = []
-        geo_preds: list[Prediction] = []
-        for start in range(0, len(items), max(1, batch_size)):
-            loaded = list(iter_loaded(items[start : start + batch_size]))
-            good = [(start + j, name, im) for j, name, im, _ in loaded if im is not None]
-            for j, name, im, err in loaded:
-                if im is None:
-                    results[start + j] = Prediction(image=name, method="rag", error=str(err))
-            if good:
-                g, q = self.geolocator.embed_pil([im for _, _, im in good], with_clip=self.database is not None)
-                batch_names = [name for _, name, _ in good]
-                geo_preds += self.geolocator.predict_embeddings(g, batch_names, top_k, places=False)
-                keep += [i for i, _, _ in good]
-                names += batch_names
-                geo_emb.append(g)
-                if q is not None:
-                    db_emb.append(q)
-            if on_progress is not None:
-                on_progress(len(loaded))
-        if keep:
-            preds = predict_rag(
-                [items[i] for i in keep],
-                config=self.config,
-                image_embeddings=np.concatenate(geo_emb),
-                database=self.database,
-                database_embeddings=np.concatenate(db_emb) if db_emb else None,
-                geoclip=geo_preds,
-                encoder=self.geolocator,
-                names=names,
-                client=self.client,
-                progress=llm_progress,
-            )
-            if places:
-                self._name_places(preds)
-            for i, p in zip(keep, preds):
-                results[i] = p
-        return [p for p in results if p is not None]
+
+        def retrieval(names: list[str], ims: list[Any]) -> list[Prediction]:
+            g, q = self.geolocator.embed_pil(ims, with_clip=self.database is not None)
+            geo_emb.append(g)
+            if q is not None:
+                db_emb.append(q)
+            return self.geolocator.predict_embeddings(g, names, top_k, places=False)
+
+        # Stage 1, batch by batch: one CLIP forward per image, GeoCLIP's candidates.
+        results = predict_in_batches(items, batch_size, "rag", retrieval, on_progress)
+        keep = [i for i, p in enumerate(results) if p.error is None]
+        if not keep:
+            return results
+        # Stage 2, all images at once: the LLM requests run concurrently up to the limit.
+        preds = predict_rag(
+            [items[i] for i in keep],
+            config=self.config,
+            image_embeddings=np.concatenate(geo_emb),
+            database=self.database,
+            database_embeddings=np.concatenate(db_emb) if db_emb else None,
+            geoclip=[results[i] for i in keep],
+            encoder=self.geolocator,
+            names=[results[i].image for i in keep],
+            client=self.client,
+            progress=llm_progress,
+        )
+        if places:
+            self._name_places(preds)
+        for i, p in zip(keep, preds):
+            results[i] = p
+        return results
 
     def _name_places(self, preds: list[Prediction]) -> None:
         located = [p for p in preds if p.error is None and p.lat is not None and p.lon is not None]

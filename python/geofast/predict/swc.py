@@ -33,7 +33,7 @@ import geofast as gf
 from geofast.database import Database, Neighbours, normalize_rows
 from geofast.errors import InputError, ParameterError
 from geofast.images import ImageInput, iter_loaded
-from geofast.predict.geoclip import LOCALIZABLE_THRESHOLD, _as_items, prediction_density
+from geofast.predict.geoclip import LOCALIZABLE_THRESHOLD, _as_items, predict_in_batches, prediction_density
 from geofast.predict.types import Candidate, Prediction
 
 if TYPE_CHECKING:
@@ -154,22 +154,11 @@ class SwcPredictor:
             raise InputError("geoclip+swc needs GeoCLIP's heads", hint="load the predictor with geoclip='geoclip'")
         if top_k < 1:
             raise ParameterError(f"top_k must be >= 1, got {top_k}")
-        items = _as_items(images)
-        results: list[Prediction] = []
-        for start in range(0, len(items), max(1, batch_size)):
-            loaded = list(iter_loaded(items[start : start + batch_size]))
-            good = [(name, im) for _, name, im, _ in loaded if im is not None]
-            preds: list[Prediction] = []
-            if good:
-                q, g = self.embed([im for _, im in good])
-                names = [name for name, _ in good]
-                preds = self.predict_embeddings(q, g, names, method=method, top_k=top_k, places=places)
-            it = iter(preds)
-            for _, name, im, err in loaded:
-                results.append(next(it) if im is not None else Prediction(image=name, method=method, error=str(err)))
-            if on_progress is not None:
-                on_progress(len(loaded))
-        return results
+        def run(names: list[str], ims: list[Any]) -> list[Prediction]:
+            q, g = self.embed(ims)
+            return self.predict_embeddings(q, g, names, method=method, top_k=top_k, places=places)
+
+        return predict_in_batches(_as_items(images), batch_size, method, run, on_progress)
 
     def predict_embeddings(
         self,
