@@ -51,3 +51,10 @@ def test_bench_writes_json(tmp_path):
     assert names and all("equal_earth" in n for n in names)
     assert all(x["geofast_s"] > 0 for x in payload["results"])
     assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_import_and_help_do_not_load_torch():
+    code = "import sys, geofast, geofast.cli; geofast.cli.main(['--help']); print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False False"

@@ -47,6 +47,8 @@ from geofast.errors import (  # noqa: E402
     TooLargeError,
 )
 from geofast.database import Database  # noqa: E402  (image database: numpy only at import; torch lazily)
+from geofast.predict.geoclip import Geolocator  # noqa: E402  (torch and transformers load on first use)
+from geofast.predict.types import Candidate, Prediction  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -83,4 +85,7 @@ __all__ = [
     "LLMError",
     # image database
     "Database",
+    "Geolocator",
+    "Prediction",
+    "Candidate",
 ]
