@@ -204,7 +204,7 @@ unsafe fn micro_i8<const MR: usize, const NR: usize>(
     while off < dp {
         if pf != 0 && super::line_start(off, 1) {
             for r in 0..NR {
-                _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add((r + pf) * dp + off) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add((r + pf) * dp + off));
             }
         }
         let mut xv = [_mm256_setzero_si256(); NR];
