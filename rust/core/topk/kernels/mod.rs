@@ -55,7 +55,7 @@ pub(crate) const PF_ROWS: usize = 8;
 /// Whether a kernel step at element offset `off` (of `elem` bytes each) starts a cache line.
 #[inline(always)]
 pub(crate) fn line_start(off: usize, elem: usize) -> bool {
-    (off * elem) % 64 == 0
+    (off * elem).is_multiple_of(64)
 }
 
 /// Environment variable capping the SIMD level.
