@@ -195,6 +195,10 @@ def test_search_errors():
         g.search(q, 1, lse_scale=float("nan"))
     with pytest.raises(gf.ParameterError, match="overflow"):
         g.search(np.full((1, 8), 1e38), 1)
+    with pytest.raises(gf.ParameterError, match="lse_scale must be small enough"):
+        g.search(q, 1, lse_scale=1e38)
+    with pytest.raises(gf.ParameterError, match=r"queries must be within the float32 range, got 1e300 in row 1"):
+        g.search(np.vstack([q[0], np.full(8, 1e300)]), 1)
 
 
 def test_many_threads_give_identical_results():

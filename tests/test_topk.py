@@ -121,6 +121,7 @@ def test_results_do_not_depend_on_threads():
         (np.ones((2, 8)), np.zeros((0, 8)), 1, gf.EmptyInputError, "gallery is empty"),
         ("abc", np.ones((10, 8)), 1, gf.InputError, "numeric array"),
         (np.full((1, 8), 1e30), np.full((4, 8), 1e30), 1, gf.ParameterError, "overflow"),
+        (np.ones((1, 8)), np.vstack([np.ones((2, 8)), np.full((1, 8), 1e300)]), 1, gf.ParameterError, "gallery must be within the float32 range, got 1e300 in row 2"),
     ],
 )
 def test_errors_are_clear_value_errors(queries, gallery, k, error, text):

@@ -104,7 +104,13 @@ fn result<'py>(py: Python<'py>, r: Neighbors) -> PyResult<Bound<'py, PyTuple>> {
 ///
 /// Returns ``(scores, indices)``: ``(B, k)`` float32 scores sorted descending (ties broken by
 /// the lower gallery index) and ``(B, k)`` int64 gallery indices. ``queries`` is ``(B, D)`` or
-/// one ``(D,)`` vector; ``gallery`` is ``(N, D)``; ``1 <= k <= N``.
+/// one ``(D,)`` vector; ``gallery`` is ``(N, D)``; ``1 <= k <= N``. float32 arrays of any
+/// layout are read in place (float64 converted while reading; other types converted once).
+///
+/// Scores are float32 dot products with one fixed summation order, computed by AVX-512, AVX2
+/// or portable kernels chosen at run time (``GEOFAST_SIMD=off|avx2`` caps the choice): results
+/// are bit-identical across CPUs, batch sizes and thread counts. The gallery is scanned once
+/// per batch in cache-sized tiles, never as a B × N score matrix.
 #[pyfunction]
 #[pyo3(signature = (queries, gallery, k))]
 fn topk<'py>(

@@ -450,7 +450,7 @@ impl Gallery {
         let k = check_k(k, self.n)?;
         if let Some(s) = lse_scale {
             if !s.is_finite() {
-                return Err(GeoError::parameter("lse_scale", "a finite number", s));
+                return Err(GeoError::parameter("lse_scale", "a finite number", super::num(s)));
             }
         }
         let (packed, norms) = pack_queries(&queries, self.d)?;
@@ -622,7 +622,7 @@ fn quantize_f16(n: usize, d: usize, fill: impl Fn(usize, &mut Vec<f32>) + Sync) 
         return Err(GeoError::Parameter {
             name: "vectors",
             requirement: "within the float16 range ±65504 for dtype='f16' (use dtype='f32' or 'i8')",
-            value: format!("{value} in row {row}"),
+            value: format!("{} in row {row}", super::num(value)),
         });
     }
     Ok((codes, st))

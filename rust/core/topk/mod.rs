@@ -87,6 +87,15 @@ impl Vector for f32 {
     }
 }
 
+/// A number for a message: plain for ordinary magnitudes, exponent form otherwise (`1e300`).
+pub(crate) fn num(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 /// Validate `1 <= k <= n`.
 pub(crate) fn check_k(k: i64, n: usize) -> GeoResult<usize> {
     if k < 1 || k as u64 > n as u64 {
@@ -133,7 +142,7 @@ pub(crate) fn pack_queries<Q: Real>(q: &ArrayView2<Q>, d: usize) -> GeoResult<(P
     });
     if let Some((row, value)) = bad.iter().enumerate().find_map(|(i, b)| b.map(|v| (i, v))) {
         if value.is_finite() {
-            return Err(GeoError::parameter("queries", "within the float32 range", format!("{value} in row {row}")));
+            return Err(GeoError::parameter("queries", "within the float32 range", format!("{} in row {row}", num(value))));
         }
         return Err(GeoError::NonFinite { name: "queries", row, value });
     }
@@ -157,7 +166,7 @@ pub(crate) fn check_magnitude(norms: &[f64], x_max: f64, lse_scale: Option<f64>)
                 return Err(GeoError::parameter(
                     "lse_scale",
                     "small enough that |lse_scale|·|q|·|x| stays below 1e37",
-                    s,
+                    num(s),
                 ));
             }
         }
@@ -201,7 +210,7 @@ pub fn topk_with<Q: Real, G: Vector>(isa: Isa, queries: ArrayView2<Q>, gallery: 
             if let Some(&v) = rows.row(r).iter().find(|v| !v.is_finite()) {
                 let orig = gallery[[r, rows.row(r).iter().position(|x| x.to_bits() == v.to_bits()).unwrap_or(0)]].to_f64();
                 if orig.is_finite() {
-                    return Err(GeoError::parameter("gallery", "within the float32 range", format!("{orig} in row {r}")));
+                    return Err(GeoError::parameter("gallery", "within the float32 range", format!("{} in row {r}", num(orig))));
                 }
                 return Err(GeoError::NonFinite { name: "gallery", row: r, value: orig });
             }

@@ -11,6 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::scalar::{EXP_MIN_ARG, EXP_P, LN2_HI, LN2_LO, LOG2E};
+use super::PF_ROWS;
 use crate::core::topk::select::QState;
 
 /// The canonical tree over lanes `lo` (0-7) and `hi` (8-15).
@@ -64,6 +65,7 @@ unsafe fn ld_f16_tail(p: *const u16, rem: usize) -> [__m256; 2] {
 macro_rules! kernels {
     ($micro:ident, $block:ident, $t:ty, $ld:ident, $ldt:ident) => {
         /// MR queries × NR rows over the full dimension; writes MR × NR canonical scores.
+        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $micro<const MR: usize, const NR: usize>(
             q: *const f32,
@@ -73,11 +75,17 @@ macro_rules! kernels {
             d: usize,
             out: *mut f32,
             ldo: usize,
+            pf: usize,
         ) {
             let mut acc = [[[_mm256_setzero_ps(); 2]; NR]; MR];
             let full = d / 16;
             let mut off = 0usize;
             for _ in 0..full {
+                if pf != 0 && super::line_start(off, std::mem::size_of::<$t>()) {
+                    for r in 0..NR {
+                        _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add((r + pf) * ld + off) as *const i8);
+                    }
+                }
                 for h in 0..2 {
                     let mut qv = [_mm256_setzero_ps(); MR];
                     for m in 0..MR {
@@ -140,15 +148,16 @@ macro_rules! kernels {
                     while r < p1 {
                         let nr = nr_max.min(p1 - r);
                         let (xr, or) = (x.add(r * ld), oi.add(r));
+                        let pf = if i == 0 && r + PF_ROWS + nr <= nrows { PF_ROWS } else { 0 };
                         macro_rules! go {
                             ($m:literal) => {
                                 match nr {
-                                    1 => $micro::<$m, 1>(qi, dp, xr, ld, d, or, ldo),
-                                    2 => $micro::<$m, 2>(qi, dp, xr, ld, d, or, ldo),
-                                    3 => $micro::<$m, 3>(qi, dp, xr, ld, d, or, ldo),
-                                    4 => $micro::<$m, 4>(qi, dp, xr, ld, d, or, ldo),
-                                    5 => $micro::<$m, 5>(qi, dp, xr, ld, d, or, ldo),
-                                    _ => $micro::<$m, 6>(qi, dp, xr, ld, d, or, ldo),
+                                    1 => $micro::<$m, 1>(qi, dp, xr, ld, d, or, ldo, pf),
+                                    2 => $micro::<$m, 2>(qi, dp, xr, ld, d, or, ldo, pf),
+                                    3 => $micro::<$m, 3>(qi, dp, xr, ld, d, or, ldo, pf),
+                                    4 => $micro::<$m, 4>(qi, dp, xr, ld, d, or, ldo, pf),
+                                    5 => $micro::<$m, 5>(qi, dp, xr, ld, d, or, ldo, pf),
+                                    _ => $micro::<$m, 6>(qi, dp, xr, ld, d, or, ldo, pf),
                                 }
                             };
                         }
@@ -188,10 +197,16 @@ unsafe fn micro_i8<const MR: usize, const NR: usize>(
     xscale: *const f32,
     out: *mut f32,
     ldo: usize,
+    pf: usize,
 ) {
     let mut acc = [[_mm256_setzero_si256(); NR]; MR];
     let mut off = 0usize;
     while off < dp {
+        if pf != 0 && super::line_start(off, 1) {
+            for r in 0..NR {
+                _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add((r + pf) * dp + off));
+            }
+        }
         let mut xv = [_mm256_setzero_si256(); NR];
         for r in 0..NR {
             xv[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(r * dp + off) as *const __m128i));
@@ -236,17 +251,18 @@ pub unsafe fn score_i8(
         while r < nrows {
             let nr = nr_max.min(nrows - r);
             let (xr, xs, or) = (x.add(r * dp), xscale.add(r), oi.add(r));
+            let pf = if i == 0 && r + PF_ROWS + nr <= nrows { PF_ROWS } else { 0 };
             macro_rules! go {
                 ($m:literal) => {
                     match nr {
-                        1 => micro_i8::<$m, 1>(qi, qsi, dp, xr, xs, or, ldo),
-                        2 => micro_i8::<$m, 2>(qi, qsi, dp, xr, xs, or, ldo),
-                        3 => micro_i8::<$m, 3>(qi, qsi, dp, xr, xs, or, ldo),
-                        4 => micro_i8::<$m, 4>(qi, qsi, dp, xr, xs, or, ldo),
-                        5 => micro_i8::<$m, 5>(qi, qsi, dp, xr, xs, or, ldo),
-                        6 => micro_i8::<$m, 6>(qi, qsi, dp, xr, xs, or, ldo),
-                        7 => micro_i8::<$m, 7>(qi, qsi, dp, xr, xs, or, ldo),
-                        _ => micro_i8::<$m, 8>(qi, qsi, dp, xr, xs, or, ldo),
+                        1 => micro_i8::<$m, 1>(qi, qsi, dp, xr, xs, or, ldo, pf),
+                        2 => micro_i8::<$m, 2>(qi, qsi, dp, xr, xs, or, ldo, pf),
+                        3 => micro_i8::<$m, 3>(qi, qsi, dp, xr, xs, or, ldo, pf),
+                        4 => micro_i8::<$m, 4>(qi, qsi, dp, xr, xs, or, ldo, pf),
+                        5 => micro_i8::<$m, 5>(qi, qsi, dp, xr, xs, or, ldo, pf),
+                        6 => micro_i8::<$m, 6>(qi, qsi, dp, xr, xs, or, ldo, pf),
+                        7 => micro_i8::<$m, 7>(qi, qsi, dp, xr, xs, or, ldo, pf),
+                        _ => micro_i8::<$m, 8>(qi, qsi, dp, xr, xs, or, ldo, pf),
                     }
                 };
             }

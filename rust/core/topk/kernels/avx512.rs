@@ -88,8 +88,7 @@ macro_rules! dispatch {
 /// Register block for several queries: MR_MAX queries × NR_MAX rows.
 const MR_MAX: usize = 4;
 const NR_MAX: usize = 4;
-/// Prefetch distance of the multi-query kernel, in rows.
-const PF_ROWS: usize = 8;
+use super::PF_ROWS;
 
 macro_rules! kernels {
     ($micro:ident, $block:ident, $t:ty, $ld:ident, $ldt:ident) => {
@@ -114,7 +113,7 @@ macro_rules! kernels {
                 for r in 0..NR {
                     xv[r] = $ld(x.add(r * ld + off));
                 }
-                if pf != 0 {
+                if pf != 0 && super::line_start(off, std::mem::size_of::<$t>()) {
                     // Rows `pf` ahead: one line per row and step, spread over the whole pass.
                     for r in 0..NR {
                         _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add((r + pf) * ld + off) as *const i8);
@@ -189,7 +188,7 @@ macro_rules! kernels {
                         let nr = nr_max.min(p1 - r);
                         let (xr, or) = (x.add(r * ld), oi.add(r));
                         // The first query block prefetches the rows a few row blocks ahead.
-                        let pf = if i == 0 && nq > 1 && r + PF_ROWS + nr <= nrows { PF_ROWS } else { 0 };
+                        let pf = if i == 0 && r + PF_ROWS + nr <= nrows { PF_ROWS } else { 0 };
                         let args = (qi, dp, xr, ld, d, or, ldo, pf);
                         if nq == 1 {
                             dispatch!($micro, 1, nr, [1, 2, 3, 4, 5, 6, 7, 8], args)
