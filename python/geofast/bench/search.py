@@ -64,7 +64,7 @@ def _gallery(dtype: str):
 
     key = ("gallery", dtype)
     if key not in _cache:
-        _cache[key] = gf.Gallery(_base()["x"], dtype=dtype)
+        _cache[key] = gf.Gallery(_base()["x"], dtype=dtype)  # type: ignore[arg-type]
     return _cache[key]
 
 
