@@ -47,3 +47,15 @@ def error_line(message: str, hint: str | None = None) -> None:
     err.print(f"[bold red]error:[/] {first}", markup=True, highlight=False, soft_wrap=True)
     if hint:
         err.print(f"[dim]hint:[/] {hint}", markup=True, highlight=False, soft_wrap=True)
+
+
+def progress(label: str, *, unit: str | None = None, transient: bool = True) -> Any:
+    """A rich progress bar on stderr: label, bar, done/total (unit), elapsed, eta."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn(f"[bold]{escape(label)}"), BarColumn(), MofNCompleteColumn()]
+    if unit:
+        columns.append(TextColumn(unit))
+    columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    return Progress(*columns, console=err, transient=transient)

@@ -247,18 +247,8 @@ def _encode_with_progress(
 ) -> np.ndarray:
     if not show:
         return encode(latlon, lambda _n: None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from geofast._console import progress
 
-    from geofast._console import err
-
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(f"encoding gallery {label} (once; cached)", total=int(latlon.shape[0]))
+    with progress(f"encoding gallery {label} (once; cached)", unit="points", transient=False) as bar:
+        task = bar.add_task("encode", total=int(latlon.shape[0]))
         return encode(latlon, lambda n: bar.advance(task, n))

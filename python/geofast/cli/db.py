@@ -27,11 +27,7 @@ app.add_typer(db_app, name="db")
 def _progress(enabled: bool, label: str) -> Iterator[tuple[Callable[[int, int], None], Callable[[str], None]]]:
     """(on_progress, on_event) callbacks drawing a rich bar with ETA on stderr. The bar appears
     with the first progress report, so argument errors and model loading print no empty bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
-    bar = Progress(*columns, console=_console.err, transient=False)
+    bar = _console.progress(label, unit="images", transient=False)
     state: dict[str, object] = {}
 
     def advance(done: int, total: int) -> None:

@@ -125,12 +125,9 @@ def _subset(scored: Any, names: set[str]) -> Any:
 
 
 def _predict_all(data: Any, images: Path, run: Any, log: Any, batch_size: int, method: str) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from geofast.evaluate import run_predictions
 
-    columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=_console.err, transient=True) as bar:
+    with _console.progress("evaluating", unit="images") as bar:
         task = bar.add_task("eval", total=len(data.images))
         run_predictions(
             data, images,

@@ -106,12 +106,9 @@ def locate(
 
 def _with_progress(items: list[str], batch_size: int, run: Callable[[list[str], Callable[[int], None]], list[Any]]) -> list[Any]:
     """``run(items, advance)`` under a progress bar with ETA when there is more than one batch."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     if len(items) <= batch_size:
         return run(items, lambda _n: None)
-    columns = (TextColumn("locating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=_console.err, transient=True) as bar:
+    with _console.progress("locating", unit="images") as bar:
         task = bar.add_task("locate", total=len(items))
         return run(items, lambda n: bar.advance(task, n))
 
