@@ -58,3 +58,30 @@ def test_import_and_help_do_not_load_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_interleaved_workload_alternates_and_keeps_the_best_time():
+    import time
+
+    from geofast.bench import Workload, run_workload
+
+    calls: list[str] = []
+    g_sleeps = iter([0.0, 0.3, 0.1, 0.2])  # warm-up first, then the timed runs
+    a_sleeps = iter([0.0, 0.2, 0.4, 0.5])
+
+    def ours(_s: object) -> int:
+        calls.append("g")
+        time.sleep(next(g_sleeps))
+        return 1
+
+    def anchor(_s: object) -> int:
+        calls.append("a")
+        time.sleep(next(a_sleeps))
+        return 1
+
+    w = Workload("w", "k", "a", setup=lambda: {}, run_geofast=ours, run_anchor=anchor,
+                 check=lambda _s, g, a: f"{g}{a}", repeat=3, interleave=True)
+    r = run_workload(w, threads=1)
+    assert calls == ["g", "a"] * 4
+    assert 0.1 <= r.geofast_s < 0.2 and 0.2 <= r.anchor_s < 0.4
+    assert r.speedup == r.anchor_s / r.geofast_s and r.agreement == "11"

@@ -48,6 +48,10 @@ class Workload:
     #: For work that cannot be repeated (a cold start), setup records the time itself and this
     #: returns it instead of timing ``run_geofast``.
     geofast_seconds: Callable[[Any], float] | None = None
+    #: Alternate geofast and anchor runs (best of ``repeat`` each) instead of timing one side
+    #: after the other: for comparisons of near-equal times (locate vs the CLIP forward alone)
+    #: that load drifting on a shared machine would otherwise decide.
+    interleave: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,6 +126,8 @@ def run_workload(w: Workload, threads: int) -> Result:
         state = w.setup()
     except Skip as e:
         return Result(w.name, w.kernel, w.anchor, float("nan"), None, None, w.target, threads, "", w.note, str(e))
+    if w.interleave and w.run_anchor is not None and w.geofast_seconds is None:
+        return _run_interleaved(w, state, threads)
     if w.geofast_seconds is not None:
         g_s, g_out = w.geofast_seconds(state), None
     else:
@@ -136,6 +142,24 @@ def run_workload(w: Workload, threads: int) -> Result:
     agreement = w.check(state, g_out, a_out) if w.check is not None else ""
     speedup = (a_s / g_s) if (a_s is not None and g_s > 0) else None
     return Result(w.name, w.kernel, w.anchor, g_s, a_s, speedup, w.target, threads, agreement, w.note)
+
+
+def _run_interleaved(w: Workload, state: Any, threads: int) -> Result:
+    anchor = w.run_anchor
+    assert anchor is not None
+    g_out, a_out = w.run_geofast(state), anchor(state)  # untimed warm-up of both
+    g_times: list[float] = []
+    a_times: list[float] = []
+    for _ in range(max(1, w.repeat)):
+        t0 = time.perf_counter()
+        g_out = w.run_geofast(state)
+        t1 = time.perf_counter()
+        a_out = anchor(state)
+        g_times.append(t1 - t0)
+        a_times.append((time.perf_counter() - t1) / w.anchor_scale)
+    g_s, a_s = min(g_times), min(a_times)
+    agreement = w.check(state, g_out, a_out) if w.check is not None else ""
+    return Result(w.name, w.kernel, w.anchor, g_s, a_s, a_s / g_s if g_s > 0 else None, w.target, threads, agreement, w.note)
 
 
 def median(xs: list[float]) -> float:

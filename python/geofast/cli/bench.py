@@ -82,7 +82,7 @@ def bench(
             r.anchor,
             _fmt_time(r.anchor_s),
             speed,
-            f"{r.target:g}×" if r.target is not None else "-",
+            f"≥ {r.target:.3g}×" if r.target is not None else "-",
             str(r.threads),
             r.agreement,
         )
