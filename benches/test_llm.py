@@ -5,7 +5,8 @@ Each test times geofast with pytest-benchmark, checks its answers against the an
 asserts the target: ≤ 20 ms of geofast overhead per image (wall time of a cached rerun; and the
 median CPU time of paired end-to-end runs minus bare ``openai`` runs); 32 images at concurrency 8 at least 6× faster
 than sequential (ideal 8×: 4 stub delays instead of 32; the rest is Python's per-request CPU on a
-2-core machine, stub server included), and within 6 delays.
+2-core machine, stub server included), and within 1.5 × the ideal number of delays (quick: 16
+images, ideal 2 delays).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ def _workload(quick: bool, kernel_prefix: str, index: int):
     ws = bench_llm.workloads(quick)
     w = ws[index]
     assert w.kernel.startswith(kernel_prefix)
-    return w, (16 if quick else 32)
+    return w, int(w.extra["images"])
 
 
 @pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
 def test_rag_overhead_cached_rerun(benchmark, quick):
     w, n = _workload(quick, "rag", 0)
     state = w.setup()
-    preds = benchmark.pedantic(w.run_geofast, args=(state,), rounds=3 if quick else 5, warmup_rounds=1)
+    preds = benchmark.pedantic(w.run_geofast, args=(state,), rounds=w.repeat, warmup_rounds=1)
     print(w.check(state, preds, None))
     per_image_ms = min(state.times) / n * 1e3  # wall time: everything geofast does, no requests
     assert per_image_ms <= OVERHEAD_MS_PER_IMAGE, f"{per_image_ms:.1f} ms/image"
@@ -59,13 +60,13 @@ def test_rag_overhead_vs_bare_openai(benchmark, quick):
 
 @pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
 def test_rag_concurrency(benchmark, quick):
-    w, _ = _workload(quick, "rag concurrency", 2)
-    delay_s = 0.2
+    w, n = _workload(quick, "rag concurrency", 2)
+    delay_s, ideal = float(w.extra["delay_s"]), n / 8
     state = w.setup()
     ref = w.run_anchor(state)
     preds = benchmark.pedantic(w.run_geofast, args=(state,), rounds=3, warmup_rounds=1)
     print(w.check(state, preds, ref))
     delays = min(state.times) / delay_s
     speedup = min(state.anchor_times) / min(state.times)
-    assert delays <= 6.0, f"32 images at concurrency 8 took {delays:.2f} delays (ideal 4)"
+    assert delays <= 1.5 * ideal, f"{n} images at concurrency 8 took {delays:.2f} delays (ideal {ideal:g})"
     assert speedup >= 6.0, f"concurrency 8 is only {speedup:.1f}x faster than sequential (ideal 8)"

@@ -303,7 +303,7 @@ def _lattice_workload(spacing_km: float) -> Workload:
 def workloads(quick: bool) -> list[Workload]:
     out = [
         _dbscan_workload(1_000, 3.0, 5, target=20.0, repeat=30 if quick else 60),
-        _dbscan_workload(10_000 if quick else 100_000, 2.0, 10, target=10.0, repeat=5 if quick else 3),
+        _dbscan_workload(10_000 if quick else 100_000, 2.0, 10, target=None if quick else 10.0, repeat=5 if quick else 3),
     ]
     if not quick:
         out.append(_dbscan_rss_workload(1_000_000, 2.0, 10, limit_gib=2.0))

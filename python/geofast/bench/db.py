@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from geofast.bench import Skip, Workload
+from geofast.bench import Skip, Workload, quiet_libraries
 
 N_LARGE = 1_000_000
 DIM = 768
@@ -210,7 +210,8 @@ def _build_setup(n_images: int, n_anchor: int) -> dict[str, Any]:
     tiny = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2,
                                                           num_hidden_layers=2, patch_size=32, image_size=224,
                                                           projection_dim=768))
-    tiny.eval().save_pretrained(root / "tiny-clip")
+    with quiet_libraries():
+        tiny.eval().save_pretrained(root / "tiny-clip")
     CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(root / "tiny-clip")
     backbone = load_backbone(root / "tiny-clip", "cpu")
     from geofast.images import load_image

@@ -128,8 +128,10 @@ def _check_preds(state: _State, preds: list[Any]) -> None:
 
 
 def workloads(quick: bool) -> list[Workload]:
-    n = 16 if quick else 32
-    delay_s = 0.2  # long enough that Python's per-request CPU cost is not the measurement
+    n = 8 if quick else 32
+    # Concurrency: the stub's delay is long enough that Python's per-request CPU cost is not the
+    # measurement; quick mode halves the images (the sequential anchor waits a delay per image).
+    n_conc, delay_s = (16 if quick else 32), 0.2
 
     # -- 1. cached rerun: geofast's own overhead ------------------------------------------------
     def setup_cached() -> _State:
@@ -231,7 +233,7 @@ def workloads(quick: bool) -> list[Workload]:
         server = StubChatProcess(delay_s=delay_s).start()
         base: dict[str, Any] = dict(base_url=server.base_url, model="stub", references=(0,), samples=1, cache=False)
         state = _State(server=server, per_image=1, config=LLMConfig(concurrency=8, **base),
-                       sequential=LLMConfig(concurrency=1, **base), **_inputs(32, seed=200))
+                       sequential=LLMConfig(concurrency=1, **base), **_inputs(n_conc, seed=200))
         state.encoder = None
         _finalize(state, server, None)
         return state
@@ -259,7 +261,8 @@ def workloads(quick: bool) -> list[Workload]:
         if [(p.lat, p.lon) for p in ours] != [(p.lat, p.lon) for p in ref]:
             raise AssertionError("concurrent and sequential runs disagree")
         g, a = min(state.times) / delay_s, min(state.anchor_times) / delay_s
-        return f"wall = {g:.2f} delays at concurrency 8 (ideal 4), {a:.1f} sequential (ideal 32); max in flight 8"
+        return (f"wall = {g:.2f} delays at concurrency 8 (ideal {n_conc // 8}), {a:.1f} sequential (ideal {n_conc}); "
+                "max in flight 8")
 
     return [
         Workload(
@@ -271,7 +274,8 @@ def workloads(quick: bool) -> list[Workload]:
             run_anchor=None,
             check=check_cached,
             note="geofast time is for all images; the agreement column gives it per image",
-            repeat=3 if quick else 5,
+            repeat=2 if quick else 5,
+            extra={"images": n},
         ),
         Workload(
             name=f"rag vs bare openai, {n} images × {N_REQUESTS_PER_IMAGE} requests, zero-delay stub",
@@ -281,10 +285,11 @@ def workloads(quick: bool) -> list[Workload]:
             run_geofast=lambda s: _run_rag(s, None),
             run_anchor=run_bare,
             check=check_e2e,
-            repeat=3 if quick else 5,
+            repeat=2 if quick else 5,
+            extra={"images": n},
         ),
         Workload(
-            name=f"rag 32 images, concurrency 8, stub delay {delay_s * 1e3:.0f} ms",
+            name=f"rag {n_conc} images, concurrency 8, stub delay {delay_s * 1e3:.0f} ms",
             kernel="rag concurrency",
             anchor="the same at concurrency 1",
             setup=setup_conc,
@@ -292,6 +297,7 @@ def workloads(quick: bool) -> list[Workload]:
             run_anchor=run_seq,
             check=check_conc,
             target=6.0,
-            repeat=2 if quick else 3,
+            repeat=1 if quick else 3,
+            extra={"images": n_conc, "delay_s": delay_s},
         ),
     ]

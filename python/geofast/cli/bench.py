@@ -27,9 +27,9 @@ def _fmt_time(s: float | None) -> str:
 
 @app.command("bench")
 def bench(
-    quick: bool = typer.Option(False, "--quick", help="Smaller workloads and fewer repeats; finishes in under a minute."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller workloads and fewer repeats, in under a minute; targets are shown only where the size is the target's."),
     only: str | None = typer.Option(None, "--only", metavar="TEXT", help="Run only workloads whose name or kernel contains TEXT."),
-    area: list[str] | None = typer.Option(None, "--area", help="Restrict to these areas (geo, cluster, search, e2e); repeatable."),
+    area: list[str] | None = typer.Option(None, "--area", help="Restrict to these areas (geo, cluster, search, e2e, llm, db); repeatable."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Threads for geofast's kernels (default: GEOFAST_NUM_THREADS or all CPUs)."),
     json_file: Path | None = typer.Option(None, "--json", metavar="FILE", help="Also write the results as JSON to FILE."),
 ) -> None:
