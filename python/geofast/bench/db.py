@@ -178,13 +178,28 @@ def _same_topk(ours: np.ndarray, ours_s: np.ndarray, ref: np.ndarray, ref_s: np.
 
 
 def _vit_l14() -> Any:
+    """A ViT-L/14 vision tower with random weights, for timing only. Built on the meta device
+    and filled in bulk (2 s instead of transformers' 9 s per-module initialisation)."""
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    torch.manual_seed(0)
     config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                               patch_size=14, image_size=224, projection_dim=768)
-    return CLIPVisionModelWithProjection(config).eval()
+    with torch.device("meta"):
+        model = CLIPVisionModelWithProjection(config)
+    model = model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, 0.02, generator=gen)
+            else:  # biases 0, norm scales 1
+                p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
+        for name, b in model.named_buffers():
+            if not name.endswith("position_ids"):
+                raise RuntimeError(f"unexpected buffer {name} in the CLIP vision model; update _vit_l14")
+            b.copy_(torch.arange(b.shape[-1]).expand_as(b))
+    return model.eval()
 
 
 def _build_setup(n_images: int, n_anchor: int) -> dict[str, Any]:
