@@ -69,7 +69,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from geofast import __version__
-from geofast._io import atomic_write, atomic_write_text
+from geofast._io import atomic_write, atomic_write_text, file_sha256
 from geofast.errors import DatabaseError, ImageError, InputError, ParameterError, ShapeError
 from geofast.gallery import find_column
 
@@ -364,14 +364,6 @@ class _HashingWriter:
         return n
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _sample_sha256(path: Path) -> str:
     """sha256 of the size and of 64 evenly spaced 64 KiB blocks (the whole file when smaller)."""
     size = path.stat().st_size
@@ -419,7 +411,7 @@ def _fsync_dir(path: Path) -> None:
 def _file_record(path: Path, sha256: str | None = None) -> dict[str, Any]:
     return {
         "bytes": path.stat().st_size,
-        "sha256": sha256 if sha256 is not None else _file_sha256(path),
+        "sha256": sha256 if sha256 is not None else file_sha256(path),
         "sample_sha256": _sample_sha256(path),
     }
 
@@ -1088,7 +1080,7 @@ def _check_checksums(root: Path, files: dict[str, Any], *, full: bool, hint: str
     for name, rec in files.items():
         path = root / name
         if full:
-            got, want, what = _file_sha256(path), rec.get("sha256"), "sha256"
+            got, want, what = file_sha256(path), rec.get("sha256"), "sha256"
         else:
             got, want, what = _sample_sha256(path), rec.get("sample_sha256"), "sampled sha256"
         if got != want:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from geofast import __version__
-from geofast._io import atomic_write, atomic_write_text
+from geofast._io import atomic_write, atomic_write_text, file_sha256
 from geofast.cache import cache_root
 from geofast.errors import CacheError, CoordinateError, InputError, ShapeError
 
@@ -135,14 +135,6 @@ def coords_digest(latlon: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(latlon, dtype=np.float32).tobytes()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class EmbeddingCache:
     """Cached gallery embeddings under ``root/galleries``."""
@@ -176,7 +168,7 @@ class EmbeddingCache:
                 return None
             if meta.get("bytes") != data_path.stat().st_size:
                 return None
-            if meta.get("sha256") != _file_sha256(data_path):
+            if meta.get("sha256") != file_sha256(data_path):
                 return None
             arr = np.load(data_path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, json.JSONDecodeError):
@@ -198,7 +190,7 @@ class EmbeddingCache:
                 "shape": list(embeddings.shape),
                 "dtype": "f16" if embeddings.dtype == np.float16 else "f32",
                 "bytes": data_path.stat().st_size,
-                "sha256": _file_sha256(data_path),
+                "sha256": file_sha256(data_path),
                 "geofast": __version__,
                 "encoder_version": ENCODER_VERSION,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -532,6 +532,23 @@ const SWEEP_MAX_N: usize = 1 << 12;
 /// clique cubes are then cheaper).
 const SWEEP_MAX_PAIRS_PER_POINT: usize = 16;
 
+/// Cluster numbers from `root_min` (component root → lowest original index of its core points,
+/// `NONE` for non-roots): components numbered 0, 1, … in order of that index, as sklearn's
+/// labelling does. Returns root → label, reusing the buffer.
+fn number_roots(mut root_min: Vec<u32>) -> Vec<u32> {
+    let mut roots: Vec<(u32, u32)> = root_min
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v != NONE)
+        .map(|(r, &v)| (v, r as u32))
+        .collect();
+    roots.sort_unstable();
+    for (label, &(_, r)) in roots.iter().enumerate() {
+        root_min[r as usize] = label as u32;
+    }
+    root_min
+}
+
 /// Sequential union-find with path halving, linking the larger root under the smaller.
 fn find_root(parent: &mut [u32], mut x: u32) -> u32 {
     while parent[x as usize] != x {
@@ -640,21 +657,12 @@ fn sweep<T: Real>(
             root_min[r] = root_min[r].min(ids[s]);
         }
     }
-    let mut roots: Vec<(u32, u32)> = root_min
-        .iter()
-        .enumerate()
-        .filter(|(_, &v)| v != NONE)
-        .map(|(r, &v)| (v, r as u32))
-        .collect();
-    roots.sort_unstable();
-    for (label, &(_, r)) in roots.iter().enumerate() {
-        root_min[r as usize] = label as u32;
-    }
+    let root_label = number_roots(root_min);
     let mut label: Vec<i64> =
         (0..n)
             .map(|s| {
                 if core[s] {
-                    root_min[find_root(&mut parent, s as u32) as usize] as i64
+                    root_label[find_root(&mut parent, s as u32) as usize] as i64
                 } else {
                     -1
                 }
@@ -834,18 +842,7 @@ fn cluster<T: Real>(
             root_min[r] = root_min[r].min(grid.ids[s]);
         }
     }
-    let mut roots: Vec<(u32, u32)> = root_min
-        .iter()
-        .enumerate()
-        .filter(|(_, &v)| v != NONE)
-        .map(|(r, &v)| (v, r as u32))
-        .collect();
-    roots.sort_unstable();
-    // Reuse root_min as root → label.
-    for (label, &(_, r)) in roots.iter().enumerate() {
-        root_min[r as usize] = label as u32;
-    }
-    let root_label = root_min;
+    let root_label = number_roots(root_min);
     let mut label_sorted = vec![-1i64; n];
     for s in 0..n {
         if core[s] {

@@ -272,17 +272,7 @@ impl Gallery {
             buf.clear();
             buf.extend_from_slice(&data[r * d..(r + 1) * d]);
         };
-        let mut g = Gallery {
-            n,
-            d,
-            dp: padded(d),
-            dtype,
-            codes: Codes::F32(Buf::owned(Vec::new())),
-            exact: Exact::Codes,
-            x_max,
-            xhat_max: x_max,
-            e_max: 0.0,
-        };
+        let mut g = Gallery::empty(n, d, dtype, x_max);
         match dtype {
             Dtype::F32 => g.codes = Codes::F32(src),
             Dtype::F16 => {
@@ -315,17 +305,7 @@ impl Gallery {
             return Err(GeoError::NonFinite { name: "vectors", row, value });
         }
         let x_max = stats.x2.sqrt();
-        let mut g = Gallery {
-            n,
-            d,
-            dp: padded(d),
-            dtype,
-            codes: Codes::F32(Buf::owned(Vec::new())),
-            exact: Exact::Codes,
-            x_max,
-            xhat_max: x_max,
-            e_max: 0.0,
-        };
+        let mut g = Gallery::empty(n, d, dtype, x_max);
         match dtype {
             Dtype::F16 => g.codes = Codes::F16(src),
             Dtype::F32 => {
@@ -380,6 +360,21 @@ impl Gallery {
             });
         }
         Gallery::from_f16(Buf::owned(data), n, d, dtype)
+    }
+
+    /// The header of a gallery whose codes are set next (exact storage until `set_quant`).
+    fn empty(n: usize, d: usize, dtype: Dtype, x_max: f64) -> Gallery {
+        Gallery {
+            n,
+            d,
+            dp: padded(d),
+            dtype,
+            codes: Codes::F32(Buf::owned(Vec::new())),
+            exact: Exact::Codes,
+            x_max,
+            xhat_max: x_max,
+            e_max: 0.0,
+        }
     }
 
     fn set_quant(&mut self, codes: Codes, exact: Exact, st: RowStats) {
