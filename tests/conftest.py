@@ -24,7 +24,9 @@ def rng() -> np.random.Generator:
 # random CLIP with the same interface (projection_dim 768), save it, and load it through the same
 # code path users take with --clip DIR.
 
-TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, patch_size=32, image_size=224)
+TINY_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, patch_size=32, image_size=224
+)
 
 
 def make_tiny_clip(folder, *, seed: int = 0, vision_only: bool = False, with_processor: bool = True):
@@ -39,8 +41,17 @@ def make_tiny_clip(folder, *, seed: int = 0, vision_only: bool = False, with_pro
     else:
         config = CLIPConfig(
             projection_dim=768,
-            text_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1,
-                             vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+            text_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=2,
+                num_hidden_layers=1,
+                vocab_size=99,
+                max_position_embeddings=16,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            ),
             vision_config=TINY_VISION,
         )
         model = CLIPModel(config)

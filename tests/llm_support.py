@@ -75,5 +75,4 @@ class FaissDatabase:
 def geoclip_prediction(name: str, cands: list[tuple[float, float]], probs: list[float] | None = None) -> Prediction:
     probs = probs if probs is not None else [1.0 / len(cands)] * len(cands)
     cs = [Candidate(lat, lon, prob=p) for (lat, lon), p in zip(cands, probs, strict=True)]
-    return Prediction(image=name, lat=cs[0].lat, lon=cs[0].lon, prob=cs[0].prob, candidates=cs,
-                      confidence=0.4, localizable=True)
+    return Prediction(image=name, lat=cs[0].lat, lon=cs[0].lon, prob=cs[0].prob, candidates=cs, confidence=0.4, localizable=True)

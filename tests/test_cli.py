@@ -13,7 +13,10 @@ import geofast as gf
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "geofast", *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
     )
 
 
@@ -79,8 +82,17 @@ def test_interleaved_workload_alternates_and_keeps_the_best_time():
         time.sleep(next(a_sleeps))
         return 1
 
-    w = Workload("w", "k", "a", setup=lambda: {}, run_geofast=ours, run_anchor=anchor,
-                 check=lambda _s, g, a: f"{g}{a}", repeat=3, interleave=True)
+    w = Workload(
+        "w",
+        "k",
+        "a",
+        setup=lambda: {},
+        run_geofast=ours,
+        run_anchor=anchor,
+        check=lambda _s, g, a: f"{g}{a}",
+        repeat=3,
+        interleave=True,
+    )
     r = run_workload(w, threads=1)
     assert calls == ["g", "a"] * 4
     assert 0.1 <= r.geofast_s < 0.2 and 0.2 <= r.anchor_s < 0.4

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_photo
 
+from conftest import make_photo
 from geofast.database import MANIFEST, Database
 
 
@@ -20,7 +20,9 @@ def run_cli(*args, cache_dir=None, extra_env=None):
         env["GEOFAST_CACHE"] = str(cache_dir)
     env.pop("GEOFAST_CLIP", None)
     env.pop("GEOFAST_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "geofast", *map(str, args)], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "geofast", *map(str, args)], capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 def assert_clean_error(r, *needles):
@@ -54,8 +56,22 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cli_db(photos, tiny_clip_dir):
     out = photos / "db"
-    r = run_cli("db", "build", photos / "a.csv", "--out", out, "--clip", tiny_clip_dir, "--device", "cpu",
-                "--batch-size", "4", "--chunk-size", "5", "--json")
+    r = run_cli(
+        "db",
+        "build",
+        photos / "a.csv",
+        "--out",
+        out,
+        "--clip",
+        tiny_clip_dir,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--chunk-size",
+        "5",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     return out, json.loads(r.stdout)
 
@@ -106,12 +122,27 @@ def test_locate_swc_db_matches_library(cli_db, photos, tiny_clip_dir):
 
     out, _ = cli_db
     image = photos / "img" / "p5.jpg"
-    r = run_cli("locate", image, photos / "img" / "p7.jpg", "--method", "swc", "--db", out, "--clip", tiny_clip_dir,
-                "--swc-k", "4", "--no-confidence", "--no-places", "--json")
+    r = run_cli(
+        "locate",
+        image,
+        photos / "img" / "p7.jpg",
+        "--method",
+        "swc",
+        "--db",
+        out,
+        "--clip",
+        tiny_clip_dir,
+        "--swc-k",
+        "4",
+        "--no-confidence",
+        "--no-places",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     lib = SwcPredictor(Database.open(out), load_backbone(tiny_clip_dir, "cpu"), k=4).predict(
-        [image, photos / "img" / "p7.jpg"], places=False)
+        [image, photos / "img" / "p7.jpg"], places=False
+    )
     for row, p in zip(rows, lib):
         assert row["method"] == "swc"
         assert row["predictions"][0]["lat"] == pytest.approx(p.lat, abs=1e-9)
@@ -125,16 +156,39 @@ def test_locate_swc_db_matches_library(cli_db, photos, tiny_clip_dir):
 @pytest.mark.slow
 def test_locate_geoclip_plus_swc_cli(cli_db, photos, tiny_clip_dir, cache_dir, geolocator):
     out, _ = cli_db
-    r = run_cli("locate", photos / "img" / "p1.jpg", "--method", "geoclip+swc", "--db", out, "--clip", tiny_clip_dir,
-                "--no-places", "--json", "--top-k", "2", cache_dir=cache_dir)
+    r = run_cli(
+        "locate",
+        photos / "img" / "p1.jpg",
+        "--method",
+        "geoclip+swc",
+        "--db",
+        out,
+        "--clip",
+        tiny_clip_dir,
+        "--no-places",
+        "--json",
+        "--top-k",
+        "2",
+        cache_dir=cache_dir,
+    )
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout)[0]
     assert row["method"] == "geoclip+swc"
     assert 0.0 <= row["confidence"] <= 1.0
     assert len(row["predictions"]) == 3  # the answer + GeoCLIP's top-2
     assert "cell" in row
-    r = run_cli("locate", photos / "img" / "p1.jpg", "--method", "swc", "--db", out, "--clip", tiny_clip_dir,
-                "--no-places", cache_dir=cache_dir)
+    r = run_cli(
+        "locate",
+        photos / "img" / "p1.jpg",
+        "--method",
+        "swc",
+        "--db",
+        out,
+        "--clip",
+        tiny_clip_dir,
+        "--no-places",
+        cache_dir=cache_dir,
+    )
     assert r.returncode == 0, r.stderr
     assert "cluster centroid" in r.stdout
 
@@ -142,9 +196,15 @@ def test_locate_geoclip_plus_swc_cli(cli_db, photos, tiny_clip_dir, cache_dir, g
 def test_cli_errors(cli_db, photos, tmp_path, tiny_clip_dir):
     out, _ = cli_db
     assert_clean_error(run_cli("db", "info", tmp_path / "nowhere"), "does not exist", "geofast db build")
-    assert_clean_error(run_cli("db", "build", photos / "a.csv", "--out", tmp_path / "x", "--clip", tiny_clip_dir, "--dtype", "f8"), "dtype")
-    assert_clean_error(run_cli("db", "build", photos / "a.csv", "--out", tmp_path / "x", "--clip", tiny_clip_dir, "--index", "Bogus9"), "FAISS")
-    assert_clean_error(run_cli("db", "build", tmp_path / "none.csv", "--out", tmp_path / "x", "--clip", tiny_clip_dir), "does not exist")
+    assert_clean_error(
+        run_cli("db", "build", photos / "a.csv", "--out", tmp_path / "x", "--clip", tiny_clip_dir, "--dtype", "f8"), "dtype"
+    )
+    assert_clean_error(
+        run_cli("db", "build", photos / "a.csv", "--out", tmp_path / "x", "--clip", tiny_clip_dir, "--index", "Bogus9"), "FAISS"
+    )
+    assert_clean_error(
+        run_cli("db", "build", tmp_path / "none.csv", "--out", tmp_path / "x", "--clip", tiny_clip_dir), "does not exist"
+    )
     assert_clean_error(run_cli("locate", photos / "img" / "p1.jpg", "--method", "geoclip+swc"), "--db")
     assert_clean_error(run_cli("locate", photos / "img" / "p1.jpg", "--db", out), "--method swc")
     # A damaged database: one line, a repair hint, no traceback.
@@ -156,7 +216,9 @@ def test_cli_errors(cli_db, photos, tmp_path, tiny_clip_dir):
     m["count"] = 99
     (bad / MANIFEST).write_text(json.dumps(m))
     assert_clean_error(run_cli("db", "info", bad), "manifest says", "geofast db build")
-    assert_clean_error(run_cli("locate", photos / "img" / "p1.jpg", "--method", "swc", "--db", bad, "--clip", tiny_clip_dir), "geofast db build")
+    assert_clean_error(
+        run_cli("locate", photos / "img" / "p1.jpg", "--method", "swc", "--db", bad, "--clip", tiny_clip_dir), "geofast db build"
+    )
 
 
 def test_db_help():

@@ -9,17 +9,18 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_photo
 from PIL import Image
 
 import geofast as gf
+from conftest import make_photo
 
 
 def run_cli(*args, cache_dir, extra_env=None):
     env = {**os.environ, "GEOFAST_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     env.pop("GEOFAST_CLIP", None)
-    return subprocess.run([sys.executable, "-m", "geofast", "locate", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "geofast", "locate", *map(str, args)], capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +44,29 @@ def mixed_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_json_output_and_per_image_errors(geolocator, tiny_clip_dir, cache_dir, mixed_dir):
-    r = run_cli(mixed_dir, "--clip", tiny_clip_dir, "--json", "--top-k", "3", cache_dir=cache_dir,
-                extra_env={"GEOFAST_MAX_IMAGE_PIXELS": "20000000"})
+    r = run_cli(
+        mixed_dir,
+        "--clip",
+        tiny_clip_dir,
+        "--json",
+        "--top-k",
+        "3",
+        cache_dir=cache_dir,
+        extra_env={"GEOFAST_MAX_IMAGE_PIXELS": "20000000"},
+    )
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     rows = json.loads(r.stdout)
     by_name = {os.path.basename(x["image"]): x for x in rows}
     assert len(rows) == 11
     ok = ["good1.jpg", "good2.png", "cmyk.jpg", "gray16.png", "alpha.png", "anim.gif"]
-    bad = {"zero.jpg": "empty file", "notimage.jpg": "not an image", "truncated.jpg": "truncated",
-           "corrupt.png": "", "bomb.png": "decompression bomb"}
+    bad = {
+        "zero.jpg": "empty file",
+        "notimage.jpg": "not an image",
+        "truncated.jpg": "truncated",
+        "corrupt.png": "",
+        "bomb.png": "decompression bomb",
+    }
     for name in ok:
         x = by_name[name]
         assert set(x) == {"image", "predictions", "confidence", "localizable"}
@@ -65,7 +79,7 @@ def test_json_output_and_per_image_errors(geolocator, tiny_clip_dir, cache_dir, 
     for name, text in bad.items():
         assert set(by_name[name]) == {"image", "error"}
         assert text in by_name[name]["error"]
-    err_lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    err_lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err_lines) == len(bad)
     # The JSON equals the library's answer for the same image (the CLI ran it in a batch of six;
     # batch composition moves float32 CLIP outputs in the last bits, hence rtol on probabilities).
@@ -106,8 +120,12 @@ def test_table_geojson_map_region_gallery_and_swc(geolocator, tiny_clip_dir, cac
     assert r.returncode == 0, r.stderr
     x = json.loads(r.stdout)[0]
     assert x["method"] == "swc" and len(x["predictions"]) == 6
-    lat, lon, members = gf.swc(np.array([[c.lat, c.lon] for c in lib.candidates]),
-                               np.array([c.prob for c in lib.candidates]), eps_km=3000, weight_exponent=1.0)
+    lat, lon, members = gf.swc(
+        np.array([[c.lat, c.lon] for c in lib.candidates]),
+        np.array([c.prob for c in lib.candidates]),
+        eps_km=3000,
+        weight_exponent=1.0,
+    )
     assert abs(x["predictions"][0]["lat"] - lat) < 1e-9 and abs(x["predictions"][0]["lon"] - lon) < 1e-9
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from geofast.llm import LLMConfig
-from geofast.llm.stub import StubChatServer, StubReply
+from geofast.llm.stub import StubChatServer
 from geofast.predict.rag import RagPredictor
 
 
@@ -20,8 +20,9 @@ def _cli(*args, cache_dir, env_extra=None):
     for var in ("GEOFAST_CLIP", "GEOFAST_LLM_API_KEY", "OPENAI_API_KEY", "GEOFAST_LLM_BASE_URL", "OPENAI_BASE_URL"):
         env.pop(var, None)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "geofast", "locate", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "geofast", "locate", *map(str, args)], capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 def _verified(geolocator, image, cands):
@@ -46,8 +47,12 @@ def test_library_rag_with_real_encoder(geolocator, photo_dir, tmp_path):
         geoclip_top = geolocator.predict([img], top_k=5, places=False)[0]
         # The GeoCLIP candidates are the references of the 5-reference prompt.
         for c in geoclip_top.candidates:
-            assert f"({c.lat:.4f}, {c.lon:.4f})" in server.requests[[r.prompt for r in server.requests].index(
-                next(r.prompt for r in server.requests if "proposes" in r.prompt))].prompt
+            assert (
+                f"({c.lat:.4f}, {c.lon:.4f})"
+                in server.requests[
+                    [r.prompt for r in server.requests].index(next(r.prompt for r in server.requests if "proposes" in r.prompt))
+                ].prompt
+            )
     assert pred.method == "rag" and pred.error is None
     sources = [c.source for c in pred.candidates]
     assert "llm:p0s0" in sources and "llm:p5s0" in sources and sources.count("geoclip") == 5
@@ -69,8 +74,22 @@ def test_cli_rag_json_cache_fallback_and_database(geolocator, tiny_clip_dir, cac
     for f in (cache_dir / "galleries").iterdir():  # reuse the session's gallery embeddings
         os.symlink(f, llm_cache / "galleries" / f.name)
     with StubChatServer(lambda req: '{"latitude": -33.8688, "longitude": 151.2093}') as server:
-        args = [img, "--method", "rag", "--clip", tiny_clip_dir, "--llm-base-url", server.base_url,
-                "--llm-model", "stub", "--llm-references", "0,5", "--llm-samples", "1", "--json"]
+        args = [
+            img,
+            "--method",
+            "rag",
+            "--clip",
+            tiny_clip_dir,
+            "--llm-base-url",
+            server.base_url,
+            "--llm-model",
+            "stub",
+            "--llm-references",
+            "0,5",
+            "--llm-samples",
+            "1",
+            "--json",
+        ]
         r = _cli(*args, cache_dir=llm_cache)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)[0]
@@ -108,9 +127,27 @@ def test_cli_rag_json_cache_fallback_and_database(geolocator, tiny_clip_dir, cac
             (photo_dir / "db.csv").unlink()
         server.reset()
         server.set_script(lambda req: '{"latitude": 10.0, "longitude": 20.0}')
-        r4 = _cli(img, "--method", "rag", "--db", tmp_path / "db", "--clip", tiny_clip_dir, "--llm-base-url",
-                  server.base_url, "--llm-model", "stub", "--llm-recipe", "img2loc", "--llm-nearest", "3",
-                  "--llm-farthest", "2", "--json", cache_dir=llm_cache)
+        r4 = _cli(
+            img,
+            "--method",
+            "rag",
+            "--db",
+            tmp_path / "db",
+            "--clip",
+            tiny_clip_dir,
+            "--llm-base-url",
+            server.base_url,
+            "--llm-model",
+            "stub",
+            "--llm-recipe",
+            "img2loc",
+            "--llm-nearest",
+            "3",
+            "--llm-farthest",
+            "2",
+            "--json",
+            cache_dir=llm_cache,
+        )
         assert r4.returncode == 0, r4.stderr
         prompts = [q.prompt for q in server.requests]
         assert len(prompts) == 1 and "(10.0000, 20.0000)" in prompts[0]  # the photo itself is its nearest neighbour
@@ -124,9 +161,18 @@ def test_cli_rag_errors(tmp_path, photo_dir):
     r = _cli(img, "--method", "rag", cache_dir=tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "error: no API key for https://api.openai.com/v1" in r.stderr and "GEOFAST_LLM_API_KEY" in r.stderr
-    r = _cli(img, "--method", "rag", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-references", "a",
-             cache_dir=tmp_path)
+    r = _cli(img, "--method", "rag", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-references", "a", cache_dir=tmp_path)
     assert r.returncode == 1 and "--llm-references" in r.stderr
-    r = _cli(img, "--method", "rag", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-samples", "3",
-             "--llm-temperature", "0", cache_dir=tmp_path)
+    r = _cli(
+        img,
+        "--method",
+        "rag",
+        "--llm-base-url",
+        "http://127.0.0.1:9/v1",
+        "--llm-samples",
+        "3",
+        "--llm-temperature",
+        "0",
+        cache_dir=tmp_path,
+    )
     assert r.returncode == 1 and "temperature" in r.stderr

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_photo, make_tiny_clip
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 import geofast as gf
+from conftest import make_photo, make_tiny_clip
 from geofast.database import (
     COORDS,
     EMBEDDINGS,
@@ -112,7 +112,7 @@ def dataset(tmp_path_factory):
     for i in range(N_GOOD):
         ext = ["jpg", "png", "webp"][i % 3]
         make_photo(root / "photos" / f"p{i:02d}.{ext}", seed=100 + i, size=(160 + 8 * i, 120))
-        lines.append(f"photos/p{i:02d}.{ext},{float(lat[i])!r},{float(lon[i])!r},city{i},\"Doe, J.\"")
+        lines.append(f'photos/p{i:02d}.{ext},{float(lat[i])!r},{float(lon[i])!r},city{i},"Doe, J."')
     (root / "photos" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     lines.insert(5, "photos/corrupt.jpg,10,10,bad,x")
     lines.insert(9, "photos/missing.jpg,11,11,gone,x")
@@ -335,7 +335,9 @@ def test_untrainable_index_keeps_the_encoded_chunks(dataset, backbone, tmp_path)
 
 
 def test_gps_to_degrees_values():
-    assert gps_to_degrees((IFDRational(33), IFDRational(51), IFDRational(3564, 100)), "S") == pytest.approx(-(33 + 51 / 60 + 35.64 / 3600), abs=1e-12)
+    assert gps_to_degrees((IFDRational(33), IFDRational(51), IFDRational(3564, 100)), "S") == pytest.approx(
+        -(33 + 51 / 60 + 35.64 / 3600), abs=1e-12
+    )
     assert gps_to_degrees(((151, 1), (12, 1), (3096, 100)), b"E\x00") == pytest.approx(151 + 12 / 60 + 30.96 / 3600, abs=1e-12)
     assert gps_to_degrees((IFDRational(40), IFDRational(26.767)), "N") == pytest.approx(40 + 26.767 / 60)  # decimal minutes
     assert gps_to_degrees((74.0, 0.0, 21.6), "W") == pytest.approx(-(74 + 21.6 / 3600))
@@ -347,7 +349,13 @@ def test_gps_to_degrees_values():
 
 @pytest.mark.parametrize(
     ("lat", "lon", "fmt"),
-    [(-33.8688, 151.2093, "JPEG"), (40.7128, -74.0060, "PNG"), (-22.9068, -43.1729, "WEBP"), (64.1466, -21.9426, "JPEG"), (35.6762, 139.6503, "JPEG")],
+    [
+        (-33.8688, 151.2093, "JPEG"),
+        (40.7128, -74.0060, "PNG"),
+        (-22.9068, -43.1729, "WEBP"),
+        (64.1466, -21.9426, "JPEG"),
+        (35.6762, 139.6503, "JPEG"),
+    ],
 )
 def test_read_exif_gps_hemispheres(tmp_path, lat, lon, fmt):
     path = save_with_gps(tmp_path / f"x.{fmt.lower()}", 1, lat, lon, fmt=fmt)
@@ -361,7 +369,9 @@ def test_read_exif_gps_missing_void_zero(tmp_path):
     assert read_exif_gps(save_with_gps(tmp_path / "none.jpg", 2)) is None
     assert read_exif_gps(save_with_gps(tmp_path / "void.jpg", 3, 10.0, 20.0, extra_gps={9: "V"})) is None
     assert read_exif_gps(save_with_gps(tmp_path / "zero.jpg", 4, 0.0, 0.0)) is None
-    assert read_exif_gps(save_with_gps(tmp_path / "active.jpg", 5, 10.5, 20.25, extra_gps={9: "A"})) == pytest.approx((10.5, 20.25))
+    assert read_exif_gps(save_with_gps(tmp_path / "active.jpg", 5, 10.5, 20.25, extra_gps={9: "A"})) == pytest.approx(
+        (10.5, 20.25)
+    )
     (tmp_path / "junk.jpg").write_bytes(b"garbage")
     with pytest.raises(gf.ImageError, match="not an image"):
         read_exif_gps(tmp_path / "junk.jpg")
@@ -385,7 +395,10 @@ def test_build_from_folder_with_exif(tmp_path, backbone):
     report = Database.build(folder, out, backbone=backbone, chunk_size=3)
     assert (report.added, report.no_gps, report.failed) == (4, 2, 1)
     db = Database.open(out)
-    by_image = {Path(m["image"]).relative_to(folder.resolve()).as_posix(): tuple(ll) for m, ll in zip(db.meta(range(len(db))), np.asarray(db.latlon))}
+    by_image = {
+        Path(m["image"]).relative_to(folder.resolve()).as_posix(): tuple(ll)
+        for m, ll in zip(db.meta(range(len(db))), np.asarray(db.latlon))
+    }
     assert set(by_image) == set(known)
     for name, (lat, lon) in known.items():
         assert by_image[name] == pytest.approx((lat, lon), abs=1e-6)
@@ -464,7 +477,9 @@ def test_changed_source_starts_over(dataset, backbone, tmp_path):
     small = tmp_path / "small.csv"
     lines = dataset["csv"].read_text().splitlines()
     base = dataset["csv"].parent
-    small.write_text("\n".join([lines[0]] + [",".join([str(base / ln.split(",")[0])] + ln.split(",")[1:]) for ln in lines[1:6]]) + "\n")
+    small.write_text(
+        "\n".join([lines[0]] + [",".join([str(base / ln.split(",")[0])] + ln.split(",")[1:]) for ln in lines[1:6]]) + "\n"
+    )
     events: list[str] = []
     report = Database.build(small, out, backbone=backbone, chunk_size=8, on_event=events.append)
     assert report.resumed_chunks == 0
@@ -534,8 +549,25 @@ def test_sigkill_during_build_then_resume(tiny_clip_dir, backbone, tmp_path):
     out = tmp_path / "db"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("GEOFAST_CLIP", None)
-    cmd = [sys.executable, "-m", "geofast", "db", "build", str(csv_path), "--out", str(out), "--clip",
-           str(tiny_clip_dir), "--device", "cpu", "--chunk-size", "2", "--batch-size", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "geofast",
+        "db",
+        "build",
+        str(csv_path),
+        "--out",
+        str(out),
+        "--clip",
+        str(tiny_clip_dir),
+        "--device",
+        "cpu",
+        "--chunk-size",
+        "2",
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
     chunks = tmp_path / "db.partial" / "chunks"
 
     def committed() -> int:

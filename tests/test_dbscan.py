@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_latlon
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import DBSCAN
 from sklearn.neighbors import NearestNeighbors
 
 import geofast as gf
+from conftest import random_latlon
 
 R = 6371.0088
 
@@ -192,7 +192,10 @@ def _pairs_from(a, dist_km, seed):
 
 def haversine_km(a, b):
     a, b = np.radians(a), np.radians(b)
-    h = np.sin((b[..., 0] - a[..., 0]) / 2) ** 2 + np.cos(a[..., 0]) * np.cos(b[..., 0]) * np.sin((b[..., 1] - a[..., 1]) / 2) ** 2
+    h = (
+        np.sin((b[..., 0] - a[..., 0]) / 2) ** 2
+        + np.cos(a[..., 0]) * np.cos(b[..., 0]) * np.sin((b[..., 1] - a[..., 1]) / 2) ** 2
+    )
     return 2 * R * np.arcsin(np.sqrt(h))
 
 
@@ -248,9 +251,7 @@ def test_pairs_exactly_at_eps_follow_sklearn(pad):
 @st.composite
 def dbscan_cases(draw):
     n_blobs = draw(st.integers(1, 6))
-    centres = [
-        [draw(st.floats(-90, 90)), draw(st.floats(-180, 180))] for _ in range(n_blobs)
-    ]
+    centres = [[draw(st.floats(-90, 90)), draw(st.floats(-180, 180))] for _ in range(n_blobs)]
     n = draw(st.integers(1, 400))
     spread = draw(st.sampled_from([0.01, 0.3, 2.0, 10.0]))
     seed = draw(st.integers(0, 2**31))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_latlon
 
 import geofast as gf
+from conftest import random_latlon
 
 
 def numpy_equal_earth(latlon: np.ndarray) -> np.ndarray:

@@ -10,10 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import random_latlon
 from geopy.distance import geodesic as geopy_geodesic
 
 import geofast as gf
+from conftest import random_latlon
 from geofast import evaluate as ev
 
 
@@ -77,9 +77,7 @@ def test_localizable_split():
 
 
 def test_dataset_layouts(tmp_path):
-    (tmp_path / "im2gps3k.csv").write_text(
-        "IMG_ID,AUTHOR,LAT,LON,S3_Label\n1_a.jpg,x,48.85,2.35,3\n2_b.jpg,y,-33.9,151.2,5\n"
-    )
+    (tmp_path / "im2gps3k.csv").write_text("IMG_ID,AUTHOR,LAT,LON,S3_Label\n1_a.jpg,x,48.85,2.35,3\n2_b.jpg,y,-33.9,151.2,5\n")
     ds = ev.read_dataset(tmp_path / "im2gps3k.csv")
     assert ds.images == ["1_a.jpg", "2_b.jpg"]
     np.testing.assert_array_equal(ds.latlon, [[48.85, 2.35], [-33.9, 151.2]])
@@ -105,7 +103,9 @@ def test_prediction_log_drops_a_partial_last_line(tmp_path):
 
 def _cli(*args, env_extra=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "geofast", "eval", *map(str, args)], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "geofast", "eval", *map(str, args)], capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 def test_cli_scores_a_predictions_file(tmp_path):

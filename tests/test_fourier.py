@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import random_latlon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import geofast as gf
+from conftest import random_latlon
 
 
 def float64_features(xy: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -136,7 +136,7 @@ def test_no_range_check_and_huge_arguments():
     reduction, still come out exactly reduced."""
     # Dyadic values: every product and sum is exact, so the reference is exact too.
     xy = np.array([[500.0, -1e3], [1e7, 3.0], [-2e11, 0.5], [1e13, 1e13], [0.3, 0.1]])
-    b = np.array([[123.5, 1.0], [-2.0**-10, 7.0], [1.5, -2.25]])
+    b = np.array([[123.5, 1.0], [-(2.0**-10), 7.0], [1.5, -2.25]])
     np.testing.assert_allclose(gf.fourier_features(xy, b), reduced_features(xy, b), atol=5e-8)
     # The same rows one by one (the fast reduction for small rows, the exact one for huge).
     for row in xy:

@@ -9,12 +9,12 @@ import sys
 import mpmath
 import numpy as np
 import pytest
-from conftest import random_latlon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics.pairwise import haversine_distances
 
 import geofast as gf
+from conftest import random_latlon
 
 R = 6371.0088
 
@@ -158,7 +158,9 @@ def test_float32_fortran_strided_and_list_inputs():
     np.testing.assert_array_equal(gf.haversine(a32, b), gf.haversine(a32.astype(np.float64), b))
     np.testing.assert_allclose(gf.haversine(a32, b), expected, rtol=0, atol=0.05)
     # Integer arrays are converted.
-    np.testing.assert_array_equal(gf.haversine(np.array([[0, 0]]), np.array([[0, 90]])), gf.haversine([[0.0, 0.0]], [[0.0, 90.0]]))
+    np.testing.assert_array_equal(
+        gf.haversine(np.array([[0, 0]]), np.array([[0, 90]])), gf.haversine([[0.0, 0.0]], [[0.0, 90.0]])
+    )
     # Matrix: same for every layout.
     m = gf.haversine_matrix(a[:100], b[:200])
     np.testing.assert_array_equal(gf.haversine_matrix(np.asfortranarray(a[:100]), b[:200].astype(np.float64)), m)

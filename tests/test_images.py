@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_photo
 from PIL import Image
 
 import geofast as gf
+from conftest import make_photo
 from geofast.images import expand_images, load_image
 
 
@@ -73,8 +73,14 @@ def test_bad_files_raise_one_line_image_error(tmp_path, kind, monkeypatch):
         load_image(target)
     msg = str(info.value)
     assert "\n" not in msg and str(target) in msg
-    expected = {"missing": "no such file", "empty": "empty file", "text": "not an image", "truncated": "truncated",
-                "folder": "is a folder", "bomb": "decompression bomb"}[kind]
+    expected = {
+        "missing": "no such file",
+        "empty": "empty file",
+        "text": "not an image",
+        "truncated": "truncated",
+        "folder": "is a folder",
+        "bomb": "decompression bomb",
+    }[kind]
     assert expected in msg
 
 

@@ -66,9 +66,7 @@ def ref_points(spacing_km, bbox=None):
     lon = approx_lon(i)
     inside = in_window(lon, lon_min, lon_max)
     # Points within 1e-5 degrees of a window edge: decide with the exact longitude.
-    edge = np.minimum(
-        np.abs((lon - lon_min + 180) % 360 - 180), np.abs((lon - lon_max + 180) % 360 - 180)
-    ) < 1e-5
+    edge = np.minimum(np.abs((lon - lon_min + 180) % 360 - 180), np.abs((lon - lon_max + 180) % 360 - 180)) < 1e-5
     for j in np.flatnonzero(edge):
         inside[j] = bool(in_window(np.array([exact_lon(i[j])]), lon_min, lon_max)[0])
     return i[inside], lat[inside]
@@ -138,12 +136,20 @@ def test_bbox_is_an_inclusive_filter_of_the_global_lattice():
     above = np.nextafter(p[0], 91.0)
     assert len(gf.fibonacci_lattice(spacing, (above, p[1], above, p[1]))) == 0
     # bbox may be any sequence of 4 numbers.
-    np.testing.assert_array_equal(gf.fibonacci_lattice(spacing, [30, -10, 60, 40]), gf.fibonacci_lattice(spacing, np.array(boxes[1])))
+    np.testing.assert_array_equal(
+        gf.fibonacci_lattice(spacing, [30, -10, 60, 40]), gf.fibonacci_lattice(spacing, np.array(boxes[1]))
+    )
 
 
 @pytest.mark.parametrize(
     ("spacing", "bbox"),
-    [(800.0, None), (150.0, None), (30.0, (35.0, -10.0, 45.0, 5.0)), (0.5, (-34.0, 18.3, -33.8, 18.6)), (4.0, (89.0, -180.0, 90.0, 180.0))],
+    [
+        (800.0, None),
+        (150.0, None),
+        (30.0, (35.0, -10.0, 45.0, 5.0)),
+        (0.5, (-34.0, 18.3, -33.8, 18.6)),
+        (4.0, (89.0, -180.0, 90.0, 180.0)),
+    ],
 )
 def test_median_nearest_neighbour_spacing_within_10_percent(spacing, bbox):
     pts = gf.fibonacci_lattice(spacing, bbox)

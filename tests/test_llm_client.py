@@ -17,13 +17,13 @@ import time
 
 import numpy as np
 import pytest
-from llm_support import geoclip_prediction, jpeg_size, noise_image
 from PIL import Image
 
 from geofast.errors import LLMError, ParameterError
 from geofast.llm import LLMClient, LLMConfig, ResponseCache, Usage, encode_image
 from geofast.llm.stub import StubChatServer, StubReply
 from geofast.predict.rag import predict_rag
+from llm_support import geoclip_prediction, jpeg_size, noise_image
 
 GOOD = '{"latitude": 48.8566, "longitude": 2.3522}'
 
@@ -42,8 +42,14 @@ def server():
 
 
 def cfg(server: StubChatServer, **kw) -> LLMConfig:
-    base = {"base_url": server.base_url, "model": "stub-vision", "references": (0,), "samples": 1,
-            "max_retries": 2, "timeout_s": 10.0}
+    base = {
+        "base_url": server.base_url,
+        "model": "stub-vision",
+        "references": (0,),
+        "samples": 1,
+        "max_retries": 2,
+        "timeout_s": 10.0,
+    }
     return LLMConfig(**{**base, **kw})
 
 
@@ -57,9 +63,10 @@ def one_geoclip(n: int = 1, cands: list[tuple[float, float]] | None = None):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("size", "max_side", "expected"), [((1024, 768), 512, (512, 384)),
-                                                            ((600, 1000), 256, (154, 256)),
-                                                            ((300, 200), 512, (300, 200))])
+@pytest.mark.parametrize(
+    ("size", "max_side", "expected"),
+    [((1024, 768), 512, (512, 384)), ((600, 1000), 256, (154, 256)), ((300, 200), 512, (300, 200))],
+)
 def test_request_carries_jpeg_data_url_of_max_side(server, tmp_path, size, max_side, expected):
     path = tmp_path / "photo.png"
     noise_image(*size).save(path)
@@ -144,8 +151,11 @@ def test_base_url_and_model_from_environment(server, monkeypatch):
 
 
 def test_good_answers_and_usage(server):
-    server.set_script(lambda req: StubReply(GOOD, usage={"prompt_tokens": 7 + req.index, "completion_tokens": 3,
-                                                          "total_tokens": 10 + req.index}))
+    server.set_script(
+        lambda req: StubReply(
+            GOOD, usage={"prompt_tokens": 7 + req.index, "completion_tokens": 3, "total_tokens": 10 + req.index}
+        )
+    )
     c = cfg(server, references=(0, 1), samples=2, temperature=0.5)
     preds = predict_rag([noise_image(40, 30, i) for i in range(3)], config=c, geoclip=one_geoclip(3))
     n = len(server.requests)
@@ -256,8 +266,7 @@ def test_one_stalled_image_falls_back_flagged(server):
     server.set_script(script)
     images = [noise_image(40, 30), noise_image(50, 50), noise_image(60, 30)]
     # concurrency 1: the good first image answers before the stalled one gives up.
-    preds = predict_rag(images, config=cfg(server, timeout_s=0.3, max_retries=0, concurrency=1),
-                        geoclip=one_geoclip(3))
+    preds = predict_rag(images, config=cfg(server, timeout_s=0.3, max_retries=0, concurrency=1), geoclip=one_geoclip(3))
     assert [p.fallback for p in preds] == [False, True, False]
     assert "timed out" in preds[1].extra["llm_errors"][0]
     assert preds[1].extra["fallback_reason"] == "no usable LLM answer"
@@ -268,8 +277,7 @@ def test_one_stalled_image_falls_back_flagged(server):
 def test_rejected_key_stops_the_run(server, status):
     server.set_script(lambda req: StubReply("invalid api key", status=status))
     with pytest.raises(LLMError) as e:
-        predict_rag([noise_image(40, 30, i) for i in range(20)], config=cfg(server, concurrency=2),
-                    geoclip=one_geoclip(20))
+        predict_rag([noise_image(40, 30, i) for i in range(20)], config=cfg(server, concurrency=2), geoclip=one_geoclip(20))
     assert f"HTTP {status}" in str(e.value) and "GEOFAST_LLM_API_KEY" in (e.value.hint or "")
     assert len(server.requests) <= 2  # stopped at once, not retried per image
 
@@ -338,8 +346,9 @@ def _answers(preds):
 
 def test_rerun_is_served_from_the_cache(server, tmp_path):
     rng = np.random.default_rng(0)
-    server.set_script(lambda req: json.dumps({"latitude": float(rng.uniform(-60, 60)),
-                                               "longitude": float(rng.uniform(-170, 170))}))
+    server.set_script(
+        lambda req: json.dumps({"latitude": float(rng.uniform(-60, 60)), "longitude": float(rng.uniform(-170, 170))})
+    )
     images = [noise_image(40, 30, i) for i in range(4)]
     c = cfg(server, references=(0, 2), samples=2, temperature=0.8)
     first = predict_rag(images, config=c, geoclip=one_geoclip(4))
@@ -356,8 +365,11 @@ def test_rerun_is_served_from_the_cache(server, tmp_path):
     # Anything that changes the request misses: temperature, model, image size, sample count.
     for changed in (dict(temperature=0.9), dict(model="other"), dict(image_max_side=32), dict(samples=3)):
         server.reset()
-        predict_rag(images, config=cfg(server, **{**dict(references=(0, 2), samples=2, temperature=0.8), **changed}),
-                    geoclip=one_geoclip(4))
+        predict_rag(
+            images,
+            config=cfg(server, **{**dict(references=(0, 2), samples=2, temperature=0.8), **changed}),
+            geoclip=one_geoclip(4),
+        )
         expected_new = 4 * 2 if changed == dict(samples=3) else 16  # samples 0, 1 are cached
         assert len(server.requests) == expected_new, changed
 
@@ -400,8 +412,7 @@ def test_cache_key_covers_request_identity(tmp_path):
     k = LLMClient(c, cache=ResponseCache(tmp_path)).key
     base = k("prompt", enc, 0)
     assert base == k("prompt", enc, 0)
-    assert len({base, k("prompt!", enc, 0), k("prompt", enc, 1),
-                k("prompt", encode_image(noise_image(64, 48, 1), 512), 0)}) == 4
+    assert len({base, k("prompt!", enc, 0), k("prompt", enc, 1), k("prompt", encode_image(noise_image(64, 48, 1), 512), 0)}) == 4
     other = LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1", model="m2"), cache=ResponseCache(tmp_path)).key
     assert other("prompt", enc, 0) != base
 
@@ -427,9 +438,20 @@ def test_ask_outside_context_manager_is_a_clear_error(server):
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(timeout_s=0), dict(max_retries=-1), dict(concurrency=0), dict(temperature=2.5), dict(samples=0),
-     dict(samples=2, temperature=0.0), dict(references=()), dict(references=(-1,)), dict(nearest=-1),
-     dict(farthest=-2), dict(image_max_side=8), dict(max_tokens=0)],
+    [
+        dict(timeout_s=0),
+        dict(max_retries=-1),
+        dict(concurrency=0),
+        dict(temperature=2.5),
+        dict(samples=0),
+        dict(samples=2, temperature=0.0),
+        dict(references=()),
+        dict(references=(-1,)),
+        dict(nearest=-1),
+        dict(farthest=-2),
+        dict(image_max_side=8),
+        dict(max_tokens=0),
+    ],
 )
 def test_config_validation(bad):
     with pytest.raises(ParameterError) as e:
@@ -485,10 +507,20 @@ def test_stub_in_a_child_process_answers_deterministically():
 def test_content_as_a_list_of_text_parts(server):
     # Some servers answer with content parts instead of a string.
     completion = {
-        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": [{"type": "text", "text": "Answer: "},
-                                                                  {"type": "text", "text": GOOD}]}}],
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": "Answer: "}, {"type": "text", "text": GOOD}],
+                },
+            }
+        ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
     }
     server.set_script(lambda req: StubReply(raw=completion))

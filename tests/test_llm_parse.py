@@ -35,9 +35,9 @@ ANSWERS: list[tuple[str, tuple[float, float] | None]] = [
     ('{"latitude": "33.9249° S", "longitude": "18.4241° E"}', (-33.9249, 18.4241)),
     ('{"latitude": 19, "longitude": -99}', (19.0, -99.0)),
     (
-        'Looking at the red double-decker bus and the architecture, this is London.\n\n'
+        "Looking at the red double-decker bus and the architecture, this is London.\n\n"
         '```json\n{"latitude": 51.5007, "longitude": -0.1246}\n```\n'
-        'The landmark in the background is the Elizabeth Tower.',
+        "The landmark in the background is the Elizabeth Tower.",
         (51.5007, -0.1246),
     ),
     # the model repeats the requested format before answering: the placeholder is not an answer
@@ -184,8 +184,16 @@ def test_every_style_round_trips(lat, lon, style, before):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 89), st.integers(0, 59), st.integers(0, 59), st.integers(0, 179), st.integers(0, 59),
-       st.integers(0, 59), st.booleans(), st.booleans())
+@given(
+    st.integers(0, 89),
+    st.integers(0, 59),
+    st.integers(0, 59),
+    st.integers(0, 179),
+    st.integers(0, 59),
+    st.integers(0, 59),
+    st.booleans(),
+    st.booleans(),
+)
 def test_dms_round_trips(d1, m1, s1, d2, m2, s2, south, west):
     text = f"{d1}°{m1:02d}′{s1:02d}″{'S' if south else 'N'} {d2}°{m2:02d}′{s2:02d}″{'W' if west else 'E'}"
     lat, lon = dms(d1, m1, s1, "S" if south else "N"), dms(d2, m2, s2, "W" if west else "E")
@@ -205,8 +213,15 @@ def test_arbitrary_text_gives_none_or_a_valid_coordinate(text):
 
 @pytest.mark.parametrize(
     "text",
-    ["1" + " " * 20000 + "x", "{" * 5000, "{" * 2500 + "}" * 2500, "lat" + "*" * 20000, "48° " * 5000,
-     '{"a": ' * 3000, "1." + "1" * 20000],
+    [
+        "1" + " " * 20000 + "x",
+        "{" * 5000,
+        "{" * 2500 + "}" * 2500,
+        "lat" + "*" * 20000,
+        "48° " * 5000,
+        '{"a": ' * 3000,
+        "1." + "1" * 20000,
+    ],
 )
 def test_adversarial_replies_are_parsed_quickly(text):
     # Catastrophic regex backtracking would take seconds to minutes here.

@@ -23,9 +23,7 @@ def test_plan_has_one_prompt_per_reference_count():
     for p in plan:
         near, _, far = p.text.partition("look very different")
         assert [(float(a), float(b)) for a, b in COORD.findall(near)] == [(r.lat, r.lon) for r in refs(16)[: p.n_refs]]
-        assert [(float(a), float(b)) for a, b in COORD.findall(far)] == [
-            (r.lat, r.lon) for r in refs(16, 50.0)[: p.n_farthest]
-        ]
+        assert [(float(a), float(b)) for a, b in COORD.findall(far)] == [(r.lat, r.lon) for r in refs(16, 50.0)[: p.n_farthest]]
 
 
 def test_identical_prompts_are_asked_once():

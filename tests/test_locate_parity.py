@@ -8,7 +8,6 @@ candidates whose probabilities differ by less than the tolerance) with probabili
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +98,11 @@ def test_image_and_location_embeddings_equal_reference_encoders(geolocator, tiny
 def test_geomapclip_topk_equals_reference(tiny_clip_dir, photo_dir, cache_dir, monkeypatch):
     """GeoMapCLIP: same check on 20K points of its land-lattice gallery (its code hard-codes the
     hub backbone, so the test points its loader at the tiny CLIP)."""
+    import geomapclip.model.image_encoder as gm_image
     import transformers
 
-    import geomapclip.model.image_encoder as gm_image
-    from geofast.models.registry import resolve
     from geofast.gallery import read_gallery_file
+    from geofast.models.registry import resolve
     from geofast.predict.geoclip import Geolocator
 
     real_model, real_proc = transformers.CLIPModel.from_pretrained, transformers.AutoProcessor.from_pretrained
@@ -127,7 +126,9 @@ def test_geomapclip_topk_equals_reference(tiny_clip_dir, photo_dir, cache_dir, m
     assert full.shape == (288_686, 2)
     subset = full[:: len(full) // 20_000][:20_000]
     ref.gps_gallery = torch.tensor(subset, dtype=torch.float32)
-    ours = Geolocator.from_pretrained("geomapclip", clip=tiny_clip_dir, device="cpu", gallery=subset, cache_dir=cache_dir, progress=False)
+    ours = Geolocator.from_pretrained(
+        "geomapclip", clip=tiny_clip_dir, device="cpu", gallery=subset, cache_dir=cache_dir, progress=False
+    )
     assert abs(ours.logit_scale - float(ref.logit_scale.detach().exp())) < 1e-4
     paths = sorted(str(p) for p in Path(photo_dir).iterdir())[:8]
     from PIL import Image

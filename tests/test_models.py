@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_clip
 
 import geofast as gf
+from conftest import make_tiny_clip
 from geofast.models.clip import DEFAULT_CLIP, load_backbone, resolve_source
 from geofast.models.heads import Heads
 from geofast.models.registry import resolve

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_latlon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.neighbors import BallTree
 
 import geofast as gf
+from conftest import random_latlon
 
 R = 6371.0088
 
@@ -188,7 +188,11 @@ def test_class_is_frozen_and_reports_itself():
         (lambda: gf.PointIndex(np.zeros((3, 3))), gf.ShapeError, "(N, 2), got (3, 3)"),
         (lambda: gf.PointIndex([[0.0, 0.0]], radius_km=0.0), gf.ParameterError, "radius_km"),
         (lambda: gf.PointIndex([[0.0, 0.0]], radius_km=float("nan")), gf.ParameterError, "radius_km"),
-        (lambda: gf.PointIndex([[0.0, 0.0], [1.0, 1.0]]).query([[0.0, 0.0]], k=3), gf.ParameterError, "k must be between 1 and 2"),
+        (
+            lambda: gf.PointIndex([[0.0, 0.0], [1.0, 1.0]]).query([[0.0, 0.0]], k=3),
+            gf.ParameterError,
+            "k must be between 1 and 2",
+        ),
         (lambda: gf.PointIndex([[0.0, 0.0], [1.0, 1.0]]).query([[0.0, 0.0]], k=0), gf.ParameterError, "got 0"),
         (lambda: gf.PointIndex([[0.0, 0.0], [1.0, 1.0]]).query([[0.0, 0.0]], k=-1), gf.ParameterError, "got -1"),
         (lambda: gf.PointIndex([[0.0, 0.0]]).query([[0.0, 190.0]]), gf.CoordinateError, "latlon[0] has longitude 190"),

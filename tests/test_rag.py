@@ -9,7 +9,6 @@ import re
 
 import numpy as np
 import pytest
-from llm_support import FaissDatabase, SphereEncoder, geoclip_prediction, noise_image, unit_vectors
 from sklearn.metrics.pairwise import haversine_distances
 
 from geofast.errors import ParameterError, ShapeError
@@ -17,6 +16,7 @@ from geofast.llm import LLMConfig
 from geofast.llm.stub import StubChatServer, StubReply
 from geofast.predict.rag import build_inputs, geo_verify, predict_rag
 from geofast.predict.types import Prediction
+from llm_support import FaissDatabase, SphereEncoder, geoclip_prediction, noise_image, unit_vectors
 
 COORD = re.compile(r"\((-?\d+\.\d{4}), (-?\d+\.\d{4})\)")
 
@@ -250,8 +250,12 @@ def test_no_candidates_at_all_is_an_error_prediction(server):
 def test_progress_is_reported_per_image(server):
     seen: list[tuple[int, int]] = []
     cfg = LLMConfig(base_url=server.base_url, model="m", references=(0,), samples=1)
-    predict_rag([noise_image(32, 32, i) for i in range(4)], config=cfg, progress=lambda d, t: seen.append((d, t)),
-                geoclip=[geoclip_prediction("a", [(1.5, 2.5)])] * 4)
+    predict_rag(
+        [noise_image(32, 32, i) for i in range(4)],
+        config=cfg,
+        progress=lambda d, t: seen.append((d, t)),
+        geoclip=[geoclip_prediction("a", [(1.5, 2.5)])] * 4,
+    )
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
@@ -266,8 +270,12 @@ def test_argument_errors():
     with pytest.raises(ParameterError, match="NaN"):
         build_inputs([noise_image(8, 8)], image_embeddings=np.full((1, 32), np.nan), database=db)
     with pytest.raises(ParameterError, match="embedding"):
-        predict_rag([noise_image(8, 8)], config=LLMConfig(base_url="http://127.0.0.1:9/v1"),
-                    geoclip=[geoclip_prediction("a", [(1.5, 2.5)])], encoder=SphereEncoder())
+        predict_rag(
+            [noise_image(8, 8)],
+            config=LLMConfig(base_url="http://127.0.0.1:9/v1"),
+            geoclip=[geoclip_prediction("a", [(1.5, 2.5)])],
+            encoder=SphereEncoder(),
+        )
 
 
 def test_encoder_in_another_space_is_a_shape_error():
@@ -282,18 +290,21 @@ def test_bad_server_replies_do_not_break_other_images(server):
     # One image's requests get a body that is not a completion; the other image is unaffected.
     from llm_support import jpeg_size
 
-    server.set_script(lambda req: StubReply(raw=b"<html>502</html>") if jpeg_size(req.image_bytes())[1] == (33, 33)
-                      else answer(12.5, 13.5))
+    server.set_script(
+        lambda req: StubReply(raw=b"<html>502</html>") if jpeg_size(req.image_bytes())[1] == (33, 33) else answer(12.5, 13.5)
+    )
     cfg = LLMConfig(base_url=server.base_url, model="m", references=(0,), samples=1, max_retries=0, concurrency=1)
-    preds = predict_rag([noise_image(32, 32), noise_image(33, 33)], config=cfg,
-                        geoclip=[geoclip_prediction("a", [(1.5, 2.5)])] * 2)
+    preds = predict_rag(
+        [noise_image(32, 32), noise_image(33, 33)], config=cfg, geoclip=[geoclip_prediction("a", [(1.5, 2.5)])] * 2
+    )
     assert (preds[0].lat, preds[0].lon) == (12.5, 13.5) and not preds[0].fallback
     assert preds[1].fallback and preds[1].extra["llm_errors"]
 
 
 def test_total_usage_sums_the_run(server):
-    server.set_script(lambda req: StubReply(answer(1.5, 2.5), usage={"prompt_tokens": 5, "completion_tokens": 2,
-                                                                      "total_tokens": 7}))
+    server.set_script(
+        lambda req: StubReply(answer(1.5, 2.5), usage={"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7})
+    )
     from geofast.predict.rag import total_usage
 
     cfg = LLMConfig(base_url=server.base_url, model="m", references=(0, 1), samples=1)

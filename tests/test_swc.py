@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_latlon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import DBSCAN
 
 import geofast as gf
+from conftest import random_latlon
 
 R = 6371.0
 
@@ -246,24 +246,52 @@ def test_empty_batch():
 @pytest.mark.parametrize(
     ("call", "error", "text"),
     [
-        (lambda: gf.swc([[0, 0], [0, 0.001]], [-0.5, 0.5], weight_exponent=0.5), gf.ParameterError, "weight_exponent must be an integer when similarities are negative"),
+        (
+            lambda: gf.swc([[0, 0], [0, 0.001]], [-0.5, 0.5], weight_exponent=0.5),
+            gf.ParameterError,
+            "weight_exponent must be an integer when similarities are negative",
+        ),
         (lambda: gf.swc([[0, 0], [0, 0.001]], [0.0, 0.5], weight_exponent=-1.0), gf.ParameterError, "finite"),
-        (lambda: gf.swc([[0, 0], [0, 0.001]], [0.1, 0.5], weight_exponent=float("nan")), gf.ParameterError, "weight_exponent must be finite"),
+        (
+            lambda: gf.swc([[0, 0], [0, 0.001]], [0.1, 0.5], weight_exponent=float("nan")),
+            gf.ParameterError,
+            "weight_exponent must be finite",
+        ),
         (lambda: gf.swc([[0, 0], [0, 0.001]], [np.nan, 0.5]), gf.CoordinateError, "similarity[0] is not finite"),
-        (lambda: gf.swc([[0, 0], [0, 0.001]], [0.5]), gf.ShapeError, "len(similarity) must equal the number of neighbours in latlon: 1 != 2"),
+        (
+            lambda: gf.swc([[0, 0], [0, 0.001]], [0.5]),
+            gf.ShapeError,
+            "len(similarity) must equal the number of neighbours in latlon: 1 != 2",
+        ),
         (lambda: gf.swc([[0, 0], [0, 0.001]], [[0.5, 0.5]]), gf.ShapeError, "similarity must have shape (k,)"),
         (lambda: gf.swc(np.zeros((0, 2)), np.zeros(0)), gf.EmptyInputError, "at least one neighbour"),
         (lambda: gf.swc([[95, 0], [0, 0.001]], [0.1, 0.5]), gf.CoordinateError, "latlon[0] has latitude 95"),
         (lambda: gf.swc([[0, 0], [0, 0.001]], [0.1, 0.5], eps_km=0.0), gf.ParameterError, "eps_km"),
         (lambda: gf.swc([[0, 0], [0, 0.001]], [0.1, 0.5], min_samples=0), gf.ParameterError, "min_samples"),
         (lambda: gf.swc([[0, 0], [0, 0.001]], [0.1, 0.5], radius_km=-1.0), gf.ParameterError, "radius_km"),
-        (lambda: gf.swc_batch(np.zeros((2, 3, 3)), np.zeros((2, 3))), gf.ShapeError, "latlon must have shape (B, k, 2), got (2, 3, 3)"),
+        (
+            lambda: gf.swc_batch(np.zeros((2, 3, 3)), np.zeros((2, 3))),
+            gf.ShapeError,
+            "latlon must have shape (B, k, 2), got (2, 3, 3)",
+        ),
         (lambda: gf.swc_batch(np.zeros((2, 3)), np.zeros((2, 3))), gf.ShapeError, "latlon must have shape (B, k, 2), got (2, 3)"),
-        (lambda: gf.swc_batch(np.zeros((2, 3, 2)), np.zeros((2, 4))), gf.ShapeError, "similarity must have shape (B, k) = (2, 3)"),
+        (
+            lambda: gf.swc_batch(np.zeros((2, 3, 2)), np.zeros((2, 4))),
+            gf.ShapeError,
+            "similarity must have shape (B, k) = (2, 3)",
+        ),
         (lambda: gf.swc_batch(np.zeros((2, 3, 2)), np.zeros(6)), gf.ShapeError, "similarity must have shape (B, k)"),
         (lambda: gf.swc_batch(np.zeros((2, 0, 2)), np.zeros((2, 0))), gf.EmptyInputError, "k >= 1"),
-        (lambda: gf.swc_batch(np.full((2, 3, 2), [0.0, 200.0]), np.zeros((2, 3))), gf.CoordinateError, "latlon.reshape(-1, 2)[0] has longitude 200"),
-        (lambda: gf.swc_batch(np.zeros((2, 3, 2)), np.array([[0, 0, 0], [0, np.inf, 0]])), gf.CoordinateError, "similarity.reshape(-1)[4] is not finite"),
+        (
+            lambda: gf.swc_batch(np.full((2, 3, 2), [0.0, 200.0]), np.zeros((2, 3))),
+            gf.CoordinateError,
+            "latlon.reshape(-1, 2)[0] has longitude 200",
+        ),
+        (
+            lambda: gf.swc_batch(np.zeros((2, 3, 2)), np.array([[0, 0, 0], [0, np.inf, 0]])),
+            gf.CoordinateError,
+            "similarity.reshape(-1)[4] is not finite",
+        ),
         (lambda: gf.swc_batch(np.zeros((2, 3, 2)), -np.ones((2, 3)), weight_exponent=1.5), gf.ParameterError, "weight_exponent"),
         (lambda: gf.swc_batch("abc", np.zeros((2, 3))), gf.InputError, "numeric array"),
     ],

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_photo, make_tiny_clip
 from sklearn.cluster import DBSCAN
 
+from conftest import make_photo, make_tiny_clip
 from geofast.database import Database
 from geofast.errors import DatabaseError, InputError, ParameterError
 from geofast.predict.swc import SwcPredictor
@@ -204,9 +204,16 @@ def test_geoclip_plus_swc_in_cell_and_fallback(tmp_path, geolocator):
     for i in range(24):
         make_photo(root / f"c{i:02d}.jpg", seed=500 + i, size=(128, 96))
         if i < 14:  # inside the 25 km cell, in two tight groups and a few loose ones
-            lat, lon = jitter(center, rng, 0.3) if i < 5 else (jitter((center[0] + 0.1, center[1]), rng, 0.3) if i < 9 else jitter(center, rng, 20.0))
+            lat, lon = (
+                jitter(center, rng, 0.3)
+                if i < 5
+                else (jitter((center[0] + 0.1, center[1]), rng, 0.3) if i < 9 else jitter(center, rng, 20.0))
+            )
         else:  # far away
-            lat, lon = float(np.clip(-center[0] + rng.uniform(-5, 5), -89, 89)), float(((center[1] + 180 + rng.uniform(-5, 5)) + 180) % 360 - 180)
+            lat, lon = (
+                float(np.clip(-center[0] + rng.uniform(-5, 5), -89, 89)),
+                float(((center[1] + 180 + rng.uniform(-5, 5)) + 180) % 360 - 180),
+            )
         lines.append(f"c{i:02d}.jpg,{float(lat)!r},{float(lon)!r}")
     (root / "db.csv").write_text("\n".join(lines) + "\n")
     Database.build(root / "db.csv", root / "db", backbone=geolocator.backbone)

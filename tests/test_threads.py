@@ -36,6 +36,9 @@ def test_environment_variable_sets_default():
     env = dict(os.environ, GEOFAST_NUM_THREADS="3")
     out = subprocess.run(
         [sys.executable, "-c", "import geofast; print(geofast.get_num_threads())"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == "3"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _search_ref import assert_same_topk, numpy_topk, unit_rows
 
 import geofast as gf
+from _search_ref import assert_same_topk, numpy_topk, unit_rows
 
 
 @pytest.mark.parametrize("d", [7, 33, 768])
@@ -121,7 +121,13 @@ def test_results_do_not_depend_on_threads():
         (np.ones((2, 8)), np.zeros((0, 8)), 1, gf.EmptyInputError, "gallery is empty"),
         ("abc", np.ones((10, 8)), 1, gf.InputError, "numeric array"),
         (np.full((1, 8), 1e30), np.full((4, 8), 1e30), 1, gf.ParameterError, "overflow"),
-        (np.ones((1, 8)), np.vstack([np.ones((2, 8)), np.full((1, 8), 1e300)]), 1, gf.ParameterError, "gallery must be within the float32 range, got 1e300 in row 2"),
+        (
+            np.ones((1, 8)),
+            np.vstack([np.ones((2, 8)), np.full((1, 8), 1e300)]),
+            1,
+            gf.ParameterError,
+            "gallery must be within the float32 range, got 1e300 in row 2",
+        ),
     ],
 )
 def test_errors_are_clear_value_errors(queries, gallery, k, error, text):
@@ -154,9 +160,7 @@ def _run_level(tmp_path: Path, level: str | None) -> dict[str, np.ndarray]:
     if level is not None:
         env["GEOFAST_SIMD"] = level
     out = tmp_path / f"out_{level}.npz"
-    subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS, str(tmp_path / "in.npz"), str(out)], env=env, check=True, timeout=300
-    )
+    subprocess.run([sys.executable, "-c", _SUBPROCESS, str(tmp_path / "in.npz"), str(out)], env=env, check=True, timeout=300)
     return dict(np.load(out))
 
 

@@ -15,15 +15,15 @@ import os as _os
 # effective when geofast is imported before torch; an explicit user setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from geofast._geofast import (  # noqa: E402
-    PointIndex,
+from geofast._geofast import (
     Gallery,
+    PointIndex,
     __version__,
     dbscan,
     equal_earth,
+    fibonacci_lattice,
     fourier_features,
     geodesic,
-    fibonacci_lattice,
     get_num_threads,
     haversine,
     haversine_matrix,
@@ -32,7 +32,8 @@ from geofast._geofast import (  # noqa: E402
     swc_batch,
     topk,
 )
-from geofast.errors import (  # noqa: E402
+from geofast.database import Database
+from geofast.errors import (
     CacheError,
     CoordinateError,
     DatabaseError,
@@ -46,9 +47,8 @@ from geofast.errors import (  # noqa: E402
     ShapeError,
     TooLargeError,
 )
-from geofast.database import Database  # noqa: E402  (image database: numpy only at import; torch lazily)
-from geofast.predict.geoclip import Geolocator  # noqa: E402  (torch and transformers load on first use)
-from geofast.predict.types import Candidate, Prediction  # noqa: E402
+from geofast.predict.geoclip import Geolocator
+from geofast.predict.types import Candidate, Prediction
 
 __all__ = [
     "__version__",

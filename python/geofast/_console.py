@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
+
 def _width(stream: object) -> int | None:
     """Terminals report their width; pipes and files get a wide fixed one (rich's default of 80
     columns folds benchmark and result tables into unreadable cells)."""

@@ -192,7 +192,7 @@ def read_exif_gps(image: str | os.PathLike[str] | Image.Image) -> tuple[float, f
             with PILImage.open(os.fspath(image)) as im:
                 exif = im.getexif()
         gps = exif.get_ifd(_GPS_IFD)
-    except Exception as e:  # noqa: BLE001 - any failure to parse the header: find the real reason
+    except Exception as e:
         from geofast.images import load_image
 
         if isinstance(image, PILImage.Image):
@@ -269,7 +269,9 @@ def scan_folder_source(path: str | os.PathLike[str]) -> SourcePlan:
 
     p = Path(path).expanduser().resolve()
     images = expand_images([p])
-    return SourcePlan(source=str(p), kind="folder", entries=[Entry(image=str(Path(x).resolve()), lat=None, lon=None) for x in images])
+    return SourcePlan(
+        source=str(p), kind="folder", entries=[Entry(image=str(Path(x).resolve()), lat=None, lon=None) for x in images]
+    )
 
 
 def plan_source(source: str | os.PathLike[str]) -> SourcePlan:
@@ -437,7 +439,7 @@ def _new_faiss_index(factory: str, dim: int) -> Any:
     faiss = _faiss()
     try:
         return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
-    except Exception as e:  # noqa: BLE001 - faiss raises RuntimeError with a C++ message
+    except Exception as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ParameterError(
             f"--index {factory!r} is not a FAISS index factory string ({first})",
@@ -450,7 +452,7 @@ def _default_search_params(factory: str, index: Any) -> str:
     parts = []
     try:
         ivf = faiss.extract_index_ivf(index)
-    except Exception:  # noqa: BLE001 - not an IVF index
+    except Exception:
         ivf = None
     if ivf is not None:
         nlist = int(ivf.nlist)
@@ -464,9 +466,11 @@ def _apply_search_params(index: Any, params: str) -> None:
     faiss = _faiss()
     try:
         faiss.ParameterSpace().set_index_parameters(index, params)
-    except Exception as e:  # noqa: BLE001
-        raise ParameterError(f"invalid FAISS search parameters {params!r}: {str(e).strip().splitlines()[-1]}",
-                             hint="e.g. nprobe=64 for IVF indexes, efSearch=128 for HNSW") from e
+    except Exception as e:
+        raise ParameterError(
+            f"invalid FAISS search parameters {params!r}: {str(e).strip().splitlines()[-1]}",
+            hint="e.g. nprobe=64 for IVF indexes, efSearch=128 for HNSW",
+        ) from e
 
 
 def _train_and_fill(index: Any, embeddings: np.ndarray, train_size: int, on_event: Event | None, start: int = 0) -> Any:
@@ -479,7 +483,7 @@ def _train_and_fill(index: Any, embeddings: np.ndarray, train_size: int, on_even
         sample = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
         try:
             index.train(sample)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise DatabaseError(
                 f"cannot train the FAISS index on {m:,} embeddings: {str(e).strip().splitlines()[-1]}",
                 hint="use fewer lists (e.g. IVF256,SQ8 for small databases) or --index Flat",
@@ -549,7 +553,9 @@ class Database:
         return int(self.manifest["count"])
 
     def __repr__(self) -> str:
-        return f"Database({str(self.path)!r}, rows={len(self)}, dim={self.dim}, dtype={self.dtype!r}, index={self.index_factory!r})"
+        return (
+            f"Database({str(self.path)!r}, rows={len(self)}, dim={self.dim}, dtype={self.dtype!r}, index={self.index_factory!r})"
+        )
 
     @property
     def count(self) -> int:
@@ -708,8 +714,10 @@ class Database:
             else:
                 try:
                     index = faiss.read_index(str(self.path / INDEX))
-                except Exception as e:  # noqa: BLE001
-                    raise DatabaseError(f"cannot read {self.path / INDEX}: {e}", hint=_rebuild_hint(self.path, self.manifest)) from e
+                except Exception as e:
+                    raise DatabaseError(
+                        f"cannot read {self.path / INDEX}: {e}", hint=_rebuild_hint(self.path, self.manifest)
+                    ) from e
                 params = self._search_params if self._search_params is not None else self.manifest["index"].get("search_params")
                 if params:
                     _apply_search_params(index, params)
@@ -912,9 +920,19 @@ class Database:
         builder = _Builder(Path(out).expanduser(), mode="build", on_event=on_event)
         with builder.locked():
             _recover_swap(builder.root)
-            return builder.run(plan, clip=clip, backbone=backbone, device=device, batch_size=batch_size,
-                               dtype=dtype, index=index, chunk_size=chunk_size, train_size=train_size,
-                               on_progress=on_progress, workers=workers)
+            return builder.run(
+                plan,
+                clip=clip,
+                backbone=backbone,
+                device=device,
+                batch_size=batch_size,
+                dtype=dtype,
+                index=index,
+                chunk_size=chunk_size,
+                train_size=train_size,
+                on_progress=on_progress,
+                workers=workers,
+            )
 
     @classmethod
     def add(
@@ -944,9 +962,20 @@ class Database:
             base = cls.open(root, verify=False)
             if clip is None and backbone is None and not os.environ.get("GEOFAST_CLIP", "").strip():
                 clip = base.backbone_source
-            return builder.run(plan, clip=clip, backbone=backbone, device=device, batch_size=batch_size,
-                               dtype=base.dtype, index=base.index_factory, chunk_size=chunk_size,
-                               train_size=DEFAULT_TRAIN_SIZE, on_progress=on_progress, base=base, workers=workers)
+            return builder.run(
+                plan,
+                clip=clip,
+                backbone=backbone,
+                device=device,
+                batch_size=batch_size,
+                dtype=base.dtype,
+                index=base.index_factory,
+                chunk_size=chunk_size,
+                train_size=DEFAULT_TRAIN_SIZE,
+                on_progress=on_progress,
+                base=base,
+                workers=workers,
+            )
 
     @classmethod
     def from_arrays(
@@ -994,15 +1023,24 @@ class Database:
             metas = meta if meta is not None else [{"image": f"row{i}"} for i in range(ll.shape[0])]
             manifest_extra = {
                 "backbone": {"source": backbone_source, "config_sha256": None, "dim": int(embeddings.shape[1]), "probe": None},
-                "sources": [{"source": "arrays", "kind": "arrays", "added": int(ll.shape[0]), "failed": 0, "no_gps": 0,
-                             "date": _now()}],
+                "sources": [
+                    {"source": "arrays", "kind": "arrays", "added": int(ll.shape[0]), "failed": 0, "no_gps": 0, "date": _now()}
+                ],
                 "failed": 0,
                 "no_gps": 0,
             }
             builder.assemble(
-                n_rows=ll.shape[0], dim=int(embeddings.shape[1]), dtype=dtype, factory=factory,
-                emb_blocks=blocks(), latlon=ll, meta_lines=(json.dumps(m, ensure_ascii=False) for m in metas),
-                failures=[], manifest_extra=manifest_extra, train_size=train_size, base=None,
+                n_rows=ll.shape[0],
+                dim=int(embeddings.shape[1]),
+                dtype=dtype,
+                factory=factory,
+                emb_blocks=blocks(),
+                latlon=ll,
+                meta_lines=(json.dumps(m, ensure_ascii=False) for m in metas),
+                failures=[],
+                manifest_extra=manifest_extra,
+                train_size=train_size,
+                base=None,
             )
             builder.install()
         return cls.open(root, verify=False)
@@ -1046,8 +1084,11 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise DatabaseError(f"{root} is not a database folder", hint="pass the folder given to geofast db build --out")
     mpath = root / MANIFEST
     if not mpath.is_file():
-        hint = (f"its build was interrupted: rerun geofast db build SOURCE --out {root} to resume it"
-                if partial.exists() else f"build it: geofast db build SOURCE --out {root}")
+        hint = (
+            f"its build was interrupted: rerun geofast db build SOURCE --out {root} to resume it"
+            if partial.exists()
+            else f"build it: geofast db build SOURCE --out {root}"
+        )
         raise DatabaseError(f"{root} is not a geofast database (no {MANIFEST})", hint=hint)
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
@@ -1084,7 +1125,9 @@ def _check_checksums(root: Path, files: dict[str, Any], *, full: bool, hint: str
         else:
             got, want, what = _sample_sha256(path), rec.get("sample_sha256"), "sampled sha256"
         if got != want:
-            raise DatabaseError(f"database {root}: {name} does not match its {what} in {MANIFEST} (file changed or corrupt)", hint=hint)
+            raise DatabaseError(
+                f"database {root}: {name} does not match its {what} in {MANIFEST} (file changed or corrupt)", hint=hint
+            )
 
 
 def _check_build_args(batch_size: int, chunk_size: int, dtype: str, workers: int | None = None) -> None:
@@ -1095,7 +1138,9 @@ def _check_build_args(batch_size: int, chunk_size: int, dtype: str, workers: int
     if chunk_size < 1:
         raise ParameterError(f"chunk_size must be >= 1, got {chunk_size}", hint="e.g. --chunk-size 256")
     if dtype not in _DTYPES:
-        raise ParameterError(f"dtype must be f16 or f32, got {dtype!r}", hint="use --dtype f16 (default, half the size) or --dtype f32")
+        raise ParameterError(
+            f"dtype must be f16 or f32, got {dtype!r}", hint="use --dtype f16 (default, half the size) or --dtype f32"
+        )
 
 
 def _recover_swap(root: Path) -> None:
@@ -1158,7 +1203,7 @@ class _Builder:
     def locked(self) -> Iterator[None]:
         self.partial.mkdir(parents=True, exist_ok=True)
         lock_path = self.partial / "lock"
-        f = open(lock_path, "a+b")  # noqa: SIM115 - held for the whole build
+        f = open(lock_path, "a+b")
         try:
             try:
                 import fcntl
@@ -1225,8 +1270,19 @@ class _Builder:
             self._say(f"resuming: {resumed} of {n_chunks} chunks already encoded")
         if on_progress is not None:
             on_progress(sum(min(chunk_size, n - c * chunk_size) for c in done), n)
-        encoded, enc_s, wait_s = self._encode(plan, backbone, done, n_chunks, chunk_size, batch_size, dtype, dim, digest,
-                                      on_progress, _loader_workers(workers, backbone))
+        encoded, enc_s, wait_s = self._encode(
+            plan,
+            backbone,
+            done,
+            n_chunks,
+            chunk_size,
+            batch_size,
+            dtype,
+            dim,
+            digest,
+            on_progress,
+            _loader_workers(workers, backbone),
+        )
 
         # -- assemble: small arrays now, embeddings streamed chunk by chunk ----------------------
         heads = [self._chunk_head(c, digest, chunk_size, n) for c in range(n_chunks)]
@@ -1245,9 +1301,19 @@ class _Builder:
         n_failed = len(failures) - no_gps
         base_count = len(base) if base is not None else 0
         report = BuildReport(
-            path=str(self.root), rows=base_count + new_count, added=new_count, failed=n_failed, no_gps=no_gps,
-            duplicates=duplicates, encoded=encoded, resumed_chunks=resumed, chunks=n_chunks,
-            seconds=0.0, encoder_seconds=enc_s + probe_s, loader_wait_seconds=wait_s, failed_file=str(self.root / FAILED),
+            path=str(self.root),
+            rows=base_count + new_count,
+            added=new_count,
+            failed=n_failed,
+            no_gps=no_gps,
+            duplicates=duplicates,
+            encoded=encoded,
+            resumed_chunks=resumed,
+            chunks=n_chunks,
+            seconds=0.0,
+            encoder_seconds=enc_s + probe_s,
+            loader_wait_seconds=wait_s,
+            failed_file=str(self.root / FAILED),
         )
         if new_count == 0 and base is None:
             shown = "; ".join(f"{Path(a).name}: {b}" for a, b in failures[:3])
@@ -1285,8 +1351,15 @@ class _Builder:
                     e = plan.entries[r]
                     yield json.dumps({"image": e.image, **dict(e.meta)}, ensure_ascii=False)
 
-        src_record = {"source": plan.source, "kind": plan.kind, "added": int(new_count), "failed": int(n_failed),
-                      "no_gps": int(no_gps), "duplicates": int(duplicates), "date": _now()}
+        src_record = {
+            "source": plan.source,
+            "kind": plan.kind,
+            "added": int(new_count),
+            "failed": int(n_failed),
+            "no_gps": int(no_gps),
+            "duplicates": int(duplicates),
+            "date": _now(),
+        }
         base_m = base.manifest if base is not None else {}
         manifest_extra: dict[str, Any] = {
             "backbone": _backbone_info(backbone, probe),
@@ -1299,9 +1372,17 @@ class _Builder:
             manifest_extra["created"] = base_m.get("created")
         all_failures = (base.failures() if base is not None else []) + failures
         self.assemble(
-            n_rows=base_count + new_count, dim=dim, dtype=dtype, factory=factory, emb_blocks=emb_blocks(),
-            latlon=latlon, meta_lines=meta_lines(), failures=all_failures, manifest_extra=manifest_extra,
-            train_size=train_size, base=base,
+            n_rows=base_count + new_count,
+            dim=dim,
+            dtype=dtype,
+            factory=factory,
+            emb_blocks=emb_blocks(),
+            latlon=latlon,
+            meta_lines=meta_lines(),
+            failures=all_failures,
+            manifest_extra=manifest_extra,
+            train_size=train_size,
+            base=base,
         )
         if base is not None:
             base._gallery = None  # drop references to the old memmaps before the swap
@@ -1313,9 +1394,16 @@ class _Builder:
     # -- state -------------------------------------------------------------------------------------
     def _plan_digest(self, plan: SourcePlan, chunk_size: int, dtype: str, dim: int, base: Database | None) -> str:
         h = hashlib.sha256()
-        head = {"mode": self.mode, "source": plan.source, "kind": plan.kind, "chunk_size": chunk_size, "dtype": dtype,
-                "dim": dim, "format": FORMAT_VERSION,
-                "base": hashlib.sha256((base.path / MANIFEST).read_bytes()).hexdigest() if base is not None else None}
+        head = {
+            "mode": self.mode,
+            "source": plan.source,
+            "kind": plan.kind,
+            "chunk_size": chunk_size,
+            "dtype": dtype,
+            "dim": dim,
+            "format": FORMAT_VERSION,
+            "base": hashlib.sha256((base.path / MANIFEST).read_bytes()).hexdigest() if base is not None else None,
+        }
         h.update(json.dumps(head, sort_keys=True).encode())
         for e in plan.entries:
             h.update(json.dumps([e.image, e.lat, e.lon, list(e.meta)]).encode())
@@ -1349,8 +1437,10 @@ class _Builder:
             if self.chunks.exists():
                 shutil.rmtree(self.chunks)
             self.chunks.mkdir(parents=True)
-            atomic_write_text(state_path, json.dumps({"digest": digest, "mode": self.mode, "source": source,
-                                                      "probe": probe.tolist(), "created": _now()}))
+            atomic_write_text(
+                state_path,
+                json.dumps({"digest": digest, "mode": self.mode, "source": source, "probe": probe.tolist(), "created": _now()}),
+            )
             return set()
         return {c for c in range(n_chunks) if self._chunk_head(c, digest, chunk_size, n) is not None}
 
@@ -1405,9 +1495,20 @@ class _Builder:
         atomic_write(self._chunk_path(c), lambda f: np.savez(f, allow_pickle=False, **arrays))
 
     # -- encoding ----------------------------------------------------------------------------------
-    def _encode(self, plan: SourcePlan, backbone: Backbone, done: set[int], n_chunks: int, chunk_size: int,
-                batch_size: int, dtype: str, dim: int, digest: str, on_progress: Progress | None,
-                workers: int) -> tuple[int, float, float]:
+    def _encode(
+        self,
+        plan: SourcePlan,
+        backbone: Backbone,
+        done: set[int],
+        n_chunks: int,
+        chunk_size: int,
+        batch_size: int,
+        dtype: str,
+        dim: int,
+        digest: str,
+        on_progress: Progress | None,
+        workers: int,
+    ) -> tuple[int, float, float]:
         """Encode every chunk not in ``done``. ``workers`` background threads load and preprocess
         the next batches (PIL decoding releases the GIL) while the encoder runs; results are
         consumed in order. Returns (images encoded, seconds inside the encoder, seconds waiting for images)."""
@@ -1470,9 +1571,21 @@ class _Builder:
         return encoded, enc_s, wait_s
 
     # -- assembly and install ------------------------------------------------------------------
-    def assemble(self, *, n_rows: int, dim: int, dtype: str, factory: str, emb_blocks: Iterable[np.ndarray],
-                 latlon: np.ndarray, meta_lines: Iterable[str], failures: list[tuple[str, str]],
-                 manifest_extra: dict[str, Any], train_size: int, base: Database | None) -> None:
+    def assemble(
+        self,
+        *,
+        n_rows: int,
+        dim: int,
+        dtype: str,
+        factory: str,
+        emb_blocks: Iterable[np.ndarray],
+        latlon: np.ndarray,
+        meta_lines: Iterable[str],
+        failures: list[tuple[str, str]],
+        manifest_extra: dict[str, Any],
+        train_size: int,
+        base: Database | None,
+    ) -> None:
         """Write the complete new database into ``DIR.partial/db`` (manifest last)."""
         if self.staged.exists():
             shutil.rmtree(self.staged)
@@ -1617,7 +1730,7 @@ def _prepare_batch(plan: SourcePlan, backbone: Backbone, chunk: int, rows: list[
         except ImageError as err:
             failures.append((r, str(err)))
             continue
-        except Exception as err:  # noqa: BLE001 - never abort the build for one image
+        except Exception as err:
             failures.append((r, f"{e.image}: {type(err).__name__}: {err}"))
             continue
         ok_rows.append(r)
@@ -1627,7 +1740,7 @@ def _prepare_batch(plan: SourcePlan, backbone: Backbone, chunk: int, rows: list[
     if images:
         try:
             pixels = backbone.preprocess(images)
-        except Exception:  # noqa: BLE001 - isolate the image the processor rejects
+        except Exception:
             import torch
 
             keep, keep_ll, tensors = [], [], []
@@ -1636,11 +1749,13 @@ def _prepare_batch(plan: SourcePlan, backbone: Backbone, chunk: int, rows: list[
                     tensors.append(backbone.preprocess([im]))
                     keep.append(r)
                     keep_ll.append(ll)
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:
                     failures.append((r, f"{plan.entries[r].image}: cannot preprocess ({type(err).__name__}: {err})"))
             ok_rows, latlon = keep, keep_ll
             pixels = torch.cat(tensors) if tensors else None
-    return _Prepared(chunk=chunk, rows=ok_rows, pixels=pixels, latlon=latlon, failures=failures, no_gps=no_gps, last_in_chunk=last)
+    return _Prepared(
+        chunk=chunk, rows=ok_rows, pixels=pixels, latlon=latlon, failures=failures, no_gps=no_gps, last_in_chunk=last
+    )
 
 
 __all__ = [

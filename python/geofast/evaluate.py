@@ -21,7 +21,7 @@ import csv
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,14 @@ def distances_km(truth: np.ndarray, pred: np.ndarray, distance: str = "geodesic"
 def _block(d: np.ndarray, radii: Sequence[float], strict: bool) -> dict[str, Any]:
     n = int(d.shape[0])
     if n == 0:
-        return {"n": 0, "accuracy": {_key(r): None for r in radii}, "counts": {_key(r): 0 for r in radii},
-                "median_km": None, "mean_km": None, "geoscore": None}
+        return {
+            "n": 0,
+            "accuracy": {_key(r): None for r in radii},
+            "counts": {_key(r): 0 for r in radii},
+            "median_km": None,
+            "mean_km": None,
+            "geoscore": None,
+        }
     counts = {_key(r): int(np.count_nonzero(d < r if strict else d <= r)) for r in radii}
     return {
         "n": n,
@@ -130,7 +136,7 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise InputError(f"dataset {p} does not exist", hint="pass the metadata CSV (e.g. im2gps3k_places365.csv)")
     try:
         frame = pd.read_csv(p, dtype=str, keep_default_na=False)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise InputError(f"cannot read dataset CSV {p}: {e}") from e
     cols = list(frame.columns)
     img, lat, lon = find_column(cols, _IMAGE_COLUMNS), find_column(cols, _LAT_COLUMNS), find_column(cols, _LON_COLUMNS)
@@ -172,7 +178,7 @@ def read_predictions(path: str | os.PathLike[str]) -> ScoredFile:
         raise InputError(f"predictions file {p} does not exist")
     try:
         frame = pd.read_csv(p, dtype=str, keep_default_na=False)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise InputError(f"cannot read predictions CSV {p}: {e}") from e
     cols = list(frame.columns)
     lat, lon = find_column(cols, _LAT_COLUMNS), find_column(cols, _LON_COLUMNS)
@@ -323,7 +329,9 @@ def plot_cdf(path: str | os.PathLike[str], d_km: np.ndarray, radii: Sequence[flo
     for r in radii:
         acc = 100.0 * np.count_nonzero(d <= r) / max(d.size, 1)
         ax.axvline(r, color="#999999", lw=0.8, ls="--")
-        ax.annotate(f"{r:g} km\n{acc:.1f}%", (r, min(acc + 3, 97)), fontsize=8, ha="left", xytext=(3, 0), textcoords="offset points")
+        ax.annotate(
+            f"{r:g} km\n{acc:.1f}%", (r, min(acc + 3, 97)), fontsize=8, ha="left", xytext=(3, 0), textcoords="offset points"
+        )
     ax.set_xscale("log")
     ax.set_xlim(0.1, 20038)
     ax.set_ylim(0, 100)

@@ -48,9 +48,7 @@ def check_latlon_array(latlon: np.ndarray, name: str) -> np.ndarray:
     bad = (np.abs(arr[:, 0]) > 90) | (np.abs(arr[:, 1]) > 180)
     if bad.any():
         row = int(np.argmax(bad))
-        raise CoordinateError(
-            f"{name} row {row} is out of range ({arr[row].tolist()}); coordinates are degrees, latitude first"
-        )
+        raise CoordinateError(f"{name} row {row} is out of range ({arr[row].tolist()}); coordinates are degrees, latitude first")
     return np.ascontiguousarray(arr)
 
 
@@ -79,7 +77,7 @@ def read_gallery_file(path: str | os.PathLike[str]) -> np.ndarray:
 
     try:
         frame = pd.read_csv(p)
-    except Exception as e:  # noqa: BLE001 - pandas raises many types
+    except Exception as e:
         raise InputError(f"cannot read gallery CSV {p}: {e}") from e
     lat_col = find_column(list(frame.columns), _LAT_NAMES)
     lon_col = find_column(list(frame.columns), _LON_NAMES)
@@ -107,9 +105,7 @@ def parse_region(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         values = []
     if len(values) != 4 or not all(np.isfinite(values)):
-        raise InputError(
-            f"--region {text!r} is not four numbers", hint="use LAT_MIN,LON_MIN,LAT_MAX,LON_MAX, e.g. 35,-10,60,30"
-        )
+        raise InputError(f"--region {text!r} is not four numbers", hint="use LAT_MIN,LON_MIN,LAT_MAX,LON_MAX, e.g. 35,-10,60,30")
     lat_min, lon_min, lat_max, lon_max = values
     if not (-90 <= lat_min <= lat_max <= 90):
         raise InputError(f"--region latitudes must satisfy -90 <= LAT_MIN <= LAT_MAX <= 90, got {lat_min}, {lat_max}")

@@ -22,7 +22,6 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,7 +37,7 @@ IMAGE_SUFFIXES = frozenset(
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's hard limit (2 × Image.MAX_IMAGE_PIXELS)
 MAX_PIXELS_ENV = "GEOFAST_MAX_IMAGE_PIXELS"
 
-ImageInput = Union[str, os.PathLike, Image.Image]
+ImageInput = str | os.PathLike | Image.Image
 
 
 def max_pixels() -> int:
@@ -158,9 +157,7 @@ def expand_images(sources: Iterable[str | os.PathLike[str]], *, recursive: bool 
         path = Path(text)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found = sorted(
-                str(p) for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = sorted(str(p) for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             out.extend(found)
         elif path.exists():
             out.append(text)

@@ -37,9 +37,7 @@ def prediction_json(p: Prediction) -> dict[str, Any]:
     if p.method != "geoclip":
         out["method"] = p.method
     if p.method == "rag":
-        out["candidates"] = [
-            {"lat": c.lat, "lon": c.lon, "source": c.source, "score": _num(c.score)} for c in p.candidates
-        ]
+        out["candidates"] = [{"lat": c.lat, "lon": c.lon, "source": c.source, "score": _num(c.score)} for c in p.candidates]
         out["fallback"] = p.fallback
     if p.method in ("swc", "geoclip+swc") and p.fallback:
         out["fallback"] = True
@@ -103,7 +101,11 @@ def write_map(path: str | os.PathLike[str], predictions: Sequence[Prediction]) -
         folium.Marker([p.lat, p.lon], popup=popup, tooltip=os.path.basename(p.image)).add_to(group)
         for c in p.candidates[1:]:
             folium.CircleMarker(
-                [c.lat, c.lon], radius=4, weight=1, fill=True, fill_opacity=0.6,
+                [c.lat, c.lon],
+                radius=4,
+                weight=1,
+                fill=True,
+                fill_opacity=0.6,
                 tooltip=f"{os.path.basename(p.image)}: {c.prob:.3f}" if c.prob is not None else os.path.basename(p.image),
             ).add_to(fmap)
     html = fmap.get_root().render()

@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import statistics
-import warnings
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any

@@ -167,7 +167,9 @@ def swc_neighbours(b: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return latlon, rng.uniform(0.2, 0.9, (b, k))
 
 
-def swc_reference(latlon: np.ndarray, sim: np.ndarray, eps_km: float = 1.0, min_samples: int = 1) -> tuple[float, float, np.ndarray]:
+def swc_reference(
+    latlon: np.ndarray, sim: np.ndarray, eps_km: float = 1.0, min_samples: int = 1
+) -> tuple[float, float, np.ndarray]:
     """Search-within-Cell for one query the way visloc-estimation computes it: sklearn DBSCAN,
     largest cluster (ties: the most similar neighbour's), spherical centroid with numpy."""
     DBSCAN, _ = _sklearn()

@@ -149,8 +149,13 @@ def peak_rss(db_dir: Path, query: np.ndarray, k: int) -> dict[str, Any]:
 
     qpath = _tmp_root() / "query.npy"
     np.save(qpath, query.astype(np.float32))
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(db_dir), str(qpath), str(k)],
-                         capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(db_dir), str(qpath), str(k)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ.copy(),
+    )
     if out.returncode != 0:
         raise RuntimeError(f"peak-RSS subprocess failed: {out.stderr.strip()[-500:]}")
     data = json.loads(out.stdout.strip().splitlines()[-1])
@@ -183,8 +188,15 @@ def _vit_l14() -> Any:
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              patch_size=14, image_size=224, projection_dim=768)
+    config = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        patch_size=14,
+        image_size=224,
+        projection_dim=768,
+    )
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(config)
     model = model.to_empty(device="cpu")
@@ -222,9 +234,17 @@ def _build_setup(n_images: int, n_anchor: int) -> dict[str, Any]:
         lines.append(f"img/{i:04d}.jpg,{rng.uniform(-80, 80)},{rng.uniform(-180, 180)}")
     (root / "photos.csv").write_text("\n".join(lines) + "\n")
     torch.manual_seed(0)
-    tiny = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                                          num_hidden_layers=2, patch_size=32, image_size=224,
-                                                          projection_dim=768))
+    tiny = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            patch_size=32,
+            image_size=224,
+            projection_dim=768,
+        )
+    )
     with quiet_libraries():
         tiny.eval().save_pretrained(root / "tiny-clip")
     CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(root / "tiny-clip")
@@ -261,19 +281,21 @@ def workloads(quick: bool) -> list[Workload]:
             raise AssertionError(f"build stored {report.rows} of {state['n']} images")
         return f"{report.rows} images; {1e3 * (report.seconds - report.encoder_seconds) / report.rows:.1f} ms/img outside the encoder"
 
-    out.append(Workload(
-        name=f"db build overhead, {n_build} JPEGs 640×480",
-        kernel="db build",
-        anchor=f"ViT-L/14 forward (random weights), scaled from {n_anchor} images",
-        setup=lambda: _build_setup(n_build, n_anchor),
-        run_geofast=_build_run,
-        run_anchor=_vit_run,
-        check=build_check,
-        target=9.0,
-        anchor_scale=n_anchor / n_build,
-        repeat=1 if quick else 2,
-        note="speed-up = ViT-L/14 time / geofast build time with a tiny encoder; ≥ 9 ⇔ encoder ≥ 90 % of a real build (torch default threads)",
-    ))
+    out.append(
+        Workload(
+            name=f"db build overhead, {n_build} JPEGs 640×480",
+            kernel="db build",
+            anchor=f"ViT-L/14 forward (random weights), scaled from {n_anchor} images",
+            setup=lambda: _build_setup(n_build, n_anchor),
+            run_geofast=_build_run,
+            run_anchor=_vit_run,
+            check=build_check,
+            target=9.0,
+            anchor_scale=n_anchor / n_build,
+            repeat=1 if quick else 2,
+            note="speed-up = ViT-L/14 time / geofast build time with a tiny encoder; ≥ 9 ⇔ encoder ≥ 90 % of a real build (torch default threads)",
+        )
+    )
     if quick:
         return out
 
@@ -282,8 +304,14 @@ def workloads(quick: bool) -> list[Workload]:
         index = _faiss_flat(db)
         q = _queries(db, 1, seed=42)
         rss = peak_rss(db.path, q, K)
-        return {"db": db, "faiss": index, "q": q, "latlon": np.asarray(db.latlon), "rss": rss,
-                "file_bytes": (db.path / "embeddings.npy").stat().st_size}
+        return {
+            "db": db,
+            "faiss": index,
+            "q": q,
+            "latlon": np.asarray(db.latlon),
+            "rss": rss,
+            "file_bytes": (db.path / "embeddings.npy").stat().st_size,
+        }
 
     def flat_geofast(s: dict[str, Any]) -> Any:
         import geofast as gf
@@ -304,21 +332,25 @@ def workloads(quick: bool) -> list[Workload]:
         if s["rss"]["ids"] != ours[1][0].tolist():
             raise AssertionError("the peak-RSS process found other neighbours")
         ratio = s["rss"]["maxrss_bytes"] / s["file_bytes"]
-        return (f"identical top-{K} and SwC; peak RSS {s['rss']['maxrss_bytes'] / 2**30:.2f} GiB = {ratio:.2f}× "
-                f"the {s['file_bytes'] / 2**30:.2f} GiB f16 file (target ≤ 1.3×)")
+        return (
+            f"identical top-{K} and SwC; peak RSS {s['rss']['maxrss_bytes'] / 2**30:.2f} GiB = {ratio:.2f}× "
+            f"the {s['file_bytes'] / 2**30:.2f} GiB f16 file (target ≤ 1.3×)"
+        )
 
-    out.append(Workload(
-        name=f"db search+SwC 1M×{DIM} f16 flat, batch 1, k={K}",
-        kernel="Database.search + gf.swc",
-        anchor="faiss IndexFlatIP f32 + sklearn DBSCAN SwC",
-        setup=flat_setup,
-        run_geofast=flat_geofast,
-        run_anchor=flat_anchor,
-        check=flat_check,
-        target=1.5,
-        repeat=10,
-        note="memory-mapped f16 database (gf.Gallery, zero-copy) vs faiss on the f32 upcast; faiss uses its OpenMP threads",
-    ))
+    out.append(
+        Workload(
+            name=f"db search+SwC 1M×{DIM} f16 flat, batch 1, k={K}",
+            kernel="Database.search + gf.swc",
+            anchor="faiss IndexFlatIP f32 + sklearn DBSCAN SwC",
+            setup=flat_setup,
+            run_geofast=flat_geofast,
+            run_anchor=flat_anchor,
+            check=flat_check,
+            target=1.5,
+            repeat=10,
+            note="memory-mapped f16 database (gf.Gallery, zero-copy) vs faiss on the f32 upcast; faiss uses its OpenMP threads",
+        )
+    )
 
     def ivf_setup() -> dict[str, Any]:
         flat = _large_db("Flat")
@@ -350,20 +382,24 @@ def workloads(quick: bool) -> list[Workload]:
             m10, _, t = recall(db, s)
             more.append(f"nprobe={nprobe}: {m10:.3f} at {1e3 * t:.1f} ms")
         db.set_search_params(default)
-        return (f"recall@10 {r10:.3f}, recall@1 {r1:.3f} on 200 queries ({default}, re-rank 4k); "
-                f"{'; '.join(more)}; index built in {s['build_s']:.0f} s")
+        return (
+            f"recall@10 {r10:.3f}, recall@1 {r1:.3f} on 200 queries ({default}, re-rank 4k); "
+            f"{'; '.join(more)}; index built in {s['build_s']:.0f} s"
+        )
 
-    out.append(Workload(
-        name=f"db search IVF1024,SQ8 1M×{DIM}, batch 1, k={K}",
-        kernel="Database.search (FAISS IVF)",
-        anchor="faiss IndexFlatIP f32 (exact)",
-        setup=ivf_setup,
-        run_geofast=lambda s: s["db"].search(s["q"], K, normalize=False),
-        run_anchor=lambda s: s["faiss"].search(s["q"], K),
-        check=ivf_check,
-        repeat=10,
-        note="approximate: uniform random vectors are IVF's worst case (no clusters)",
-    ))
+    out.append(
+        Workload(
+            name=f"db search IVF1024,SQ8 1M×{DIM}, batch 1, k={K}",
+            kernel="Database.search (FAISS IVF)",
+            anchor="faiss IndexFlatIP f32 (exact)",
+            setup=ivf_setup,
+            run_geofast=lambda s: s["db"].search(s["q"], K, normalize=False),
+            run_anchor=lambda s: s["faiss"].search(s["q"], K),
+            check=ivf_check,
+            repeat=10,
+            note="approximate: uniform random vectors are IVF's worst case (no clusters)",
+        )
+    )
     return out
 
 

@@ -22,10 +22,16 @@ from geofast.bench import Skip, Workload, quiet_libraries, time_call
 #: Gallery points searched by both sides in quick mode (the full mode uses all 100K).
 QUICK_GALLERY = 5_000
 
-_VIT_L14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14, image_size=224)
-_TEXT_L14 = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, max_position_embeddings=77)
+_VIT_L14 = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14, image_size=224
+)
+_TEXT_L14 = dict(
+    hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, max_position_embeddings=77
+)
 _TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=32, image_size=224)
-_TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=16, vocab_size=99)
+_TINY_TEXT = dict(
+    hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=16, vocab_size=99
+)
 
 
 def random_clip(full_size: bool) -> Path:
@@ -87,11 +93,9 @@ def workloads(quick: bool) -> list[Workload]:
         with quiet_libraries():
             from geoclip import GeoCLIP
 
-        from geofast.predict.geoclip import Geolocator
-
         from geofast.gallery import read_gallery_file
         from geofast.models import resolve
-        from geofast.predict.geoclip import build_gallery
+        from geofast.predict.geoclip import Geolocator, build_gallery
 
         clip_dir = random_clip(full_size=not quick)
         photos = _photos(32)
@@ -238,9 +242,13 @@ def _eval_workloads(quick: bool, setup: Any) -> list[Workload]:
             loc.backbone.encode = timed
             try:
                 t0 = time.perf_counter()
-                ev.run_predictions(ev.read_dataset(data), folder,
-                                   lambda paths: loc.predict(paths, top_k=5, batch_size=16, places=False),
-                                   ev.PredictionLog.open(out), batch_size=16)
+                ev.run_predictions(
+                    ev.read_dataset(data),
+                    folder,
+                    lambda paths: loc.predict(paths, top_k=5, batch_size=16, places=False),
+                    ev.PredictionLog.open(out),
+                    batch_size=16,
+                )
                 scored = ev.read_predictions(out)
                 ev.score(scored.truth, scored.pred, confidence=scored.confidence)
                 s["eval_total_s"] = time.perf_counter() - t0
@@ -271,8 +279,9 @@ def _eval_workloads(quick: bool, setup: Any) -> list[Workload]:
             run_geofast=lambda s: None,
             geofast_seconds=lambda s: float(s["eval_total_s"]),
             run_anchor=None,
-            check=lambda s, _g, _a: f"encoder share {100 * s['eval_encoder_s'] / s['eval_total_s']:.1f}% "
-                                     f"(target ≥ 90%: everything else ≤ 10%)",
+            check=lambda s, _g, _a: (
+                f"encoder share {100 * s['eval_encoder_s'] / s['eval_total_s']:.1f}% (target ≥ 90%: everything else ≤ 10%)"
+            ),
             repeat=1,
         ),
     ]

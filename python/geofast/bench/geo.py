@@ -167,9 +167,7 @@ def _geoclip_location_encoding() -> tuple[Any, Any, Any, list[Any]]:
         from geoclip.model.location_encoder import equal_earth_projection
         from geoclip.model.rff.functional import gaussian_encoding
 
-    weights = os.path.join(
-        list(spec.submodule_search_locations)[0], "model", "weights", "location_encoder_weights.pth"
-    )
+    weights = os.path.join(list(spec.submodule_search_locations)[0], "model", "weights", "location_encoder_weights.pth")
     state = torch.load(weights, map_location="cpu", weights_only=True)
     bs = [state[f"LocEnc{i}.capsule.0.b"] for i in range(3)]
     return torch, equal_earth_projection, gaussian_encoding, bs

@@ -113,8 +113,12 @@ def _run_rag(state: _State, cache_dir: str | None) -> list[Any]:
     client = LLMClient(state.config, cache=ResponseCache(cache_dir) if cache_dir else None)
     c0, t0 = time.process_time(), time.perf_counter()
     preds = predict_rag(
-        state.images, config=state.config, geoclip=state.geoclip, image_embeddings=state.emb,
-        encoder=state.encoder, client=client,
+        state.images,
+        config=state.config,
+        geoclip=state.geoclip,
+        image_embeddings=state.emb,
+        encoder=state.encoder,
+        client=client,
     )
     state.times.append(time.perf_counter() - t0)
     state.cpu.append(time.process_time() - c0)
@@ -140,8 +144,13 @@ def workloads(quick: bool) -> list[Workload]:
 
         server = StubChatProcess().start()
         tmp = tempfile.mkdtemp(prefix="geofast-bench-llm-")
-        state = _State(server=server, tmp=tmp, per_image=N_REQUESTS_PER_IMAGE,
-                       config=LLMConfig.g3(base_url=server.base_url, model="stub", samples=2), **_inputs(n))
+        state = _State(
+            server=server,
+            tmp=tmp,
+            per_image=N_REQUESTS_PER_IMAGE,
+            config=LLMConfig.g3(base_url=server.base_url, model="stub", samples=2),
+            **_inputs(n),
+        )
         _finalize(state, server, tmp)
         _run_rag(state, tmp)  # fill the cache
         server.reset()
@@ -187,14 +196,22 @@ def workloads(quick: bool) -> list[Workload]:
 
         # The same client settings as geofast's (incl. its reused TLS context), so the difference
         # is geofast's own work.
-        async with openai.AsyncOpenAI(base_url=cfg.base_url, api_key="sk-none", timeout=cfg.timeout_s,
-                                      max_retries=cfg.max_retries,
-                                      http_client=openai.DefaultAsyncHttpxClient(verify=_ssl_context())) as client:
+        async with openai.AsyncOpenAI(
+            base_url=cfg.base_url,
+            api_key="sk-none",
+            timeout=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(verify=_ssl_context()),
+        ) as client:
 
             async def one(i: int, messages: list[dict[str, Any]]) -> tuple[int, str]:
                 async with sem:
-                    r = await client.chat.completions.create(model="stub", messages=messages,  # type: ignore[arg-type]
-                                                             temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+                    r = await client.chat.completions.create(
+                        model="stub",
+                        messages=messages,  # type: ignore[arg-type]
+                        temperature=cfg.temperature,
+                        max_tokens=cfg.max_tokens,
+                    )
                 return i, r.choices[0].message.content or ""
 
             return list(await asyncio.gather(*(one(i, m) for i, m in state.jobs)))
@@ -232,8 +249,13 @@ def workloads(quick: bool) -> list[Workload]:
 
         server = StubChatProcess(delay_s=delay_s).start()
         base: dict[str, Any] = dict(base_url=server.base_url, model="stub", references=(0,), samples=1, cache=False)
-        state = _State(server=server, per_image=1, config=LLMConfig(concurrency=8, **base),
-                       sequential=LLMConfig(concurrency=1, **base), **_inputs(n_conc, seed=200))
+        state = _State(
+            server=server,
+            per_image=1,
+            config=LLMConfig(concurrency=8, **base),
+            sequential=LLMConfig(concurrency=1, **base),
+            **_inputs(n_conc, seed=200),
+        )
         state.encoder = None
         _finalize(state, server, None)
         return state
@@ -261,8 +283,9 @@ def workloads(quick: bool) -> list[Workload]:
         if [(p.lat, p.lon) for p in ours] != [(p.lat, p.lon) for p in ref]:
             raise AssertionError("concurrent and sequential runs disagree")
         g, a = min(state.times) / delay_s, min(state.anchor_times) / delay_s
-        return (f"wall = {g:.2f} delays at concurrency 8 (ideal {n_conc // 8}), {a:.1f} sequential (ideal {n_conc}); "
-                "max in flight 8")
+        return (
+            f"wall = {g:.2f} delays at concurrency 8 (ideal {n_conc // 8}), {a:.1f} sequential (ideal {n_conc}); max in flight 8"
+        )
 
     return [
         Workload(

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 import typer
 
-from geofast import __version__
-from geofast import _console
+from geofast import __version__, _console
 from geofast.errors import GeofastError
 
 app = typer.Typer(
@@ -35,17 +34,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """geofast: fast photo geolocation."""
 
 
 def _register_commands() -> None:
     # Each command module adds itself to `app` on import.
-    from geofast.cli import bench, eval, locate  # noqa: F401
-    from geofast.cli import db  # noqa: F401
+    from geofast.cli import (  # noqa: F401
+        bench,
+        db,
+        eval,
+        locate,
+    )
 
 
 _register_commands()
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _console.error_line(str(e), e.hint)
         code = 1
-    except Exception as e:  # noqa: BLE001 - the CLI must never show a raw traceback
+    except Exception as e:  # the CLI must never show a raw traceback
         if _console.debug_enabled():
             raise
         _console.error_line(

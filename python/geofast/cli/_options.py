@@ -10,38 +10,121 @@ import typer
 _LLM = "LLM (--method rag)"
 _DB = "Image database (--method swc / geoclip+swc / rag)"
 
-Method = Annotated[str, typer.Option("--method", help="geoclip; swc (Search-within-Cell over --db photos, else over GeoCLIP's top-k); geoclip+swc (SwC among --db photos inside GeoCLIP's top-1 cell); rag (an LLM with retrieved references, Img2Loc/G3).")]
+Method = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="geoclip; swc (Search-within-Cell over --db photos, else over GeoCLIP's top-k); geoclip+swc (SwC among --db photos inside GeoCLIP's top-1 cell); rag (an LLM with retrieved references, Img2Loc/G3).",
+    ),
+]
 Model = Annotated[str, typer.Option("--model", "-m", help="geoclip (photos) or geomapclip (map images).")]
-Clip = Annotated[str | None, typer.Option("--clip", metavar="ID|DIR", help="CLIP ViT-L/14 backbone: hub id or local folder (default $GEOFAST_CLIP, then openai/clip-vit-large-patch14).")]
+Clip = Annotated[
+    str | None,
+    typer.Option(
+        "--clip",
+        metavar="ID|DIR",
+        help="CLIP ViT-L/14 backbone: hub id or local folder (default $GEOFAST_CLIP, then openai/clip-vit-large-patch14).",
+    ),
+]
 Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: best available).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]
-Gallery = Annotated[Path | None, typer.Option("--gallery", metavar="FILE", help="Custom gallery: CSV with lat/lon columns or an (N, 2) .npy.")]
-Region = Annotated[str | None, typer.Option("--region", metavar="LAT_MIN,LON_MIN,LAT_MAX,LON_MAX", help="Only consider gallery points inside this box.")]
+Gallery = Annotated[
+    Path | None, typer.Option("--gallery", metavar="FILE", help="Custom gallery: CSV with lat/lon columns or an (N, 2) .npy.")
+]
+Region = Annotated[
+    str | None,
+    typer.Option("--region", metavar="LAT_MIN,LON_MIN,LAT_MAX,LON_MAX", help="Only consider gallery points inside this box."),
+]
 Db = Annotated[Path | None, typer.Option("--db", metavar="DIR", rich_help_panel=_DB, help="Image database (geofast db build).")]
 SwcK = Annotated[int, typer.Option("--swc-k", min=1, rich_help_panel=_DB, help="Database neighbours clustered by SwC.")]
 EpsKm = Annotated[float, typer.Option("--eps-km", min=0.0, rich_help_panel=_DB, help="DBSCAN radius (km) of SwC.")]
-CellKm = Annotated[float, typer.Option("--cell-km", min=0.0, rich_help_panel=_DB, help="Cell radius (km) around GeoCLIP's top-1 for geoclip+swc.")]
-Confidence = Annotated[bool, typer.Option("--confidence/--no-confidence", rich_help_panel=_DB, help="With --db: load GeoCLIP's heads for a PD confidence (--no-confidence loads only the CLIP backbone).")]
+CellKm = Annotated[
+    float,
+    typer.Option("--cell-km", min=0.0, rich_help_panel=_DB, help="Cell radius (km) around GeoCLIP's top-1 for geoclip+swc."),
+]
+Confidence = Annotated[
+    bool,
+    typer.Option(
+        "--confidence/--no-confidence",
+        rich_help_panel=_DB,
+        help="With --db: load GeoCLIP's heads for a PD confidence (--no-confidence loads only the CLIP backbone).",
+    ),
+]
 
-LlmBaseUrl = Annotated[str | None, typer.Option("--llm-base-url", metavar="URL", rich_help_panel=_LLM, help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama), http://localhost:8000/v1 (vLLM); default $GEOFAST_LLM_BASE_URL, $OPENAI_BASE_URL, OpenAI. The key comes from $GEOFAST_LLM_API_KEY or $OPENAI_API_KEY, never the command line.")]
-LlmModel = Annotated[str | None, typer.Option("--llm-model", metavar="NAME", rich_help_panel=_LLM, help="Model name (default $GEOFAST_LLM_MODEL, else gpt-4o-mini).")]
-LlmRecipe = Annotated[str, typer.Option("--llm-recipe", rich_help_panel=_LLM, help="g3 (prompts with 0/5/10/15 references, 2 samples each) or img2loc (16 nearest + 16 farthest, 1 sample); the options below override it.")]
-LlmReferences = Annotated[str | None, typer.Option("--llm-references", metavar="N,...", rich_help_panel=_LLM, help="Reference counts of the prompts, e.g. 0,5,10,15.")]
+LlmBaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--llm-base-url",
+        metavar="URL",
+        rich_help_panel=_LLM,
+        help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama), http://localhost:8000/v1 (vLLM); default $GEOFAST_LLM_BASE_URL, $OPENAI_BASE_URL, OpenAI. The key comes from $GEOFAST_LLM_API_KEY or $OPENAI_API_KEY, never the command line.",
+    ),
+]
+LlmModel = Annotated[
+    str | None,
+    typer.Option(
+        "--llm-model", metavar="NAME", rich_help_panel=_LLM, help="Model name (default $GEOFAST_LLM_MODEL, else gpt-4o-mini)."
+    ),
+]
+LlmRecipe = Annotated[
+    str,
+    typer.Option(
+        "--llm-recipe",
+        rich_help_panel=_LLM,
+        help="g3 (prompts with 0/5/10/15 references, 2 samples each) or img2loc (16 nearest + 16 farthest, 1 sample); the options below override it.",
+    ),
+]
+LlmReferences = Annotated[
+    str | None,
+    typer.Option(
+        "--llm-references", metavar="N,...", rich_help_panel=_LLM, help="Reference counts of the prompts, e.g. 0,5,10,15."
+    ),
+]
 LlmSamples = Annotated[int | None, typer.Option("--llm-samples", min=1, rich_help_panel=_LLM, help="Samples per prompt.")]
 LlmTemperature = Annotated[float | None, typer.Option("--llm-temperature", min=0.0, max=2.0, rich_help_panel=_LLM)]
-LlmNearest = Annotated[int | None, typer.Option("--llm-nearest", min=0, rich_help_panel=_LLM, help="Nearest database neighbours (or GeoCLIP candidates) offered as references.")]
-LlmFarthest = Annotated[int | None, typer.Option("--llm-farthest", min=0, rich_help_panel=_LLM, help="Farthest database neighbours offered as negative references (--db only).")]
-LlmConcurrency = Annotated[int, typer.Option("--llm-concurrency", min=1, rich_help_panel=_LLM, help="Requests in flight at once.")]
+LlmNearest = Annotated[
+    int | None,
+    typer.Option(
+        "--llm-nearest",
+        min=0,
+        rich_help_panel=_LLM,
+        help="Nearest database neighbours (or GeoCLIP candidates) offered as references.",
+    ),
+]
+LlmFarthest = Annotated[
+    int | None,
+    typer.Option(
+        "--llm-farthest",
+        min=0,
+        rich_help_panel=_LLM,
+        help="Farthest database neighbours offered as negative references (--db only).",
+    ),
+]
+LlmConcurrency = Annotated[
+    int, typer.Option("--llm-concurrency", min=1, rich_help_panel=_LLM, help="Requests in flight at once.")
+]
 LlmTimeout = Annotated[float, typer.Option("--llm-timeout", min=0.1, rich_help_panel=_LLM, help="Seconds per request.")]
-LlmRetries = Annotated[int, typer.Option("--llm-retries", min=0, rich_help_panel=_LLM, help="Retries on 429/5xx/connection errors (exponential backoff).")]
-LlmImageSize = Annotated[int, typer.Option("--llm-image-size", min=16, rich_help_panel=_LLM, help="Longest side (px) of the image sent to the model.")]
+LlmRetries = Annotated[
+    int,
+    typer.Option(
+        "--llm-retries", min=0, rich_help_panel=_LLM, help="Retries on 429/5xx/connection errors (exponential backoff)."
+    ),
+]
+LlmImageSize = Annotated[
+    int, typer.Option("--llm-image-size", min=16, rich_help_panel=_LLM, help="Longest side (px) of the image sent to the model.")
+]
 LlmMaxTokens = Annotated[int, typer.Option("--llm-max-tokens", min=1, rich_help_panel=_LLM)]
-LlmCache = Annotated[bool, typer.Option("--llm-cache/--no-llm-cache", rich_help_panel=_LLM, help="Reuse cached answers for the same image, prompt and model.")]
+LlmCache = Annotated[
+    bool,
+    typer.Option(
+        "--llm-cache/--no-llm-cache", rich_help_panel=_LLM, help="Reuse cached answers for the same image, prompt and model."
+    ),
+]
 
 
 def llm_config_from(params: dict[str, Any]) -> Any:
     """The LLM config of a command's ``llm_*`` parameters (pass ``locals()``)."""
-    return llm_config(**{k[len("llm_"):]: v for k, v in params.items() if k.startswith("llm_")})
+    return llm_config(**{k[len("llm_") :]: v for k, v in params.items() if k.startswith("llm_")})
 
 
 def llm_config(
@@ -66,14 +149,24 @@ def llm_config(
 
     if recipe not in ("g3", "img2loc"):
         raise InputError(f"unknown --llm-recipe {recipe!r}", hint="choose g3 or img2loc")
-    overrides: dict[str, Any] = dict(base_url=base_url, model=model, concurrency=concurrency, timeout_s=timeout,
-                                     max_retries=retries, image_max_side=image_size, max_tokens=max_tokens, cache=cache)
+    overrides: dict[str, Any] = dict(
+        base_url=base_url,
+        model=model,
+        concurrency=concurrency,
+        timeout_s=timeout,
+        max_retries=retries,
+        image_max_side=image_size,
+        max_tokens=max_tokens,
+        cache=cache,
+    )
     if references is not None:
         try:
             overrides["references"] = tuple(int(x) for x in references.split(",") if x.strip())
         except ValueError:
-            raise InputError(f"--llm-references {references!r} must be whole numbers separated by commas",
-                             hint="e.g. --llm-references 0,5,10,15") from None
+            raise InputError(
+                f"--llm-references {references!r} must be whole numbers separated by commas",
+                hint="e.g. --llm-references 0,5,10,15",
+            ) from None
     for key, value in (("samples", samples), ("temperature", temperature), ("nearest", nearest), ("farthest", farthest)):
         if value is not None:
             overrides[key] = value

@@ -27,10 +27,20 @@ def _fmt_time(s: float | None) -> str:
 
 @app.command("bench")
 def bench(
-    quick: bool = typer.Option(False, "--quick", help="Smaller workloads and fewer repeats, in under a minute; targets are shown only where the size is the target's."),
-    only: str | None = typer.Option(None, "--only", metavar="TEXT", help="Run only workloads whose name or kernel contains TEXT."),
-    area: list[str] | None = typer.Option(None, "--area", help="Restrict to these areas (geo, cluster, search, e2e, llm, db); repeatable."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads for geofast's kernels (default: GEOFAST_NUM_THREADS or all CPUs)."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="Smaller workloads and fewer repeats, in under a minute; targets are shown only where the size is the target's.",
+    ),
+    only: str | None = typer.Option(
+        None, "--only", metavar="TEXT", help="Run only workloads whose name or kernel contains TEXT."
+    ),
+    area: list[str] | None = typer.Option(
+        None, "--area", help="Restrict to these areas (geo, cluster, search, e2e, llm, db); repeatable."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Threads for geofast's kernels (default: GEOFAST_NUM_THREADS or all CPUs)."
+    ),
     json_file: Path | None = typer.Option(None, "--json", metavar="FILE", help="Also write the results as JSON to FILE."),
 ) -> None:
     """Time each geofast kernel against its reference implementation and print the speed-ups."""
@@ -43,12 +53,8 @@ def bench(
     areas = tuple(area) if area else lib.AREAS
     unknown = sorted(set(areas) - set(lib.AREAS))
     if unknown:
-        raise gf.ParameterError(
-            f"unknown bench area {', '.join(unknown)}", hint=f"choose from {', '.join(lib.AREAS)}"
-        )
-    workloads = [
-        w for w in lib.collect(quick, areas) if only is None or only in w.name or only in w.kernel
-    ]
+        raise gf.ParameterError(f"unknown bench area {', '.join(unknown)}", hint=f"choose from {', '.join(lib.AREAS)}")
+    workloads = [w for w in lib.collect(quick, areas) if only is None or only in w.name or only in w.kernel]
     results = []
     with _console.err.status("benchmarking...") as status:
         for w in workloads:

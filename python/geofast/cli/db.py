@@ -64,15 +64,35 @@ def _report(report, as_json: bool, verb: str) -> None:  # type: ignore[no-untype
 
 @db_app.command("build")
 def build(
-    source: str = typer.Argument(..., metavar="SOURCE", help="CSV with columns image,lat,lon (paths relative to the CSV) or a folder of photos with EXIF GPS."),
-    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Database folder to create (replaced only when the new one is complete)."),
-    clip: str | None = typer.Option(None, "--clip", metavar="ID|DIR", help="CLIP ViT-L/14 backbone: hub id or local folder (default $GEOFAST_CLIP, then openai/clip-vit-large-patch14)."),
+    source: str = typer.Argument(
+        ...,
+        metavar="SOURCE",
+        help="CSV with columns image,lat,lon (paths relative to the CSV) or a folder of photos with EXIF GPS.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", metavar="DIR", help="Database folder to create (replaced only when the new one is complete)."
+    ),
+    clip: str | None = typer.Option(
+        None,
+        "--clip",
+        metavar="ID|DIR",
+        help="CLIP ViT-L/14 backbone: hub id or local folder (default $GEOFAST_CLIP, then openai/clip-vit-large-patch14).",
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     dtype: str = typer.Option("f16", "--dtype", help="Embedding storage: f16 (default, half the size) or f32."),
-    index: str = typer.Option("Flat", "--index", metavar="FACTORY", help="Flat (exact, default) or a FAISS factory string for millions of photos, e.g. IVF4096,SQ8 or HNSW32."),
-    chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Photos per committed chunk (an interrupted build resumes from the last chunk)."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."),
+    index: str = typer.Option(
+        "Flat",
+        "--index",
+        metavar="FACTORY",
+        help="Flat (exact, default) or a FAISS factory string for millions of photos, e.g. IVF4096,SQ8 or HNSW32.",
+    ),
+    chunk_size: int = typer.Option(
+        256, "--chunk-size", min=1, help="Photos per committed chunk (an interrupted build resumes from the last chunk)."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print only the build report as JSON."),
 ) -> None:
@@ -80,8 +100,19 @@ def build(
     from geofast.database import Database
 
     with _progress(progress, "encoding") as (advance, event):
-        report = Database.build(source, out, clip=clip, device=device, batch_size=batch_size, dtype=dtype,
-                                index=index, chunk_size=chunk_size, workers=workers, on_progress=advance, on_event=event)
+        report = Database.build(
+            source,
+            out,
+            clip=clip,
+            device=device,
+            batch_size=batch_size,
+            dtype=dtype,
+            index=index,
+            chunk_size=chunk_size,
+            workers=workers,
+            on_progress=advance,
+            on_event=event,
+        )
     _report(report, as_json, "built")
 
 
@@ -89,11 +120,15 @@ def build(
 def add(
     directory: Path = typer.Argument(..., metavar="DIR", help="An existing database folder."),
     source: str = typer.Argument(..., metavar="SOURCE", help="CSV (image,lat,lon) or folder of photos with EXIF GPS to add."),
-    clip: str | None = typer.Option(None, "--clip", metavar="ID|DIR", help="CLIP backbone (default: the one the database was built with)."),
+    clip: str | None = typer.Option(
+        None, "--clip", metavar="ID|DIR", help="CLIP backbone (default: the one the database was built with)."
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Photos per committed chunk."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print only the report as JSON."),
 ) -> None:
@@ -101,8 +136,17 @@ def add(
     from geofast.database import Database
 
     with _progress(progress, "encoding") as (advance, event):
-        report = Database.add(directory, source, clip=clip, device=device, batch_size=batch_size,
-                              chunk_size=chunk_size, workers=workers, on_progress=advance, on_event=event)
+        report = Database.add(
+            directory,
+            source,
+            clip=clip,
+            device=device,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            workers=workers,
+            on_progress=advance,
+            on_event=event,
+        )
     _report(report, as_json, "updated")
 
 
@@ -135,11 +179,19 @@ def info(
         ("rows", f"{data['rows']:,}"),
         ("failed / without GPS", f"{data['failed']:,} / {data['no_gps']:,}"),
         ("embeddings", f"{data['dim']}-d {data['dtype']}"),
-        ("index", data["index"]["factory"] + (f" ({data['index']['search_params']})" if data["index"].get("search_params") else "")),
+        (
+            "index",
+            data["index"]["factory"] + (f" ({data['index']['search_params']})" if data["index"].get("search_params") else ""),
+        ),
         ("backbone", str(data["backbone"].get("source"))),
         ("size", _size(data["bytes"])),
-        ("coverage", f"lat {cov['lat_min']:.3f}…{cov['lat_max']:.3f}, lon {cov['lon_min']:.3f}…{cov['lon_max']:.3f}, "
-                     f"{cov['cells_1deg']:,} 1°×1° cells" if cov else "-"),
+        (
+            "coverage",
+            f"lat {cov['lat_min']:.3f}…{cov['lat_max']:.3f}, lon {cov['lon_min']:.3f}…{cov['lon_max']:.3f}, "
+            f"{cov['cells_1deg']:,} 1°×1° cells"
+            if cov
+            else "-",
+        ),
         ("sources", "; ".join(f"{s['source']} (+{s['added']:,})" for s in data["sources"]) or "-"),
         ("geofast", f"{data['geofast_version']} (format {data['format_version']}), updated {data['updated']}"),
         ("checksums", "verified" if data["verified"] else "sampled (use --verify for a full check)"),

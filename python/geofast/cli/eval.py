@@ -21,16 +21,24 @@ def _parse_radii(text: str) -> list[float]:
     except ValueError:
         radii = []
     if not radii or any(r <= 0 for r in radii):
-        raise gf.InputError(f"--radii {text!r} must be positive numbers separated by commas", hint="e.g. --radii 1,25,200,750,2500")
+        raise gf.InputError(
+            f"--radii {text!r} must be positive numbers separated by commas", hint="e.g. --radii 1,25,200,750,2500"
+        )
     return radii
 
 
 @app.command("eval")
 def evaluate(
-    dataset: Path | None = typer.Argument(None, metavar="[DATASET]", help="Benchmark CSV: image,lat,lon or IMG_ID,LAT,LON (Im2GPS3k, YFCC4k)."),
+    dataset: Path | None = typer.Argument(
+        None, metavar="[DATASET]", help="Benchmark CSV: image,lat,lon or IMG_ID,LAT,LON (Im2GPS3k, YFCC4k)."
+    ),
     images: Path | None = typer.Option(None, "--images", metavar="DIR", help="Folder holding the dataset's images."),
-    predictions: Path | None = typer.Option(None, "--predictions", metavar="FILE", help="Score an existing CSV (lat,lon,pred_lat,pred_lon); no model needed."),
-    out: Path = typer.Option(Path("predictions.csv"), "--out", metavar="FILE", help="Predictions are appended here; a rerun skips images already done."),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", metavar="FILE", help="Score an existing CSV (lat,lon,pred_lat,pred_lon); no model needed."
+    ),
+    out: Path = typer.Option(
+        Path("predictions.csv"), "--out", metavar="FILE", help="Predictions are appended here; a rerun skips images already done."
+    ),
     method: o.Method = "geoclip",
     model: o.Model = "geoclip",
     clip: o.Clip = None,
@@ -44,7 +52,9 @@ def evaluate(
     cell_km: o.CellKm = 25.0,
     confidence: o.Confidence = True,
     radii: str = typer.Option("1,25,200,750,2500", "--radii", metavar="KM,...", help="Accuracy radii in km."),
-    distance: str = typer.Option("geodesic", "--distance", help="geodesic (WGS-84; GeoCLIP/Img2Loc/G3) or haversine (R = 6371 km; visloc/OSV-5M)."),
+    distance: str = typer.Option(
+        "geodesic", "--distance", help="geodesic (WGS-84; GeoCLIP/Img2Loc/G3) or haversine (R = 6371 km; visloc/OSV-5M)."
+    ),
     strict: bool = typer.Option(False, "--strict", help="Count error < r instead of ≤ r."),
     as_json: bool = typer.Option(False, "--json", help="Print only the metrics as JSON."),
     plot: Path | None = typer.Option(None, "--plot", metavar="FILE.png", help="Draw the error CDF with the radii marked."),
@@ -77,14 +87,28 @@ def evaluate(
         title = str(predictions)
     else:
         if dataset is None or images is None:
-            raise gf.InputError("give DATASET and --images DIR, or --predictions FILE", hint="geofast eval im2gps3k.csv --images im2gps3k/")
+            raise gf.InputError(
+                "give DATASET and --images DIR, or --predictions FILE", hint="geofast eval im2gps3k.csv --images im2gps3k/"
+            )
         from geofast.predict.factory import MethodOptions, make_predictor
 
         llm = None
         if method == "rag":
             llm = o.llm_config_from(locals())
-        opts = MethodOptions(method=method, model=model, clip=clip, device=device, gallery=gallery, region=region, db=db,
-                             swc_k=swc_k, eps_km=eps_km, cell_km=cell_km, confidence=confidence, llm=llm)
+        opts = MethodOptions(
+            method=method,
+            model=model,
+            clip=clip,
+            device=device,
+            gallery=gallery,
+            region=region,
+            db=db,
+            swc_k=swc_k,
+            eps_km=eps_km,
+            cell_km=cell_km,
+            confidence=confidence,
+            llm=llm,
+        )
         database = opts.check()
         if not images.is_dir():
             raise gf.InputError(f"--images {images} is not a folder")
@@ -120,8 +144,9 @@ def _subset(scored: Any, names: set[str]) -> Any:
 
     keep = [i for i, name in enumerate(scored.images) if name in names]
     conf = scored.confidence[keep] if scored.confidence is not None else None
-    return ScoredFile(scored.truth[keep], scored.pred[keep], conf, [scored.images[i] for i in keep],
-                      [f for f in scored.failed if f[0] in names])
+    return ScoredFile(
+        scored.truth[keep], scored.pred[keep], conf, [scored.images[i] for i in keep], [f for f in scored.failed if f[0] in names]
+    )
 
 
 def _predict_all(data: Any, images: Path, run: Any, log: Any, batch_size: int, method: str) -> None:
@@ -130,14 +155,22 @@ def _predict_all(data: Any, images: Path, run: Any, log: Any, batch_size: int, m
     with _console.progress("evaluating", unit="images") as bar:
         task = bar.add_task("eval", total=len(data.images))
         run_predictions(
-            data, images,
+            data,
+            images,
             lambda paths: run(paths, lambda _n: None),
-            log, batch_size=batch_size, on_progress=lambda n: bar.advance(task, n), method=method,
+            log,
+            batch_size=batch_size,
+            on_progress=lambda n: bar.advance(task, n),
+            method=method,
         )
 
 
 def _render(m: dict[str, Any], title: str) -> None:
-    conv = f"{m['distance']}" + (" (R = 6371 km)" if m["distance"] == "haversine" else " (WGS-84)") + (", error < r" if m["strict"] else ", error ≤ r")
+    conv = (
+        f"{m['distance']}"
+        + (" (R = 6371 km)" if m["distance"] == "haversine" else " (WGS-84)")
+        + (", error < r" if m["strict"] else ", error ≤ r")
+    )
     table = Table(title=f"{title} — {m['n']} images scored, {m['failed']} failed — {conv}", title_justify="left")
     blocks = [("all", m)] + [(k.replace("_", "-"), m[k]) for k in ("localizable", "non_localizable") if k in m]
     table.add_column("radius", justify="right")
@@ -146,6 +179,10 @@ def _render(m: dict[str, Any], title: str) -> None:
     for r in m["radii_km"]:
         key = f"{r:g}"
         table.add_row(f"{key} km", *[("-" if b["accuracy"][key] is None else f"{b['accuracy'][key]:.2f}%") for _, b in blocks])
-    for label, key, fmt in (("median", "median_km", "{:.1f} km"), ("mean", "mean_km", "{:.1f} km"), ("GeoScore", "geoscore", "{:.0f}")):
+    for label, key, fmt in (
+        ("median", "median_km", "{:.1f} km"),
+        ("mean", "mean_km", "{:.1f} km"),
+        ("GeoScore", "geoscore", "{:.0f}"),
+    ):
         table.add_row(label, *[("-" if b[key] is None else fmt.format(b[key])) for _, b in blocks])
     _console.out.print(table)

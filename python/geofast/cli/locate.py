@@ -14,10 +14,11 @@ from geofast.cli import _options as o
 from geofast.cli import app
 
 
-
 @app.command("locate")
 def locate(
-    images: list[str] = typer.Argument(..., metavar="IMAGE...", help="Image files, folders (searched recursively) or glob patterns."),
+    images: list[str] = typer.Argument(
+        ..., metavar="IMAGE...", help="Image files, folders (searched recursively) or glob patterns."
+    ),
     model: o.Model = "geoclip",
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Candidates per image."),
     clip: o.Clip = None,
@@ -60,8 +61,20 @@ def locate(
     llm = None
     if method == "rag":
         llm = o.llm_config_from(locals())
-    opts = MethodOptions(method=method, model=model, clip=clip, device=device, gallery=gallery, region=region, db=db,
-                         swc_k=swc_k, eps_km=eps_km, cell_km=cell_km, confidence=confidence, llm=llm)
+    opts = MethodOptions(
+        method=method,
+        model=model,
+        clip=clip,
+        device=device,
+        gallery=gallery,
+        region=region,
+        db=db,
+        swc_k=swc_k,
+        eps_km=eps_km,
+        cell_km=cell_km,
+        confidence=confidence,
+        llm=llm,
+    )
     database = opts.check()  # every cheap check before the (slow) model load
 
     # Expand inputs in the order given; a path that does not exist is that image's error, not the run's.
@@ -137,8 +150,13 @@ def _render(p) -> None:  # type: ignore[no-untyped-def]
     if p.method in ("swc", "geoclip+swc"):
         what = "cluster centroid" if not p.fallback else f"GeoCLIP top-1 ({p.extra.get('fallback_reason', 'fallback')})"
         place = p.extra.get("place")
-        row = [p.method, f"{p.lat:.5f}", f"{p.lon:.5f}", f"{p.prob:.4f}" if p.prob is not None else "-",
-               f"{what}: {place}" if place else what]
+        row = [
+            p.method,
+            f"{p.lat:.5f}",
+            f"{p.lon:.5f}",
+            f"{p.prob:.4f}" if p.prob is not None else "-",
+            f"{what}: {place}" if place else what,
+        ]
         table.add_row(*row, *([""] if from_db else []))
     images = [n.get("image") or "" for n in p.extra.get("neighbours", [])] if from_db else []
     for rank, c in enumerate(p.candidates, start=1):

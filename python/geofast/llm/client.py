@@ -413,9 +413,7 @@ class LLMClient:
             except openai.APIConnectionError as e:
                 msg = f"cannot connect to {self.base_url}: {_error_message(e.__cause__ or e)}"
                 if not self._succeeded:
-                    raise self._stop(
-                        msg, hint=f"check {OPTION_NAMES['base_url']} and that the server is running"
-                    ) from None
+                    raise self._stop(msg, hint=f"check {OPTION_NAMES['base_url']} and that the server is running") from None
                 return ChatAnswer(None, Usage(failed=1), error=msg)
             except openai.APIStatusError as e:
                 return ChatAnswer(None, Usage(failed=1), error=f"HTTP {e.status_code}: {_error_message(e)}")
@@ -423,7 +421,7 @@ class LLMClient:
                 return ChatAnswer(None, Usage(failed=1), error=f"bad response: {_error_message(e)}")
             try:
                 response = raw.parse()
-            except Exception as e:  # noqa: BLE001 - a body that is not a chat completion (HTML, bad JSON)
+            except Exception as e:
                 return ChatAnswer(None, Usage(failed=1), error=f"bad response: {type(e).__name__}: {_error_message(e)}")
 
         self._succeeded = True

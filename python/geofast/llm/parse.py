@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["parse_latlon", "parse_coordinate", "valid_latlon"]
@@ -71,9 +70,7 @@ _LABELLED = re.compile(
 )
 
 # Two decimals: "(64.1466, -21.9426)", "48.8566 2.3522".
-_PAIR = re.compile(
-    r"(?<![\d.\w])(?P<lat>[-+]?\d{1,2}\.\d+)\s*°?\s*(?:,|;|/|\s)\s*(?P<lon>[-+]?\d{1,3}\.\d+)\s*°?(?![\d.])"
-)
+_PAIR = re.compile(r"(?<![\d.\w])(?P<lat>[-+]?\d{1,2}\.\d+)\s*°?\s*(?:,|;|/|\s)\s*(?P<lon>[-+]?\d{1,3}\.\d+)\s*°?(?![\d.])")
 
 
 def valid_latlon(lat: float, lon: float) -> bool:
@@ -282,7 +279,7 @@ def _from_hemispheres(text: str) -> LatLon | None:
     for pattern in (_HEMI_AFTER, _HEMI_BEFORE):
         tokens = _hemi_tokens(text, pattern)
         found: LatLon | None = None
-        for i, (start, end, axis, value) in enumerate(tokens[:-1]):
+        for i, (_start, end, axis, value) in enumerate(tokens[:-1]):
             s2, e2, axis2, value2 = tokens[i + 1]
             if s2 - end > 40 or axis == axis2:
                 continue

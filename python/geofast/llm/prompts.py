@@ -64,10 +64,7 @@ def build_prompt(
     ]
     if nearest:
         if kind == "geoclip":
-            head = (
-                "An image-to-GPS retrieval model proposes these coordinates (latitude, longitude), "
-                "most likely first:"
-            )
+            head = "An image-to-GPS retrieval model proposes these coordinates (latitude, longitude), most likely first:"
         else:
             head = (
                 "For reference, photos that look similar to this one were taken at these "
@@ -84,9 +81,7 @@ def build_prompt(
             "Use the references as hints only; where the visual evidence (landmarks, signs, "
             "language, vegetation, architecture, road markings) disagrees with them, trust the photo."
         )
-    parts.append(
-        "Answer with a single JSON object and nothing else, in exactly this form: " + ANSWER_FORMAT
-    )
+    parts.append("Answer with a single JSON object and nothing else, in exactly this form: " + ANSWER_FORMAT)
     return "\n\n".join(parts)
 
 

@@ -105,10 +105,10 @@ Script = Callable[[StubRequest], "StubReply | str"] | Sequence["StubReply | str"
 class StubChatServer:
     """A chat-completions server in a background thread. Use as a context manager::
 
-        with StubChatServer(lambda req: '{"latitude": 1.5, "longitude": 2.5}') as server:
-            client = LLMClient(LLMConfig(base_url=server.base_url, model="stub"))
-            ...
-        server.requests, server.max_in_flight
+    with StubChatServer(lambda req: '{"latitude": 1.5, "longitude": 2.5}') as server:
+        client = LLMClient(LLMConfig(base_url=server.base_url, model="stub"))
+        ...
+    server.requests, server.max_in_flight
     """
 
     def __init__(self, script: Script | None = None, *, delay_s: float = 0.0) -> None:
@@ -135,9 +135,7 @@ class StubChatServer:
         handler = _make_handler(self)
         server = _Server(("127.0.0.1", 0), handler)
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="stub-llm", daemon=True
-        )
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="stub-llm", daemon=True)
         self._thread.start()
         return self
 
@@ -223,7 +221,7 @@ def _make_handler(stub: StubChatServer) -> type[BaseHTTPRequestHandler]:
             except OSError:
                 pass
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _leave(self) -> None:
@@ -250,7 +248,7 @@ def _make_handler(stub: StubChatServer) -> type[BaseHTTPRequestHandler]:
             except OSError:  # the client gave up (timeout) and closed the connection
                 self.close_connection = True
 
-        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        def do_GET(self) -> None:
             if self.path.rstrip("/") == "/stats":
                 with stub._lock:
                     stats = {"requests": len(stub.requests), "max_in_flight": stub.max_in_flight}
@@ -258,7 +256,7 @@ def _make_handler(stub: StubChatServer) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(404, _error_body(f"no route {self.path}", "not_found"), {})
 
-        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             if self.path.rstrip("/") == "/reset":
@@ -283,7 +281,7 @@ def _make_handler(stub: StubChatServer) -> type[BaseHTTPRequestHandler]:
                     return
                 try:
                     reply = stub._reply_for(req)
-                except Exception as e:  # noqa: BLE001 - a broken script is a 500, visibly
+                except Exception as e:
                     reply = StubReply(content=f"stub script failed: {e!r}", status=500)
                 delay = reply.delay_s or stub.delay_s
                 if delay > 0 and stub._stop.wait(delay):
@@ -347,7 +345,10 @@ class StubChatProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "geofast.llm.stub", "--delay", repr(self.delay_s)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
@@ -366,7 +367,7 @@ class StubChatProcess:
     def _call(self, method: str, path: str) -> dict[str, int]:
         url = self.base_url.rsplit("/v1", 1)[0] + path
         req = urllib.request.Request(url, data=b"{}" if method == "POST" else None, method=method)
-        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
     def stats(self) -> dict[str, int]:

@@ -97,7 +97,7 @@ def _snapshot(repo_id: str) -> Path:
     patterns = ["config.json", "preprocessor_config.json", "model.safetensors"]
     try:
         return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception as cached_error:  # noqa: BLE001 - any failure means "not cached"
+    except Exception as cached_error:
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
         if offline:
             raise ModelError(
@@ -106,7 +106,7 @@ def _snapshot(repo_id: str) -> Path:
             ) from cached_error
     try:
         return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(
             f"no CLIP backbone: {repo_id!r} is neither cached nor downloadable ({type(e).__name__})",
             hint=_HINT,
@@ -199,9 +199,11 @@ def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None
                 folder, config=config, dtype=dtype, output_loading_info=True
             )
             model, info = loaded
-        except Exception as e:  # noqa: BLE001 - any loader failure becomes one clear message
+        except Exception as e:
             raise ModelError(f"cannot load the CLIP backbone from {folder}: {e}", hint=_HINT) from e
-        missing = list(info.get("missing_keys") or []) + [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []]
+        missing = list(info.get("missing_keys") or []) + [
+            m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []
+        ]
         if missing:
             raise ModelError(
                 f"the weights in {folder} do not contain the CLIP vision tower "
@@ -211,7 +213,7 @@ def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None
         if (folder / "preprocessor_config.json").is_file():
             try:
                 processor = AutoImageProcessor.from_pretrained(folder)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise ModelError(f"cannot read {folder / 'preprocessor_config.json'}: {e}", hint=_HINT) from e
         else:
             processor = CLIPImageProcessor()

@@ -34,7 +34,7 @@ from geofast.models.registry import ModelFiles
 def _load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"cannot read weights {path}: {e}") from e
 
 
@@ -165,7 +165,7 @@ class Heads:
         raw_scale = _load(files.logit_scale)
         try:
             scale = math.exp(float(torch.as_tensor(raw_scale).detach().reshape(())))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ModelError(f"{files.logit_scale}: expected a scalar logit scale ({e})") from e
         if not math.isfinite(scale) or scale <= 0:
             raise ModelError(f"{where}: invalid logit scale {scale}")

@@ -76,9 +76,7 @@ def resolve(name: str) -> ModelFiles:
     """Locate every file of the model called ``name`` ("geoclip" or "geomapclip")."""
     key = name.strip().lower()
     if key not in MODELS:
-        raise ModelError(
-            f"unknown model {name!r}", hint=f"choose one of: {', '.join(sorted(MODELS))}"
-        )
+        raise ModelError(f"unknown model {name!r}", hint=f"choose one of: {', '.join(sorted(MODELS))}")
     spec = MODELS[key]
     root = package_dir(spec.package, spec.pin)
     files = ModelFiles(

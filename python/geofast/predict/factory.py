@@ -54,7 +54,9 @@ class MethodOptions:
         if self.cell_km <= 0:
             raise ParameterError(f"--cell-km must be > 0, got {self.cell_km}")
         if self.db is None and self.method == "geoclip+swc":
-            raise InputError("--method geoclip+swc needs an image database", hint="pass --db DIR (build one with geofast db build)")
+            raise InputError(
+                "--method geoclip+swc needs an image database", hint="pass --db DIR (build one with geofast db build)"
+            )
         if self.db is not None and self.method == "geoclip":
             raise InputError("--db is used by --method swc, geoclip+swc or rag", hint="add --method swc (or geoclip+swc, rag)")
         if self.method == "geoclip+swc" and not self.confidence:
@@ -109,12 +111,19 @@ def make_predictor(
         if database is not None:
             database.check_backbone(loc.backbone)
         rag = RagPredictor(loc, database=database, config=opts.llm)
-        return lambda items, advance: rag.predict(list(items), top_k=top_k, batch_size=batch_size, places=places, on_progress=advance)
+        return lambda items, advance: rag.predict(
+            list(items), top_k=top_k, batch_size=batch_size, places=places, on_progress=advance
+        )
     if database is None:
         loc = geolocator()
         return lambda items, advance: loc.predict(
-            list(items), top_k=top_k, batch_size=batch_size, method=opts.method, swc_eps_km=opts.eps_km,
-            places=places, on_progress=advance,
+            list(items),
+            top_k=top_k,
+            batch_size=batch_size,
+            method=opts.method,
+            swc_eps_km=opts.eps_km,
+            places=places,
+            on_progress=advance,
         )
     from geofast.predict.swc import SwcPredictor
 

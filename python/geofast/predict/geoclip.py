@@ -25,8 +25,6 @@ from geofast.images import ImageInput, expand_images, iter_loaded, load_image
 from geofast.predict.types import Candidate, Prediction
 
 if TYPE_CHECKING:
-    import torch
-
     from geofast.models.clip import Backbone
     from geofast.models.heads import Heads
     from geofast.places import PlaceIndex
@@ -160,9 +158,7 @@ class Geolocator:
             self._places = PlaceIndex.load(self._cache_dir)
         return self._places
 
-    def search_embeddings(
-        self, embeddings: np.ndarray, top_k: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def search_embeddings(self, embeddings: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Top-k gallery indices, their probabilities, the PD_25 confidence and the lse per query."""
         scale = self.logit_scale
         scores, idx, lse = self.gallery.search.search(embeddings, top_k, lse_scale=scale)
@@ -220,8 +216,7 @@ class Geolocator:
             return []
         idx, probs, pd, _ = self.search_embeddings(emb, top_k)
         return [
-            self._prediction(name, idx[k], probs[k], float(pd[k]), method, swc_eps_km, places)
-            for k, name in enumerate(names)
+            self._prediction(name, idx[k], probs[k], float(pd[k]), method, swc_eps_km, places) for k, name in enumerate(names)
         ]
 
     def _prediction(

@@ -316,9 +316,7 @@ def _first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-
     return next((e for e in leaves if isinstance(e, LLMError)), leaves[0])
 
 
-async def _llm_stage(
-    inputs: Sequence[RagInput], llm: LLMClient, cfg: LLMConfig, progress: Progress | None
-) -> list[_Outcome]:
+async def _llm_stage(inputs: Sequence[RagInput], llm: LLMClient, cfg: LLMConfig, progress: Progress | None) -> list[_Outcome]:
     # Images being prepared or waiting for answers at once: enough to keep every request slot
     # busy, few enough that 10k images do not all sit in memory as JPEGs.
     slots = asyncio.Semaphore(max(4, 2 * cfg.concurrency))
@@ -354,12 +352,21 @@ def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str)
         "fallback_reason": None,
     }
     if out.error is not None:
-        return Prediction(image=inp.name, method="rag", error=out.error, fallback=True, extra=extra,
-                          confidence=inp.confidence, localizable=inp.localizable)
+        return Prediction(
+            image=inp.name,
+            method="rag",
+            error=out.error,
+            fallback=True,
+            extra=extra,
+            confidence=inp.confidence,
+            localizable=inp.localizable,
+        )
     cands = out.llm + inp.retrieval
     if scores is not None:
-        scored = [Candidate(c.lat, c.lon, prob=c.prob, score=float(s), source=c.source, place=c.place)
-                  for c, s in zip(cands, scores, strict=True)]
+        scored = [
+            Candidate(c.lat, c.lon, prob=c.prob, score=float(s), source=c.source, place=c.place)
+            for c, s in zip(cands, scores, strict=True)
+        ]
         order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
         ranked = [scored[i] for i in order]
     else:
@@ -367,15 +374,19 @@ def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str)
         ranked = _consensus_order(llm) + [c for c in cands if not c.source.startswith("llm")]
     if not ranked:
         extra["fallback_reason"] = "no usable LLM answer and no retrieval candidate"
-        return Prediction(image=inp.name, method="rag", fallback=True, extra=extra,
-                          error="no usable LLM answer and no retrieval candidate",
-                          confidence=inp.confidence, localizable=inp.localizable)
+        return Prediction(
+            image=inp.name,
+            method="rag",
+            fallback=True,
+            extra=extra,
+            error="no usable LLM answer and no retrieval candidate",
+            confidence=inp.confidence,
+            localizable=inp.localizable,
+        )
     best = ranked[0]
     fallback = not best.source.startswith("llm")
     if fallback:
-        extra["fallback_reason"] = (
-            "no usable LLM answer" if not out.llm else "a retrieval candidate verified better"
-        )
+        extra["fallback_reason"] = "no usable LLM answer" if not out.llm else "a retrieval candidate verified better"
     return Prediction(
         image=inp.name,
         lat=best.lat,
@@ -439,9 +450,7 @@ async def arun_rag(
                     assert inp.embedding is not None
                     scores[i] = _cosines(loc[start : start + len(cands)], np.asarray(inp.embedding, dtype=np.float64))
                     start += len(cands)
-    return [
-        _finish(inp, o, s, llm.model) for inp, o, s in zip(inputs, outcomes, scores, strict=True)
-    ]
+    return [_finish(inp, o, s, llm.model) for inp, o, s in zip(inputs, outcomes, scores, strict=True)]
 
 
 def total_usage(predictions: Sequence[Prediction]) -> Usage:
@@ -478,7 +487,12 @@ async def apredict_rag(
     """:func:`predict_rag` for callers inside an event loop."""
     cfg = client.config if client is not None else (config if config is not None else LLMConfig())
     inputs = build_inputs(
-        images, config=cfg, image_embeddings=image_embeddings, database=database, geoclip=geoclip, names=names,
+        images,
+        config=cfg,
+        image_embeddings=image_embeddings,
+        database=database,
+        geoclip=geoclip,
+        names=names,
         database_embeddings=database_embeddings,
     )
     return await arun_rag(inputs, config=cfg, encoder=encoder, client=client, progress=progress)
@@ -521,7 +535,6 @@ def predict_rag(
             database_embeddings=database_embeddings,
         )
     )
-
 
 
 class RagPredictor:

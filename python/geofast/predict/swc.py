@@ -32,7 +32,7 @@ import numpy as np
 import geofast as gf
 from geofast.database import Database, Neighbours, normalize_rows
 from geofast.errors import InputError, ParameterError
-from geofast.images import ImageInput, iter_loaded
+from geofast.images import ImageInput
 from geofast.predict.geoclip import LOCALIZABLE_THRESHOLD, _as_items, predict_in_batches, prediction_density
 from geofast.predict.types import Candidate, Prediction
 
@@ -154,6 +154,7 @@ class SwcPredictor:
             raise InputError("geoclip+swc needs GeoCLIP's heads", hint="load the predictor with geoclip='geoclip'")
         if top_k < 1:
             raise ParameterError(f"top_k must be >= 1, got {top_k}")
+
         def run(names: list[str], ims: list[Any]) -> list[Prediction]:
             q, g = self.embed(ims)
             return self.predict_embeddings(q, g, names, method=method, top_k=top_k, places=places)
@@ -187,8 +188,12 @@ class SwcPredictor:
         k = min(self.k, len(self.database))
         nb = self.database.search(q, k, normalize=False)
         lat, lon, members = gf.swc_batch(
-            nb.latlon, nb.sims, eps_km=self.eps_km, min_samples=self.min_samples,
-            weight_exponent=self.weight_exponent, radius_km=SWC_RADIUS_KM,
+            nb.latlon,
+            nb.sims,
+            eps_km=self.eps_km,
+            min_samples=self.min_samples,
+            weight_exponent=self.weight_exponent,
+            radius_km=SWC_RADIUS_KM,
         )
         answer = np.column_stack([lat, lon])
         pd = self._pd(geo_query, answer, geo)
@@ -196,11 +201,23 @@ class SwcPredictor:
         out = []
         for i in range(b):
             member_idx = np.flatnonzero(members[i])
-            out.append(self._prediction(names[i], "swc", answer[i], pd[i] if pd is not None else None,
-                                        _take(nb, i), member_idx, labels[i] if labels else None, places))
+            out.append(
+                self._prediction(
+                    names[i],
+                    "swc",
+                    answer[i],
+                    pd[i] if pd is not None else None,
+                    _take(nb, i),
+                    member_idx,
+                    labels[i] if labels else None,
+                    places,
+                )
+            )
         return out
 
-    def _within_cell(self, q: np.ndarray, names: Sequence[str], geo: Any, geo_query: np.ndarray, places: bool) -> list[Prediction]:
+    def _within_cell(
+        self, q: np.ndarray, names: Sequence[str], geo: Any, geo_query: np.ndarray, places: bool
+    ) -> list[Prediction]:
         assert self.geolocator is not None
         idx, probs, _pd_top1, _lse = geo
         gallery = self.geolocator.gallery
@@ -215,8 +232,14 @@ class SwcPredictor:
                 found.append(None)
                 continue
             nb = self.database.search_rows(q[i], rows, self.k, normalize=False)
-            lat, lon, members = gf.swc(nb.latlon[0], nb.sims[0], eps_km=self.eps_km, min_samples=self.min_samples,
-                                       weight_exponent=self.weight_exponent, radius_km=SWC_RADIUS_KM)
+            lat, lon, members = gf.swc(
+                nb.latlon[0],
+                nb.sims[0],
+                eps_km=self.eps_km,
+                min_samples=self.min_samples,
+                weight_exponent=self.weight_exponent,
+                radius_km=SWC_RADIUS_KM,
+            )
             answers[i] = (lat, lon)
             found.append((nb, np.asarray(members, dtype=np.int64)))
         pd = self._pd(geo_query, answers, geo)
@@ -224,13 +247,22 @@ class SwcPredictor:
         for i in range(q.shape[0]):
             labels = [p.label() for p in self.places().nearest(np.vstack([answers[i : i + 1], cand_ll[i]]))] if places else None
             cands = [
-                Candidate(lat=float(a), lon=float(o), prob=float(p), source=self.geolocator.name,
-                          place=labels[j + 1] if labels else None)
+                Candidate(
+                    lat=float(a),
+                    lon=float(o),
+                    prob=float(p),
+                    source=self.geolocator.name,
+                    place=labels[j + 1] if labels else None,
+                )
                 for j, ((a, o), p) in enumerate(zip(cand_ll[i].tolist(), probs[i].tolist()))
             ]
             hit = found[i]
             pred = Prediction(
-                image=names[i], lat=float(answers[i, 0]), lon=float(answers[i, 1]), prob=None, candidates=cands,
+                image=names[i],
+                lat=float(answers[i, 0]),
+                lon=float(answers[i, 1]),
+                prob=None,
+                candidates=cands,
                 confidence=float(pd[i]) if pd is not None else None,
                 localizable=bool(pd[i] > LOCALIZABLE_THRESHOLD) if pd is not None else None,
                 method="geoclip+swc",
@@ -255,8 +287,9 @@ class SwcPredictor:
         if geo is None or geo_query is None or self.geolocator is None:
             return None
         _, _, _, lse = geo
-        return prediction_density(np.asarray(geo_query, dtype=np.float32), answers, self.geolocator.gallery,
-                                  self.geolocator.logit_scale, lse)
+        return prediction_density(
+            np.asarray(geo_query, dtype=np.float32), answers, self.geolocator.gallery, self.geolocator.logit_scale, lse
+        )
 
     def _labels(self, answers: np.ndarray, nb: Neighbours, places: bool) -> list[list[str]] | None:
         if not places:
@@ -274,16 +307,28 @@ class SwcPredictor:
             for i, s, ll, m in zip(ids.tolist(), sims.tolist(), latlon, metas)
         ]
 
-    def _prediction(self, name: str, method: str, answer: np.ndarray, pd: float | None,
-                    nb: tuple[np.ndarray, np.ndarray, np.ndarray], members: np.ndarray,
-                    labels: list[str] | None, places: bool) -> Prediction:
+    def _prediction(
+        self,
+        name: str,
+        method: str,
+        answer: np.ndarray,
+        pd: float | None,
+        nb: tuple[np.ndarray, np.ndarray, np.ndarray],
+        members: np.ndarray,
+        labels: list[str] | None,
+        places: bool,
+    ) -> Prediction:
         sims, latlon, _ids = nb
         cands = [
             Candidate(lat=float(a), lon=float(o), score=float(s), source="db", place=labels[j + 1] if labels else None)
             for j, ((a, o), s) in enumerate(zip(latlon.tolist(), sims.tolist()))
         ]
         pred = Prediction(
-            image=name, lat=float(answer[0]), lon=float(answer[1]), prob=None, candidates=cands,
+            image=name,
+            lat=float(answer[0]),
+            lon=float(answer[1]),
+            prob=None,
+            candidates=cands,
             confidence=None if pd is None else float(pd),
             localizable=None if pd is None else bool(pd > LOCALIZABLE_THRESHOLD),
             method=method,
