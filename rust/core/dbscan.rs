@@ -82,11 +82,7 @@ pub fn check_params(eps_km: f64, min_samples: i64, radius_km: f64) -> GeoResult<
         return Err(GeoError::parameter("eps_km", "a finite distance > 0 in km", eps_km));
     }
     if min_samples < 1 {
-        return Err(GeoError::parameter(
-            "min_samples",
-            ">= 1 (it counts the point itself)",
-            min_samples,
-        ));
+        return Err(GeoError::parameter("min_samples", ">= 1 (it counts the point itself)", min_samples));
     }
     if !(radius_km.is_finite() && radius_km > 0.0) {
         return Err(GeoError::parameter("radius_km", "a finite radius > 0 in km", radius_km));
@@ -170,12 +166,7 @@ impl UnionFind {
             }
             let gp = self.parent[p as usize].load(Ordering::Acquire);
             if gp != p {
-                let _ = self.parent[x as usize].compare_exchange_weak(
-                    p,
-                    gp,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+                let _ = self.parent[x as usize].compare_exchange_weak(p, gp, Ordering::AcqRel, Ordering::Acquire);
             }
             x = gp;
         }
@@ -190,10 +181,7 @@ impl UnionFind {
                 return;
             }
             let (hi, lo) = if a > b { (a, b) } else { (b, a) };
-            if self.parent[hi as usize]
-                .compare_exchange(hi, lo, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+            if self.parent[hi as usize].compare_exchange(hi, lo, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 return;
             }
         }
@@ -301,11 +289,7 @@ fn neighbour_lists(cells: &[Cell], supers: &[(u128, u32, u32)], hi: f64) -> (Vec
                     while r < ns && supers[r].0 <= lo + 2 {
                         r += 1;
                     }
-                    ranges[o] = if r > q {
-                        (supers[q].1 as usize, supers[r - 1].2 as usize)
-                    } else {
-                        (0, 0)
-                    };
+                    ranges[o] = if r > q { (supers[q].1 as usize, supers[r - 1].2 as usize) } else { (0, 0) };
                 }
                 for a in &cells[cs as usize..ce as usize] {
                     let before = list.len();
@@ -356,8 +340,7 @@ impl<'a, T: Real> Grid<'a, T> {
     fn build(latlon: ArrayView2<'a, T>, test: EpsTest) -> Self {
         let n = latlon.nrows();
         let clique_side = ((test.lo.max(0.0) / 3.0).sqrt() - 1e-15) * (1.0 - 1e-9);
-        let (side, clique) =
-            if clique_side >= MIN_SIDE { (clique_side, true) } else { (MIN_SIDE, false) };
+        let (side, clique) = if clique_side >= MIN_SIDE { (clique_side, true) } else { (MIN_SIDE, false) };
         let inv = 1.0 / side;
 
         // Unit vectors and sort keys, in parallel: (super column, super z | octant | index).
@@ -366,24 +349,21 @@ impl<'a, T: Real> Grid<'a, T> {
         let chunk = parallel::chunk_len(n, 4096);
         let mut vecs = vec![[0.0f64; 3]; n];
         let mut keys: Vec<(u64, u64)> = vec![(0, 0); n];
-        vecs.par_chunks_mut(chunk).zip(keys.par_chunks_mut(chunk)).enumerate().for_each(
-            |(ci, (vs, ks))| {
-                let base = ci * chunk;
-                for (j, (v, k)) in vs.iter_mut().zip(ks.iter_mut()).enumerate() {
-                    let i = base + j;
-                    let u = unit_vector(latlon[[i, 0]].to_f64(), latlon[[i, 1]].to_f64());
-                    *v = u;
-                    let ix = floor_i64(u[0] * inv);
-                    let iy = floor_i64(u[1] * inv);
-                    let iz = floor_i64(u[2] * inv);
-                    let col =
-                        (((ix >> 1) + (1 << 31)) as u64) << 32 | ((iy >> 1) + (1 << 31)) as u64;
-                    let oct = ((ix & 1) << 2 | (iy & 1) << 1 | (iz & 1)) as u64;
-                    let zz = ((iz >> 1) + (1 << 28)) as u64;
-                    *k = (col, zz << 35 | oct << 32 | i as u64);
-                }
-            },
-        );
+        vecs.par_chunks_mut(chunk).zip(keys.par_chunks_mut(chunk)).enumerate().for_each(|(ci, (vs, ks))| {
+            let base = ci * chunk;
+            for (j, (v, k)) in vs.iter_mut().zip(ks.iter_mut()).enumerate() {
+                let i = base + j;
+                let u = unit_vector(latlon[[i, 0]].to_f64(), latlon[[i, 1]].to_f64());
+                *v = u;
+                let ix = floor_i64(u[0] * inv);
+                let iy = floor_i64(u[1] * inv);
+                let iz = floor_i64(u[2] * inv);
+                let col = (((ix >> 1) + (1 << 31)) as u64) << 32 | ((iy >> 1) + (1 << 31)) as u64;
+                let oct = ((ix & 1) << 2 | (iy & 1) << 1 | (iz & 1)) as u64;
+                let zz = ((iz >> 1) + (1 << 28)) as u64;
+                *k = (col, zz << 35 | oct << 32 | i as u64);
+            }
+        });
         keys.par_sort_unstable();
 
         // Sorted positions → original ids and vectors.
@@ -448,10 +428,7 @@ impl<'a, T: Real> Grid<'a, T> {
     }
 
     /// Split `out` (indexed by sorted position) into chunks aligned with cube boundaries.
-    fn cell_chunks<'o, O>(
-        &self,
-        out: &'o mut [O],
-    ) -> Vec<(std::ops::Range<usize>, usize, &'o mut [O])> {
+    fn cell_chunks<'o, O>(&self, out: &'o mut [O]) -> Vec<(std::ops::Range<usize>, usize, &'o mut [O])> {
         let nc = self.cells.len();
         let per = parallel::chunk_len(nc, 64);
         let mut res = Vec::with_capacity(nc.div_ceil(per));
@@ -497,10 +474,7 @@ pub fn dbscan<T: Real>(
         }
     }
     if n >= NONE as usize {
-        return Err(GeoError::TooLarge {
-            what: "latlon",
-            detail: format!("{n} points; dbscan handles fewer than 2^32 - 1"),
-        });
+        return Err(GeoError::TooLarge { what: "latlon", detail: format!("{n} points; dbscan handles fewer than 2^32 - 1") });
     }
     if n == 0 {
         return Ok(Vec::new());
@@ -536,12 +510,8 @@ const SWEEP_MAX_PAIRS_PER_POINT: usize = 16;
 /// `NONE` for non-roots): components numbered 0, 1, … in order of that index, as sklearn's
 /// labelling does. Returns root → label, reusing the buffer.
 fn number_roots(mut root_min: Vec<u32>) -> Vec<u32> {
-    let mut roots: Vec<(u32, u32)> = root_min
-        .iter()
-        .enumerate()
-        .filter(|(_, &v)| v != NONE)
-        .map(|(r, &v)| (v, r as u32))
-        .collect();
+    let mut roots: Vec<(u32, u32)> =
+        root_min.iter().enumerate().filter(|(_, &v)| v != NONE).map(|(r, &v)| (v, r as u32)).collect();
     roots.sort_unstable();
     for (label, &(_, r)) in roots.iter().enumerate() {
         root_min[r as usize] = label as u32;
@@ -565,15 +535,9 @@ fn find_root(parent: &mut [u32], mut x: u32) -> u32 {
 /// stored. Returns `None` (use the grid) when the windows hold more than
 /// [`SWEEP_MAX_PAIRS_PER_POINT`] candidates per point. Same predicate and semantics as the grid.
 #[allow(clippy::needless_range_loop)]
-fn sweep<T: Real>(
-    latlon: ArrayView2<T>,
-    m: f64,
-    sample_weight: Option<ArrayView1<f64>>,
-    test: &EpsTest,
-) -> Option<Vec<i64>> {
+fn sweep<T: Real>(latlon: ArrayView2<T>, m: f64, sample_weight: Option<ArrayView1<f64>>, test: &EpsTest) -> Option<Vec<i64>> {
     let n = latlon.nrows();
-    let vecs: Vec<[f64; 3]> =
-        latlon.outer_iter().map(|r| unit_vector(r[0].to_f64(), r[1].to_f64())).collect();
+    let vecs: Vec<[f64; 3]> = latlon.outer_iter().map(|r| unit_vector(r[0].to_f64(), r[1].to_f64())).collect();
     let mut lo = [f64::INFINITY; 3];
     let mut hi = [f64::NEG_INFINITY; 3];
     for v in &vecs {
@@ -659,15 +623,7 @@ fn sweep<T: Real>(
     }
     let root_label = number_roots(root_min);
     let mut label: Vec<i64> =
-        (0..n)
-            .map(|s| {
-                if core[s] {
-                    root_label[find_root(&mut parent, s as u32) as usize] as i64
-                } else {
-                    -1
-                }
-            })
-            .collect();
+        (0..n).map(|s| if core[s] { root_label[find_root(&mut parent, s as u32) as usize] as i64 } else { -1 }).collect();
 
     // 3. Border points: the lowest label among core neighbours.
     for s in 0..n {
@@ -689,16 +645,10 @@ fn sweep<T: Real>(
 
 /// The grid algorithm on validated input (inside geofast's pool).
 #[allow(clippy::needless_range_loop)]
-fn cluster<T: Real>(
-    latlon: ArrayView2<T>,
-    m: f64,
-    sample_weight: Option<ArrayView1<f64>>,
-    test: EpsTest,
-) -> Vec<i64> {
+fn cluster<T: Real>(latlon: ArrayView2<T>, m: f64, sample_weight: Option<ArrayView1<f64>>, test: EpsTest) -> Vec<i64> {
     let n = latlon.nrows();
     let grid = Grid::build(latlon, test);
-    let weights: Option<Vec<f64>> =
-        sample_weight.map(|w| grid.ids.iter().map(|&i| w[i as usize]).collect());
+    let weights: Option<Vec<f64>> = sample_weight.map(|w| grid.ids.iter().map(|&i| w[i as usize]).collect());
     let nonneg = weights.as_ref().is_none_or(|w| w.iter().all(|&x| x >= 0.0));
     let weight = |s: usize| weights.as_ref().map_or(1.0, |w| w[s]);
     let cells = &grid.cells;
@@ -747,9 +697,8 @@ fn cluster<T: Real>(
     });
 
     // First core position of each cube (lowest original index among its cores).
-    let first_core: Vec<u32> = parallel::install(|| {
-        cells.par_iter().map(|c| c.range().find(|&s| core[s]).map_or(NONE, |s| s as u32)).collect()
-    });
+    let first_core: Vec<u32> =
+        parallel::install(|| cells.par_iter().map(|c| c.range().find(|&s| core[s]).map_or(NONE, |s| s as u32)).collect());
 
     // 2. Connect core points.
     let uf = UnionFind::new(n);
@@ -790,9 +739,7 @@ fn cluster<T: Real>(
                                 .filter(|&t| core[t] && box_d2(&grid.pts[t], cell_a) <= test.hi)
                                 .map(|t| t as u32),
                         );
-                        let joined = ca
-                            .iter()
-                            .any(|&s| cb.iter().any(|&t| grid.within(s as usize, t as usize)));
+                        let joined = ca.iter().any(|&s| cb.iter().any(|&t| grid.within(s as usize, t as usize)));
                         if joined {
                             uf.union(ra, rb);
                         }
@@ -813,10 +760,7 @@ fn cluster<T: Real>(
                             }
                             let from = if b == a { s + 1 } else { first_core[b] as usize };
                             for t in from..cell_b.end as usize {
-                                if core[t]
-                                    && uf.find(s as u32) != uf.find(t as u32)
-                                    && grid.within(s, t)
-                                {
+                                if core[t] && uf.find(s as u32) != uf.find(t as u32) && grid.within(s, t) {
                                     uf.union(s as u32, t as u32);
                                 }
                             }
@@ -850,8 +794,7 @@ fn cluster<T: Real>(
         }
     }
     // In clique mode every core of a cube has the cube's label.
-    let cell_label: Vec<i64> =
-        first_core.iter().map(|&f| if f == NONE { -1 } else { label_sorted[f as usize] }).collect();
+    let cell_label: Vec<i64> = first_core.iter().map(|&f| if f == NONE { -1 } else { label_sorted[f as usize] }).collect();
 
     // 3. Border points: the lowest label among reachable clusters.
     let core_label = label_sorted.clone();
@@ -919,11 +862,7 @@ pub fn dbscan_bruteforce(
 ) -> Vec<i64> {
     let n = pts.len();
     let neighbourhoods: Vec<Vec<usize>> = (0..n)
-        .map(|i| {
-            (0..n)
-                .filter(|&j| test.all || test.within(chord2(&pts[i], &pts[j]), || (rad[i], rad[j])))
-                .collect()
-        })
+        .map(|i| (0..n).filter(|&j| test.all || test.within(chord2(&pts[i], &pts[j]), || (rad[i], rad[j]))).collect())
         .collect();
     let core: Vec<bool> = neighbourhoods
         .iter()
@@ -984,8 +923,7 @@ mod tests {
     /// Blobs of points around random centres (lat/lon offsets of a few km), some near the poles
     /// and the antimeridian, plus uniform noise and exact duplicates.
     fn clustered(rng: &mut Rng, n: usize, blobs: usize, spread_deg: f64) -> Array2<f64> {
-        let mut centres: Vec<(f64, f64)> =
-            (0..blobs).map(|_| (rng.uniform(-80.0, 80.0), rng.uniform(-180.0, 180.0))).collect();
+        let mut centres: Vec<(f64, f64)> = (0..blobs).map(|_| (rng.uniform(-80.0, 80.0), rng.uniform(-180.0, 180.0))).collect();
         centres.push((89.99, 0.0));
         centres.push((0.0, 179.999));
         let mut a = Array2::<f64>::zeros((n, 2));
@@ -1114,15 +1052,9 @@ mod tests {
         assert!(matches!(dbscan(a.view(), 1.0, 0, None, r), Err(GeoError::Parameter { .. })));
         assert!(matches!(dbscan(a.view(), 1.0, 1, None, -1.0), Err(GeoError::Parameter { .. })));
         let w = [1.0, 2.0];
-        assert!(matches!(
-            dbscan(a.view(), 1.0, 1, Some(ArrayView1::from(&w[..])), r),
-            Err(GeoError::Mismatch { .. })
-        ));
+        assert!(matches!(dbscan(a.view(), 1.0, 1, Some(ArrayView1::from(&w[..])), r), Err(GeoError::Mismatch { .. })));
         let w = [f64::INFINITY];
-        assert!(matches!(
-            dbscan(a.view(), 1.0, 1, Some(ArrayView1::from(&w[..])), r),
-            Err(GeoError::NonFinite { .. })
-        ));
+        assert!(matches!(dbscan(a.view(), 1.0, 1, Some(ArrayView1::from(&w[..])), r), Err(GeoError::NonFinite { .. })));
         assert!(dbscan(Array2::<f64>::zeros((0, 2)).view(), 1.0, 1, None, r).unwrap().is_empty());
         // ε beyond half the circumference: one cluster of everything.
         let b = ndarray::array![[0.0, 0.0], [0.0, 180.0], [90.0, 0.0]];

@@ -88,8 +88,8 @@ pub fn fourier_features<X: Real, B: Real>(xy: ArrayView2<X>, b: ArrayView2<B>) -
         let bound = v0_max * max_abs(&b0) + v1_max * max_abs(&b1);
         let small = bound < SMALL_TURNS;
         let isa = Isa::active();
-        let rows_per_task = parallel::chunk_len(n, (MIN_VALUES_PER_TASK / width).max(1))
-            .min((MAX_VALUES_PER_TASK / width).max(1));
+        let rows_per_task =
+            parallel::chunk_len(n, (MIN_VALUES_PER_TASK / width).max(1)).min((MAX_VALUES_PER_TASK / width).max(1));
         let (v0s, v1s) = (xy.column(0), xy.column(1));
         parallel::install(|| {
             out.par_chunks_mut(rows_per_task * width).enumerate().for_each(|(t, block)| {
@@ -111,7 +111,8 @@ pub fn fourier_features<X: Real, B: Real>(xy: ArrayView2<X>, b: ArrayView2<B>) -
     // SAFETY: the blocks partition `out` into whole rows of `width` (len = n·width), and every
     // row was written by `write_all` above.
     let out = unsafe { assume_init(out) };
-    Array2::from_shape_vec((n, width), out).map_err(|e| GeoError::TooLarge { what: "Fourier feature matrix", detail: e.to_string() })
+    Array2::from_shape_vec((n, width), out)
+        .map_err(|e| GeoError::TooLarge { what: "Fourier feature matrix", detail: e.to_string() })
 }
 
 #[cfg(test)]

@@ -45,9 +45,7 @@ fn pool() -> Arc<ThreadPool> {
         return Arc::clone(p);
     }
     // Falling back to one thread keeps kernels usable if the OS refuses more threads.
-    let p = build(default_threads())
-        .or_else(|_| build(1))
-        .expect("a one-thread rayon pool can always be built");
+    let p = build(default_threads()).or_else(|_| build(1)).expect("a one-thread rayon pool can always be built");
     *slot = Some(Arc::clone(&p));
     p
 }

@@ -33,19 +33,14 @@ impl<'py> Float2<'py> {
         }
         let py = obj.py();
         let np = py.import("numpy")?;
-        let converted = np
-            .call_method1("asarray", (obj, np.getattr("float64")?))
-            .map_err(|e| {
-                InputError::new_err(format!(
-                    "{name} must be a numeric array of shape (N, 2) or similar; numpy could not convert it: {e}"
-                ))
-            })?;
+        let converted = np.call_method1("asarray", (obj, np.getattr("float64")?)).map_err(|e| {
+            InputError::new_err(format!(
+                "{name} must be a numeric array of shape (N, 2) or similar; numpy could not convert it: {e}"
+            ))
+        })?;
         let arr = converted.cast::<PyArrayDyn<f64>>()?;
         if arr.ndim() != 2 {
-            return Err(ShapeError::new_err(format!(
-                "{name} must be a 2-D array, got shape {}",
-                shape_str(arr.shape())
-            )));
+            return Err(ShapeError::new_err(format!("{name} must be a 2-D array, got shape {}", shape_str(arr.shape()))));
         }
         Ok(Float2::F64(converted.extract::<PyReadonlyArray2<'py, f64>>()?))
     }

@@ -5,8 +5,8 @@
 mod cluster;
 pub mod convert;
 pub mod errors;
-mod geo;
 mod fourier;
+mod geo;
 mod threads;
 mod topk;
 

@@ -9,9 +9,7 @@ use crate::core::parallel;
 #[pyfunction]
 #[pyo3(signature = (n, /))]
 fn set_num_threads(py: Python<'_>, n: i64) -> PyResult<()> {
-    let n = usize::try_from(n)
-        .map_err(|_| crate::core::error::GeoError::parameter("num_threads", ">= 1", n))
-        .py_err()?;
+    let n = usize::try_from(n).map_err(|_| crate::core::error::GeoError::parameter("num_threads", ">= 1", n)).py_err()?;
     py.detach(|| parallel::set_num_threads(n)).py_err()
 }
 

@@ -7,9 +7,7 @@
 //! other arrays are copied once into Rust-owned memory (float64 converted while copying).
 
 use ndarray::{ArrayView2, Axis};
-use numpy::{
-    IntoPyArray, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods,
-};
+use numpy::{IntoPyArray, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -113,18 +111,11 @@ fn result<'py>(py: Python<'py>, r: Neighbors) -> PyResult<Bound<'py, PyTuple>> {
 /// per batch in cache-sized tiles, never as a B × N score matrix.
 #[pyfunction]
 #[pyo3(signature = (queries, gallery, k))]
-fn topk<'py>(
-    py: Python<'py>,
-    queries: &Bound<'py, PyAny>,
-    gallery: &Bound<'py, PyAny>,
-    k: i64,
-) -> PyResult<Bound<'py, PyTuple>> {
+fn topk<'py>(py: Python<'py>, queries: &Bound<'py, PyAny>, gallery: &Bound<'py, PyAny>, k: i64) -> PyResult<Bound<'py, PyTuple>> {
     let q = Vecs::extract(queries, "queries", true)?;
     let g = Vecs::extract(gallery, "gallery", false)?;
     let (qv, gv) = (q.view(), g.view());
-    let r = py
-        .detach(|| with_vecs!(qv, |a| with_vecs!(gv, |b| core_topk::topk(a, b, k))))
-        .py_err()?;
+    let r = py.detach(|| with_vecs!(qv, |a| with_vecs!(gv, |b| core_topk::topk(a, b, k)))).py_err()?;
     result(py, r)
 }
 
@@ -181,10 +172,7 @@ impl Gallery {
         let arr_obj = if obj.cast::<PyUntypedArray>().is_ok() { obj.clone() } else { as_float32(obj, "vectors")? };
         let arr = arr_obj.cast::<PyUntypedArray>()?;
         if arr.ndim() != 2 {
-            return Err(ShapeError::new_err(format!(
-                "vectors must be a 2-D (N, D) array, got shape {}",
-                shape_str(arr.shape())
-            )));
+            return Err(ShapeError::new_err(format!("vectors must be a 2-D (N, D) array, got shape {}", shape_str(arr.shape()))));
         }
         let (n, d) = (arr.shape()[0], arr.shape()[1]);
         let descr = arr.dtype();

@@ -148,7 +148,11 @@ mod tests {
         }
         assert!(equal_earth(array![[91.0, 0.0]].view()).is_err());
         let many = Array2::from_shape_fn((3000, 2), |(i, j)| {
-            if j == 0 { -90.0 + 180.0 * (i as f64 / 2999.0) } else { -180.0 + 360.0 * ((i * 7919) % 3000) as f64 / 2999.0 }
+            if j == 0 {
+                -90.0 + 180.0 * (i as f64 / 2999.0)
+            } else {
+                -180.0 + 360.0 * ((i * 7919) % 3000) as f64 / 2999.0
+            }
         });
         let fast = equal_earth(many.view()).unwrap();
         for i in 0..3000 {

@@ -140,9 +140,7 @@ pub fn haversine<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, radius_km
     check_radius(radius_km)?;
     let isa = Isa::active();
     let two_r = 2.0 * radius_km;
-    map_pairs(&a, &b, MIN_PAIRS_PER_TASK, |lat1, lon1, lat2, lon2, out| {
-        haversine_tile(isa, lat1, lon1, lat2, lon2, out, two_r)
-    })
+    map_pairs(&a, &b, MIN_PAIRS_PER_TASK, |lat1, lon1, lat2, lon2, out| haversine_tile(isa, lat1, lon1, lat2, lon2, out, two_r))
 }
 
 /// Per-point terms of the matrix kernel, structure of arrays (z = sin φ).
@@ -246,8 +244,7 @@ pub fn haversine_matrix<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, ra
         let pb = Points::new(&b, isa);
         let two_r = 2.0 * radius_km;
         let limit_km = two_r * TINY_HALF_ANGLE;
-        let rows_per_task = parallel::chunk_len(na, (MIN_PAIRS_PER_TASK / nb).max(1))
-            .min((MAX_PAIRS_PER_TASK / nb).max(1));
+        let rows_per_task = parallel::chunk_len(na, (MIN_PAIRS_PER_TASK / nb).max(1)).min((MAX_PAIRS_PER_TASK / nb).max(1));
         parallel::install(|| {
             out.par_chunks_mut(rows_per_task * nb).enumerate().for_each(|(t, block)| {
                 let r0 = t * rows_per_task;
@@ -258,12 +255,31 @@ pub fn haversine_matrix<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, ra
                     let res = &mut res[..j1 - j0];
                     for r in 0..rows {
                         let i = r0 + r;
-                        let close = chord_row_tile(isa, pa.x[i], pa.y[i], pa.z[i], &pb.x[j0..j1], &pb.y[j0..j1], &pb.z[j0..j1], res, two_r);
+                        let close = chord_row_tile(
+                            isa,
+                            pa.x[i],
+                            pa.y[i],
+                            pa.z[i],
+                            &pb.x[j0..j1],
+                            &pb.y[j0..j1],
+                            &pb.z[j0..j1],
+                            res,
+                            two_r,
+                        );
                         if close > 0 {
                             close_row_tile(
-                                isa, pa.lat[i], pa.lon[i], pa.z[i], pa.cos_lat[i],
-                                &pb.lat[j0..j1], &pb.lon[j0..j1], &pb.z[j0..j1], &pb.cos_lat[j0..j1],
-                                res, two_r, limit_km,
+                                isa,
+                                pa.lat[i],
+                                pa.lon[i],
+                                pa.z[i],
+                                pa.cos_lat[i],
+                                &pb.lat[j0..j1],
+                                &pb.lon[j0..j1],
+                                &pb.z[j0..j1],
+                                &pb.cos_lat[j0..j1],
+                                res,
+                                two_r,
+                                limit_km,
                             );
                         }
                         write_all(&mut block[r * nb + j0..r * nb + j1], res);
@@ -300,7 +316,10 @@ mod tests {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (s >> 11) as f64 / (1u64 << 53) as f64
         };
-        Array2::from_shape_fn((n, 2), |(_, j)| if j == 0 { (2.0 * next() - 1.0).asin().to_degrees() } else { 360.0 * next() - 180.0 })
+        Array2::from_shape_fn(
+            (n, 2),
+            |(_, j)| if j == 0 { (2.0 * next() - 1.0).asin().to_degrees() } else { 360.0 * next() - 180.0 },
+        )
     }
 
     #[test]

@@ -274,7 +274,10 @@ mod tests {
         // A bad broadcast point is reported even with no pairs.
         let bad = array![[0.0, 181.0]];
         let empty = ndarray::Array2::<f64>::zeros((0, 2));
-        assert!(matches!(map_pairs(&empty.view(), &bad.view(), 1, sum_kernel), Err(GeoError::Longitude { name: "b", row: 0, .. })));
+        assert!(matches!(
+            map_pairs(&empty.view(), &bad.view(), 1, sum_kernel),
+            Err(GeoError::Longitude { name: "b", row: 0, .. })
+        ));
         assert!(matches!(map_pairs(&bad.view(), &b.view(), 1, sum_kernel), Err(GeoError::Longitude { name: "a", row: 0, .. })));
         // ... but after a's own errors.
         let mut a2 = ndarray::Array2::<f64>::zeros((4, 2));

@@ -35,8 +35,8 @@ use super::kernels::{self, padded, F16Rows, F32Rows, I8Rows, Isa};
 use super::scan::{scan, PackedF32, PackedI16, QueryScan, ScanSpec};
 use super::select::{best_k, cut_below, Hit, Lse, TopK};
 use super::{check_k, check_magnitude, pack_queries, Neighbors, Vector};
-use crate::core::coords::Real;
 use crate::core::coords::shape_str;
+use crate::core::coords::Real;
 use crate::core::error::{GeoError, GeoResult};
 use crate::core::parallel;
 
@@ -74,12 +74,7 @@ pub struct Buf<T> {
 
 enum BufInner<T> {
     Owned(Vec<T>),
-    External {
-        ptr: *const T,
-        len: usize,
-        counted: bool,
-        _keep: Box<dyn Any + Send + Sync>,
-    },
+    External { ptr: *const T, len: usize, counted: bool, _keep: Box<dyn Any + Send + Sync> },
 }
 
 // SAFETY: the buffer is never written through; external memory stays valid while `_keep` lives
@@ -474,8 +469,7 @@ impl Gallery {
             Codes::I8 { codes, scales } => {
                 let rows = I8Rows::new(codes, scales, self.n, self.dp);
                 let (qi16, eps) = quantize_queries(&packed);
-                let margins2: Vec<f64> =
-                    norms.iter().zip(&eps).map(|(&qn, &e)| 2.0 * self.margin(qn, e)).collect();
+                let margins2: Vec<f64> = norms.iter().zip(&eps).map(|(&qn, &e)| 2.0 * self.margin(qn, e)).collect();
                 let spec = ScanSpec { margins2: Some(&margins2), ..spec };
                 let scans = scan(isa, &rows, &qi16, nq, &spec);
                 self.rerank(isa, &packed, scans, &margins2, k, lse_scale)?

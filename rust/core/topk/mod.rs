@@ -163,11 +163,7 @@ pub(crate) fn check_magnitude(norms: &[f64], x_max: f64, lse_scale: Option<f64>)
         }
         if let Some(s) = lse_scale {
             if s.abs() * bound > LIMIT {
-                return Err(GeoError::parameter(
-                    "lse_scale",
-                    "small enough that |lse_scale|·|q|·|x| stays below 1e37",
-                    num(s),
-                ));
+                return Err(GeoError::parameter("lse_scale", "small enough that |lse_scale|·|q|·|x| stays below 1e37", num(s)));
             }
         }
     }

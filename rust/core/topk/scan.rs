@@ -148,9 +148,7 @@ pub fn scan<S: Scorer>(isa: Isa, scorer: &S, q: &S::Q, nq: usize, spec: &ScanSpe
     let scan_chunk = |sb: usize, c: usize| -> Vec<QState> {
         let (q0, q1) = (sb * qsb, ((sb + 1) * qsb).min(nq));
         let (r0, r1) = (c * chunk_rows, ((c + 1) * chunk_rows).min(n));
-        let mut states: Vec<QState> = (q0..q1)
-            .map(|i| QState::new(spec.k, spec.margins2.map(|m| m[i]), r1 - r0))
-            .collect();
+        let mut states: Vec<QState> = (q0..q1).map(|i| QState::new(spec.k, spec.margins2.map(|m| m[i]), r1 - r0)).collect();
         SCRATCH.with(|cell| {
             let mut buf = cell.borrow_mut();
             if buf.len() < (q1 - q0) * t {

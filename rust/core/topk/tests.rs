@@ -51,9 +51,7 @@ fn brute(q: &Array2<f32>, x: &Array2<f32>, k: usize) -> (Array2<f32>, Array2<i64
     let mut scores = Array2::zeros((b, k));
     let mut idx = Array2::zeros((b, k));
     for i in 0..b {
-        let mut s: Vec<(f32, usize)> = (0..n)
-            .map(|r| (scalar::dot_f32(p.row(i), x.row(r).as_slice().unwrap()), r))
-            .collect();
+        let mut s: Vec<(f32, usize)> = (0..n).map(|r| (scalar::dot_f32(p.row(i), x.row(r).as_slice().unwrap()), r)).collect();
         s.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
         for j in 0..k {
             scores[[i, j]] = s[j].0;
@@ -222,9 +220,8 @@ fn exact_ties_break_by_lower_index() {
     for k in [1usize, 10, 333, n] {
         let got = topk(q.view(), x.view(), k as i64).unwrap();
         for i in 0..7 {
-            let mut s: Vec<(i64, usize)> = (0..n)
-                .map(|row| (q.row(i).iter().zip(x.row(row)).map(|(&a, &b)| (a * b) as i64).sum(), row))
-                .collect();
+            let mut s: Vec<(i64, usize)> =
+                (0..n).map(|row| (q.row(i).iter().zip(x.row(row)).map(|(&a, &b)| (a * b) as i64).sum(), row)).collect();
             s.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             for j in 0..k {
                 assert_eq!(got.indices[[i, j]], s[j].1 as i64);
@@ -403,16 +400,16 @@ fn errors_name_the_problem() {
         topk(q.view(), badx.view(), 1).unwrap_err(),
         GeoError::NonFinite { name: "gallery", row: 6, value: f64::INFINITY }
     );
-    assert!(matches!(
-        Gallery::from_view(badx.view(), Dtype::I8),
-        Err(GeoError::NonFinite { name: "vectors", row: 6, .. })
-    ));
+    assert!(matches!(Gallery::from_view(badx.view(), Dtype::I8), Err(GeoError::NonFinite { name: "vectors", row: 6, .. })));
     let empty = Array2::<f32>::zeros((0, 8));
     assert!(matches!(topk(q.view(), empty.view(), 1), Err(GeoError::Empty { .. })));
     assert!(matches!(Gallery::from_view(empty.view(), Dtype::F32), Err(GeoError::Empty { .. })));
     // Overflow: finite inputs whose inner products exceed float32.
     let huge = x.mapv(|v| v * 1e30);
-    assert!(matches!(topk(q.mapv(|v| v * 1e30).view(), huge.view(), 1), Err(GeoError::Parameter { name: "gallery", .. }) | Err(GeoError::Parameter { .. })));
+    assert!(matches!(
+        topk(q.mapv(|v| v * 1e30).view(), huge.view(), 1),
+        Err(GeoError::Parameter { name: "gallery", .. }) | Err(GeoError::Parameter { .. })
+    ));
     let g = Gallery::from_view(huge.view(), Dtype::F32).unwrap();
     assert!(matches!(g.search(q.mapv(|v| v * 1e30).view(), 1, None), Err(GeoError::Parameter { name: "queries", .. })));
     assert!(matches!(

@@ -361,8 +361,8 @@ pub unsafe fn scan_tile(s: &[f32], base: u32, st: &mut QState) -> bool {
         let zb = _mm256_sub_ps(b, b);
         bad = _mm256_or_ps(bad, _mm256_cmp_ps(za, zb, _CMP_UNORD_Q));
         let cut = _mm256_set1_ps(st.cut);
-        let hit = _mm256_movemask_ps(_mm256_cmp_ps(a, cut, _CMP_GT_OQ))
-            | (_mm256_movemask_ps(_mm256_cmp_ps(b, cut, _CMP_GT_OQ)) << 8);
+        let hit =
+            _mm256_movemask_ps(_mm256_cmp_ps(a, cut, _CMP_GT_OQ)) | (_mm256_movemask_ps(_mm256_cmp_ps(b, cut, _CMP_GT_OQ)) << 8);
         if hit != 0 {
             let mut bits = hit as u32;
             while bits != 0 {

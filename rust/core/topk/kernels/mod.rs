@@ -84,11 +84,7 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Isa::Avx2.available() && is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
@@ -98,18 +94,12 @@ impl Isa {
 
     /// The best level this CPU supports.
     pub fn detected() -> Isa {
-        [Isa::Avx512, Isa::Avx2]
-            .into_iter()
-            .find(|i| i.available())
-            .unwrap_or(Isa::Scalar)
+        [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.available()).unwrap_or(Isa::Scalar)
     }
 
     /// Every level this CPU supports, lowest first (for tests and benchmarks).
     pub fn all_available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|i| i.available())
-            .collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.available()).collect()
     }
 
     /// The level selected by `value` (a `GEOFAST_SIMD` setting), never above what the CPU has.
@@ -194,7 +184,12 @@ impl<'a> I8Rows<'a> {
 #[allow(clippy::too_many_arguments)]
 fn check_block(qlen: usize, nq: usize, dp: usize, d: usize, n: usize, r0: usize, r1: usize, out: usize, ldo: usize) {
     assert!(
-        dp.is_multiple_of(LANES) && dp >= d && qlen >= nq * dp && r0 <= r1 && r1 <= n && ldo >= r1 - r0
+        dp.is_multiple_of(LANES)
+            && dp >= d
+            && qlen >= nq * dp
+            && r0 <= r1
+            && r1 <= n
+            && ldo >= r1 - r0
             && (nq == 0 || out >= (nq - 1) * ldo + (r1 - r0)),
         "score block out of bounds"
     );
