@@ -478,9 +478,9 @@ mod tests {
         let mut a = vec![0.0; x.len() * 6];
         let mut b = vec![0.0; x.len() * 6];
         let mut c = vec![0.0; x.len() * 6];
-        all_kernels(crate::core::simd::Isa::detected(), &x, &mut a);
-        all_kernels(crate::core::simd::Isa::portable(), &x, &mut b);
-        all_kernels(crate::core::simd::Isa::detected().without_avx512(), &x, &mut c);
+        all_kernels(crate::core::simd::Isa::detect(), &x, &mut a);
+        all_kernels(crate::core::simd::Isa::capped(crate::core::simd::Level::Portable), &x, &mut b);
+        all_kernels(crate::core::simd::Isa::capped(crate::core::simd::Level::Avx2), &x, &mut c);
         // AVX-512 and AVX2 versions: same fused operations, same bits.
         assert!(a.iter().zip(&c).all(|(p, q)| p.to_bits() == q.to_bits()));
         // The SIMD versions are the fused scalar code, bit for bit.
@@ -491,7 +491,7 @@ mod tests {
             o[..5].copy_from_slice(&[p, q, r, s, sincos_turns_lp::<Fused>(v).0]);
             o[5] = atan2_q1::<Fused>(v.abs(), 1.0 - v.abs().min(1.0) + 1e-3);
         }
-        if crate::core::simd::Isa::detected().avx2_fma() {
+        if crate::core::simd::Isa::detect().avx2() {
             assert!(a.iter().zip(&fused).all(|(p, q)| p.to_bits() == q.to_bits()));
         }
         // Portable agrees within the error bounds (bitwise where the target has FMA).

@@ -14,9 +14,10 @@
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-use super::kernels::{self, F16Rows, F32Rows, I8Rows, Isa};
+use super::kernels::{self, F16Rows, F32Rows, I8Rows};
 use super::select::{best_k, Hit, Lse, QState};
 use crate::core::parallel;
+use crate::core::simd::Isa;
 
 /// Packed f32 queries: `n` rows of `dp` floats (zero-padded from `d`).
 pub struct PackedF32 {
