@@ -7,7 +7,7 @@ use numpy::{
 };
 use pyo3::prelude::*;
 
-use super::convert::Float2;
+use super::convert::{arg, Float2};
 use super::errors::{InputError, IntoPyResult, ShapeError};
 use crate::core::coords::shape_str;
 use crate::core::dbscan as db;
@@ -75,10 +75,10 @@ enum View3<'a> {
 fn dbscan<'py>(
     py: Python<'py>,
     latlon: &Bound<'py, PyAny>,
-    eps_km: f64,
-    min_samples: i64,
+    #[pyo3(from_py_with = arg::eps_km)] eps_km: f64,
+    #[pyo3(from_py_with = arg::min_samples)] min_samples: i64,
     sample_weight: Option<&Bound<'py, PyAny>>,
-    radius_km: f64,
+    #[pyo3(from_py_with = arg::radius_km)] radius_km: f64,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let input = Float2::extract(latlon, "latlon")?;
     let weights = match sample_weight {
@@ -108,10 +108,10 @@ fn swc<'py>(
     py: Python<'py>,
     latlon: &Bound<'py, PyAny>,
     similarity: &Bound<'py, PyAny>,
-    eps_km: f64,
-    min_samples: i64,
-    weight_exponent: f64,
-    radius_km: f64,
+    #[pyo3(from_py_with = arg::eps_km)] eps_km: f64,
+    #[pyo3(from_py_with = arg::min_samples)] min_samples: i64,
+    #[pyo3(from_py_with = arg::weight_exponent)] weight_exponent: f64,
+    #[pyo3(from_py_with = arg::radius_km)] radius_km: f64,
 ) -> PyResult<(f64, f64, Bound<'py, PyArray1<i64>>)> {
     let input = Float2::extract(latlon, "latlon")?;
     let sim = f64_array(similarity, "similarity", 1, "(k,)")?;
@@ -135,10 +135,10 @@ fn swc_batch<'py>(
     py: Python<'py>,
     latlon: &Bound<'py, PyAny>,
     similarity: &Bound<'py, PyAny>,
-    eps_km: f64,
-    min_samples: i64,
-    weight_exponent: f64,
-    radius_km: f64,
+    #[pyo3(from_py_with = arg::eps_km)] eps_km: f64,
+    #[pyo3(from_py_with = arg::min_samples)] min_samples: i64,
+    #[pyo3(from_py_with = arg::weight_exponent)] weight_exponent: f64,
+    #[pyo3(from_py_with = arg::radius_km)] radius_km: f64,
 ) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray2<bool>>)> {
     let input = Float3::extract(latlon, "latlon", "(B, k, 2)")?;
     let sim = f64_array(similarity, "similarity", 2, "(B, k)")?;
@@ -170,7 +170,7 @@ fn swc_batch<'py>(
 #[pyo3(signature = (spacing_km, bbox = None))]
 fn fibonacci_lattice<'py>(
     py: Python<'py>,
-    spacing_km: f64,
+    #[pyo3(from_py_with = arg::spacing_km)] spacing_km: f64,
     bbox: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
     let bbox: Option<[f64; 4]> = match bbox {
@@ -203,7 +203,7 @@ struct PointIndex {
 impl PointIndex {
     #[new]
     #[pyo3(signature = (latlon, *, radius_km = 6371.0088))]
-    fn new(py: Python<'_>, latlon: &Bound<'_, PyAny>, radius_km: f64) -> PyResult<Self> {
+    fn new(py: Python<'_>, latlon: &Bound<'_, PyAny>, #[pyo3(from_py_with = arg::radius_km)] radius_km: f64) -> PyResult<Self> {
         let input = Float2::extract(latlon, "latlon")?;
         let view = input.view();
         let inner = py.detach(|| with_view!(view, |a| nearest::PointIndex::new(a, radius_km))).py_err()?;
@@ -220,7 +220,7 @@ impl PointIndex {
         &self,
         py: Python<'py>,
         latlon: &Bound<'py, PyAny>,
-        k: i64,
+        #[pyo3(from_py_with = arg::k)] k: i64,
     ) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<i64>>)> {
         let input = Float2::extract(latlon, "latlon")?;
         let view = input.view();
