@@ -339,8 +339,12 @@ def case_gallery(inp: Inputs) -> None:
         q = inp.vectors(inp.size(5), d) if inp.chance(0.8) else inp.array((d,), -1.0, 1.0)
         k = inp.int_(int(inp.pick([1, n, min(n, 3)])))
         if inp.chance(0.4):
-            s, i, lse = g.search(q, k, lse_scale=inp.float_(39.69))
-            assert lse.dtype == np.float64 and lse.shape == (s.shape[0],)
+            scale = inp.float_(39.69)
+            out = g.search(q, k, lse_scale=scale)
+            assert len(out) == (2 if scale is None else 3)
+            s, i = out[0], out[1]
+            if scale is not None:
+                assert out[2].dtype == np.float64 and out[2].shape == (s.shape[0],)
         else:
             s, i = g.search(q, k)
         assert s.shape == i.shape
