@@ -9,22 +9,22 @@
 //!   core point is a border point of (one of) that core point's clusters; the rest is noise (−1).
 //! - Clusters are numbered in order of their lowest-index core point, and a border point goes to
 //!   the lowest-numbered cluster that reaches it — exactly what sklearn's depth-first labelling
-//!   does when it visits points in index order ([`labels`]).
+//!   does when it visits points in index order (`labels.rs`).
 //!
 //! Geometry. Points become 3-D unit vectors p = (cos φ cos λ, cos φ sin λ, sin φ). A great-circle
 //! radius ε on a sphere of radius R is the Euclidean chord e = 2 sin(ε / 2R); chords are computed
 //! as sums of squared coordinate differences (`sphere::chord2`), never as 2 − 2 p·q. The
-//! ε-neighbour test, with sklearn's own formula for pairs within rounding of ε, is [`eps`].
+//! ε-neighbour test, with sklearn's own formula for pairs within rounding of ε, is `eps.rs`.
 //! For ε ≥ πR (half the circumference) every pair is a neighbour (sklearn's sin² conversion
 //! folds back there and drops far pairs; geofast does not copy that).
 //!
 //! Engines, all with the same predicate and the same labels (each tested against the O(n²)
 //! oracle and, from Python, against sklearn):
-//! - [`grid`]: grid-based exact DBSCAN (Gunawan 2013; Gan & Tao, SIGMOD 2015) in 3-D, parallel,
+//! - `grid.rs`: grid-based exact DBSCAN (Gunawan 2013; Gan & Tao, SIGMOD 2015) in 3-D, parallel,
 //!   O(N) memory, for every input it is given;
-//! - [`sweep`]: sort-and-sweep along the widest axis, sequential, for small sparse inputs
+//! - `sweep.rs`: sort-and-sweep along the widest axis, sequential, for small sparse inputs
 //!   (N ≤ `SWEEP_MAX_N` = 4096 and at most 16 candidate pairs per point; 2–4× faster there);
-//! - [`brute`]: explicit neighbourhoods, O(n²), for the handful of points of one
+//! - `brute.rs`: explicit neighbourhoods, O(n²), for the handful of points of one
 //!   Search-within-Cell query and as the tests' oracle.
 //!
 //! [`dbscan`] validates the input, answers ε ≥ πR directly, tries the sweep when N ≤ 4096 and
