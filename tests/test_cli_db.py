@@ -148,7 +148,7 @@ def test_locate_swc_db_matches_library(cli_db, photos, tiny_clip_dir):
         assert row["predictions"][0]["lat"] == pytest.approx(p.lat, abs=1e-9)
         assert row["predictions"][0]["lon"] == pytest.approx(p.lon, abs=1e-9)
         assert row["confidence"] is None
-        assert [n["id"] for n in row["neighbours"]] == [n["id"] for n in p.extra["neighbours"]]
+        assert [n["id"] for n in row["neighbours"]] == [n.id for n in p.neighbours]
         assert len(row["neighbours"]) == 4
     assert rows[0]["neighbours"][0]["image"] == str(image.resolve())
 

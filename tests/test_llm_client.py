@@ -142,7 +142,7 @@ def test_base_url_and_model_from_environment(server, monkeypatch):
     monkeypatch.setenv("GEOFAST_LLM_MODEL", "env-model")
     preds = predict_rag([noise_image(32, 32)], config=LLMConfig(references=(0,), samples=1), geoclip=one_geoclip())
     assert server.requests[0].body["model"] == "env-model"
-    assert preds[0].extra["model"] == "env-model"
+    assert preds[0].llm.model == "env-model"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_good_answers_and_usage(server):
     preds = predict_rag([noise_image(40, 30, i) for i in range(3)], config=c, geoclip=one_geoclip(3))
     n = len(server.requests)
     assert n == 3 * 2 * 2
-    total = Usage.total(p.extra["usage"] for p in preds)
+    total = Usage.total(p.llm.usage for p in preds)
     assert total.requests == n and total.cached == 0 and total.failed == 0
     assert total.prompt_tokens == sum(7 + i for i in range(n))
     assert total.completion_tokens == 3 * n
@@ -168,7 +168,7 @@ def test_good_answers_and_usage(server):
     for p in preds:
         assert p.method == "rag" and not p.fallback
         assert (p.lat, p.lon) == (48.8566, 2.3522)
-        assert p.extra["llm_answers"] == 4 and p.extra["unparsed"] == 0
+        assert p.llm.answers == 4 and p.llm.unparsed == 0
         # geoclip's confidence is carried over
         assert p.confidence == 0.4 and p.localizable is True
 
@@ -184,8 +184,8 @@ def test_garbage_answers_fall_back_to_retrieval(server):
     server.set_script(lambda req: "I cannot say. The photo is too dark.")
     preds = predict_rag([noise_image(40, 30)], config=cfg(server, references=(0, 3)), geoclip=one_geoclip())
     p = preds[0]
-    assert p.fallback and p.extra["fallback_reason"] == "no usable LLM answer"
-    assert p.extra["unparsed"] == 2 and p.extra["llm_answers"] == 0
+    assert p.fallback and p.fallback_reason == "no usable LLM answer"
+    assert p.llm.unparsed == 2 and p.llm.answers == 0
     assert (p.lat, p.lon) == (10.0, 20.0)  # GeoCLIP's top-1
     assert [c.source for c in p.candidates] == ["geoclip"] * 3
 
@@ -193,7 +193,7 @@ def test_garbage_answers_fall_back_to_retrieval(server):
 def test_body_that_is_not_a_completion_is_no_answer(server):
     server.set_script(lambda req: StubReply(raw={"unexpected": True}))
     p = predict_rag([noise_image(40, 30)], config=cfg(server), geoclip=one_geoclip())[0]
-    assert p.fallback and p.extra["llm_errors"]
+    assert p.fallback and p.llm.errors
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_500_then_success_is_retried(server):
     p = predict_rag([noise_image(40, 30)], config=cfg(server, max_retries=2), geoclip=one_geoclip())[0]
     assert len(server.requests) == 2
     assert not p.fallback and (p.lat, p.lon) == (48.8566, 2.3522)
-    assert p.extra["usage"]["retries"] == 1 and p.extra["usage"]["requests"] == 1
+    assert p.llm.usage["retries"] == 1 and p.llm.usage["requests"] == 1
 
 
 def test_backoff_is_exponential(server):
@@ -227,8 +227,8 @@ def test_500_exhausting_retries_is_a_failed_request(server):
     c = cfg(server, max_retries=1, concurrency=1)
     preds = predict_rag([noise_image(40, 30, 0), noise_image(40, 30, 1)], config=c, geoclip=one_geoclip(2))
     assert len(server.requests) == 3
-    assert preds[0].fallback and "HTTP 500" in preds[0].extra["llm_errors"][0]
-    assert preds[0].extra["usage"]["failed"] == 1
+    assert preds[0].fallback and "HTTP 500" in preds[0].llm.errors[0]
+    assert preds[0].llm.usage["failed"] == 1
     assert not preds[1].fallback
 
 
@@ -268,8 +268,8 @@ def test_one_stalled_image_falls_back_flagged(server):
     # concurrency 1: the good first image answers before the stalled one gives up.
     preds = predict_rag(images, config=cfg(server, timeout_s=0.3, max_retries=0, concurrency=1), geoclip=one_geoclip(3))
     assert [p.fallback for p in preds] == [False, True, False]
-    assert "timed out" in preds[1].extra["llm_errors"][0]
-    assert preds[1].extra["fallback_reason"] == "no usable LLM answer"
+    assert "timed out" in preds[1].llm.errors[0]
+    assert preds[1].fallback_reason == "no usable LLM answer"
     assert (preds[1].lat, preds[1].lon) == (10.0, 20.0)
 
 
@@ -360,7 +360,7 @@ def test_rerun_is_served_from_the_cache(server, tmp_path):
     second = predict_rag(images, config=c, geoclip=one_geoclip(4))
     assert len(server.requests) == 0
     assert _answers(second) == _answers(first)
-    assert Usage.total(p.extra["usage"] for p in second) == Usage(cached=16)
+    assert Usage.total(p.llm.usage for p in second) == Usage(cached=16)
 
     # Anything that changes the request misses: temperature, model, image size, sample count.
     for changed in (dict(temperature=0.9), dict(model="other"), dict(image_max_side=32), dict(samples=3)):
@@ -526,4 +526,4 @@ def test_content_as_a_list_of_text_parts(server):
     server.set_script(lambda req: StubReply(raw=completion))
     p = predict_rag([noise_image(40, 30)], config=cfg(server), geoclip=one_geoclip())[0]
     assert not p.fallback and (p.lat, p.lon) == (48.8566, 2.3522)
-    assert p.extra["usage"]["total_tokens"] == 3
+    assert p.llm.usage["total_tokens"] == 3

@@ -161,7 +161,7 @@ def test_verification_ranks_candidates_by_cosine_similarity(server):
     d = haversine_distances(np.radians(pts), np.radians([truth]))[:, 0]
     assert (p.candidates[0].lat, p.candidates[0].lon) == tuple(pts[np.argmin(d)]) == (41.89, 12.49)
     assert (p.lat, p.lon) == (41.89, 12.49) and p.candidates[0].source.startswith("llm")
-    assert not p.fallback and p.extra["fallback_reason"] is None
+    assert not p.fallback and p.fallback_reason is None
 
 
 def test_retrieval_candidate_that_verifies_better_wins_flagged(server):
@@ -173,8 +173,8 @@ def test_retrieval_candidate_that_verifies_better_wins_flagged(server):
     cfg = LLMConfig(base_url=server.base_url, model="m", references=(0,), samples=1)
     p = predict_rag([noise_image(32, 32)], config=cfg, geoclip=g, image_embeddings=emb, encoder=enc)[0]
     assert (p.lat, p.lon) == (-33.87, 151.21) and p.prob == g[0].candidates[0].prob
-    assert p.fallback and p.extra["fallback_reason"] == "a retrieval candidate verified better"
-    assert p.extra["llm_answers"] == 1
+    assert p.fallback and p.fallback_reason == "a retrieval candidate verified better"
+    assert p.llm.answers == 1
 
 
 def test_verification_batches_images_and_keeps_them_apart(server):
@@ -298,7 +298,7 @@ def test_bad_server_replies_do_not_break_other_images(server):
         [noise_image(32, 32), noise_image(33, 33)], config=cfg, geoclip=[geoclip_prediction("a", [(1.5, 2.5)])] * 2
     )
     assert (preds[0].lat, preds[0].lon) == (12.5, 13.5) and not preds[0].fallback
-    assert preds[1].fallback and preds[1].extra["llm_errors"]
+    assert preds[1].fallback and preds[1].llm.errors
 
 
 def test_total_usage_sums_the_run(server):

@@ -89,19 +89,19 @@ def test_swc_equals_sklearn_reference_on_same_neighbours(site_db, backbone):
     sizes = []
     for p in preds:
         assert p.ok and p.confidence is None and p.localizable is None
-        nbs = p.extra["neighbours"]
+        nbs = p.neighbours
         assert len(nbs) == 10 == len(p.candidates)
-        ids = np.array([n["id"] for n in nbs])
-        sims = np.array([n["similarity"] for n in nbs])
+        ids = np.array([n.id for n in nbs])
+        sims = np.array([n.similarity for n in nbs])
         latlon = np.asarray(db.latlon)[ids]
-        np.testing.assert_array_equal(np.array([[n["lat"], n["lon"]] for n in nbs]), latlon)
+        np.testing.assert_array_equal(np.array([[n.lat, n.lon] for n in nbs]), latlon)
         lat, lon, members = ref_swc(latlon, sims)
         assert p.lat == pytest.approx(lat, abs=1e-9) and p.lon == pytest.approx(lon, abs=1e-9)
-        assert p.extra["swc_members"] == members.tolist()
+        assert p.members == members.tolist()
         sizes.append(len(members))
     assert max(sizes) >= 2  # the data really clusters
     # A database photo is its own nearest neighbour.
-    assert preds[6].extra["neighbours"][0]["id"] == 3 and preds[7].extra["neighbours"][0]["id"] == 61
+    assert preds[6].neighbours[0].id == 3 and preds[7].neighbours[0].id == 61
 
 
 def test_neighbours_match_brute_force(site_db, backbone):
@@ -116,11 +116,11 @@ def test_neighbours_match_brute_force(site_db, backbone):
     s = np.asarray(db.embeddings, dtype=np.float64) @ q.T.astype(np.float64)
     for j, p in enumerate(preds):
         ref = np.argsort(-s[:, j], kind="stable")[:7]
-        got = [n["id"] for n in p.extra["neighbours"]]
+        got = [n.id for n in p.neighbours]
         gaps = np.abs(np.diff(s[ref, j]))
         if gaps.min() > 1e-5:
             assert got == ref.tolist()
-        np.testing.assert_allclose([n["similarity"] for n in p.extra["neighbours"]], s[got, j], atol=1e-5)
+        np.testing.assert_allclose([n.similarity for n in p.neighbours], s[got, j], atol=1e-5)
 
 
 @pytest.mark.parametrize(("eps_km", "weight_exponent", "k"), [(5.0, 0.0, 10), (1.0, 1.0, 10), (0.3, 2.0, 15), (2000.0, 1.0, 20)])
@@ -128,12 +128,12 @@ def test_swc_parameters(site_db, backbone, eps_km, weight_exponent, k):
     db = Database.open(site_db / "db")
     pred = SwcPredictor(db, backbone, k=k, eps_km=eps_km, weight_exponent=weight_exponent)
     for p in pred.predict([site_db / "query1.jpg", site_db / "query4.jpg"], places=False):
-        nbs = p.extra["neighbours"]
+        nbs = p.neighbours
         assert len(nbs) == k
-        latlon = np.array([[n["lat"], n["lon"]] for n in nbs])
-        lat, lon, members = ref_swc(latlon, [n["similarity"] for n in nbs], eps_km=eps_km, weight_exponent=weight_exponent)
+        latlon = np.array([[n.lat, n.lon] for n in nbs])
+        lat, lon, members = ref_swc(latlon, [n.similarity for n in nbs], eps_km=eps_km, weight_exponent=weight_exponent)
         assert p.lat == pytest.approx(lat, abs=1e-9) and p.lon == pytest.approx(lon, abs=1e-9)
-        assert p.extra["swc_members"] == members.tolist()
+        assert p.members == members.tolist()
 
 
 def test_unreadable_image_and_errors(site_db, backbone, tmp_path):
@@ -167,7 +167,7 @@ def test_k_larger_than_database(tmp_path, backbone):
     (tmp_path / "a.csv").write_text("image,lat,lon\n" + "".join(f"a{i}.jpg,{i}.0,{i}.0\n" for i in range(3)))
     Database.build(tmp_path / "a.csv", tmp_path / "db", backbone=backbone)
     p = SwcPredictor(Database.open(tmp_path / "db"), backbone, k=10).predict([tmp_path / "a1.jpg"], places=False)[0]
-    assert len(p.extra["neighbours"]) == 3 and p.extra["neighbours"][0]["id"] == 1
+    assert len(p.neighbours) == 3 and p.neighbours[0].id == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_geoclip_plus_swc_in_cell_and_fallback(tmp_path, geolocator):
     pred = SwcPredictor(db, geolocator.backbone, geolocator=geolocator, k=6, cell_km=25.0)
     p = pred.predict([root / "query.jpg"], method="geoclip+swc", top_k=3, places=False)[0]
     assert p.method == "geoclip+swc" and not p.fallback
-    assert p.extra["cell"]["lat"] == pytest.approx(center[0]) and p.extra["cell"]["lon"] == pytest.approx(center[1])
+    assert p.cell.lat == pytest.approx(center[0]) and p.cell.lon == pytest.approx(center[1])
     assert len(p.candidates) == 3 and p.candidates[0].prob is not None
     # Reference: rows within the cell (numpy haversine), top-6 by similarity, SwC.
     ll = np.asarray(db.latlon)
@@ -231,7 +231,7 @@ def test_geoclip_plus_swc_in_cell_and_fallback(tmp_path, geolocator):
     s = np.asarray(db.embeddings[inside], dtype=np.float64) @ q[0].astype(np.float64)
     order = np.argsort(-s, kind="stable")[:6]
     ids = inside[order]
-    assert [n["id"] for n in p.extra["neighbours"]] == ids.tolist()
+    assert [n.id for n in p.neighbours] == ids.tolist()
     lat, lon, members = ref_swc(ll[ids], s[order])
     assert p.lat == pytest.approx(lat, abs=1e-9) and p.lon == pytest.approx(lon, abs=1e-9)
     pd, _ = ref_pd(geolocator, root / "query.jpg", (p.lat, p.lon))
@@ -239,6 +239,6 @@ def test_geoclip_plus_swc_in_cell_and_fallback(tmp_path, geolocator):
     # Fallback: a cell with no database photo inside → GeoCLIP's top-1, flagged.
     tiny_cell = SwcPredictor(db, geolocator.backbone, geolocator=geolocator, cell_km=1e-4)
     f = tiny_cell.predict([root / "query.jpg"], method="geoclip+swc", places=False)[0]
-    assert f.fallback and "no database photo" in f.extra["fallback_reason"]
+    assert f.fallback and "no database photo" in f.fallback_reason
     assert (f.lat, f.lon) == (pytest.approx(center[0]), pytest.approx(center[1]))
     assert f.prob == pytest.approx(f.candidates[0].prob)

@@ -127,8 +127,8 @@ def _run_rag(state: _State, cache_dir: str | None) -> list[Any]:
 
 def _check_preds(state: _State, preds: list[Any]) -> None:
     for p in preds:
-        if not p.ok or p.extra["llm_answers"] != state.per_image:
-            raise AssertionError(f"{p.image}: expected {state.per_image} LLM answers, got {p.extra}")
+        if not p.ok or p.llm is None or p.llm.answers != state.per_image:
+            raise AssertionError(f"{p.image}: expected {state.per_image} LLM answers, got {p.llm}")
 
 
 def workloads(quick: bool) -> list[Workload]:

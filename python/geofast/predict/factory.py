@@ -8,22 +8,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geofast.errors import InputError, ParameterError
-from geofast.predict.types import Prediction
+from geofast.predict.types import Predictor
 
 if TYPE_CHECKING:
     from geofast.database import Database
     from geofast.llm import LLMConfig
 
 METHODS = ("geoclip", "swc", "geoclip+swc", "rag")
-
-#: ``run(image_paths, advance)`` → one Prediction per path; ``advance(n)`` reports progress.
-Runner = Callable[[Sequence[str], Callable[[int], None]], list[Prediction]]
 
 
 @dataclass
@@ -85,17 +81,13 @@ class MethodOptions:
         return None
 
 
-def make_predictor(
-    opts: MethodOptions,
-    database: Database | None,
-    *,
-    top_k: int = 5,
-    batch_size: int = 16,
-    places: bool = True,
-    progress: bool = True,
-) -> Runner:
-    """Load the models ``opts`` needs and return the runner. ``database`` is ``opts.check()``'s."""
-    from geofast.predict.geoclip import Geolocator
+def make_predictor(opts: MethodOptions, database: Database | None, *, progress: bool = True) -> Predictor:
+    """Load the models ``opts`` needs and return the :class:`Predictor` for ``opts.method``.
+
+    ``database`` is ``opts.check()``'s. This is the one place that maps a method name to a
+    predictor class; callers pass ``top_k``, ``batch_size`` and ``places`` to ``predict``.
+    """
+    from geofast.predict.geoclip import GeoclipPredictor, Geolocator
 
     clip = opts.clip_for(database)
 
@@ -110,21 +102,9 @@ def make_predictor(
         loc = geolocator()
         if database is not None:
             database.check_backbone(loc.backbone)
-        rag = RagPredictor(loc, database=database, config=opts.llm)
-        return lambda items, advance: rag.predict(
-            list(items), top_k=top_k, batch_size=batch_size, places=places, on_progress=advance
-        )
+        return RagPredictor(loc, database=database, config=opts.llm)
     if database is None:
-        loc = geolocator()
-        return lambda items, advance: loc.predict(
-            list(items),
-            top_k=top_k,
-            batch_size=batch_size,
-            method=opts.method,
-            swc_eps_km=opts.eps_km,
-            places=places,
-            on_progress=advance,
-        )
+        return GeoclipPredictor(geolocator(), method=opts.method, swc_eps_km=opts.eps_km)
     from geofast.predict.swc import SwcPredictor
 
     swc_loc: Any = None
@@ -135,7 +115,6 @@ def make_predictor(
         from geofast.models.clip import load_backbone
 
         backbone = load_backbone(clip, opts.device)
-    predictor = SwcPredictor(database, backbone, geolocator=swc_loc, k=opts.swc_k, eps_km=opts.eps_km, cell_km=opts.cell_km)
-    return lambda items, advance: predictor.predict(
-        list(items), method=opts.method, top_k=top_k, batch_size=batch_size, places=places, on_progress=advance
+    return SwcPredictor(
+        database, backbone, geolocator=swc_loc, k=opts.swc_k, eps_km=opts.eps_km, cell_km=opts.cell_km, method=opts.method
     )
