@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from geofast.llm import LLMConfig
-from geofast.llm.stub import StubChatServer
+from geofast.testing.openai_stub import StubChatServer
 from geofast.predict.rag import RagPredictor
 
 

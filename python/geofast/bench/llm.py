@@ -1,4 +1,4 @@
-"""Benchmark workloads of the RAG/LLM stage against a local chat server (geofast.llm.stub).
+"""Benchmark workloads of the RAG/LLM stage against a local chat server (geofast.testing.openai_stub).
 
 - **overhead, cached**: a rerun where every answer comes from the on-disk cache: what is left is
   geofast's own work around the LLM call (image downscale + JPEG, prompt building, cache
@@ -140,7 +140,7 @@ def workloads(quick: bool) -> list[Workload]:
     # -- 1. cached rerun: geofast's own overhead ------------------------------------------------
     def setup_cached() -> _State:
         from geofast.llm import LLMConfig
-        from geofast.llm.stub import StubChatProcess
+        from geofast.testing.openai_stub import StubChatProcess
 
         server = StubChatProcess().start()
         tmp = tempfile.mkdtemp(prefix="geofast-bench-llm-")
@@ -169,7 +169,7 @@ def workloads(quick: bool) -> list[Workload]:
     # -- 2. end-to-end vs bare openai calls -----------------------------------------------------
     def setup_e2e() -> _State:
         from geofast.llm import LLMClient, LLMConfig, encode_image, plan_prompts
-        from geofast.llm.stub import StubChatProcess
+        from geofast.testing.openai_stub import StubChatProcess
         from geofast.predict.rag import build_inputs
 
         server = StubChatProcess().start()
@@ -245,7 +245,7 @@ def workloads(quick: bool) -> list[Workload]:
     # -- 3. concurrency ---------------------------------------------------------------------------
     def setup_conc() -> _State:
         from geofast.llm import LLMConfig
-        from geofast.llm.stub import StubChatProcess
+        from geofast.testing.openai_stub import StubChatProcess
 
         server = StubChatProcess(delay_s=delay_s).start()
         base: dict[str, Any] = dict(base_url=server.base_url, model="stub", references=(0,), samples=1, cache=False)
