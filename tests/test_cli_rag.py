@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from geofast.llm import LLMConfig
-from geofast.testing.openai_stub import StubChatServer
 from geofast.predict.rag import RagPredictor
+from geofast.testing.openai_stub import StubChatServer
 
 
 def _cli(*args, cache_dir, env_extra=None):

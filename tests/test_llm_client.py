@@ -21,8 +21,8 @@ from PIL import Image
 
 from geofast.errors import LLMError, ParameterError
 from geofast.llm import LLMClient, LLMConfig, ResponseCache, Usage, encode_image
-from geofast.testing.openai_stub import StubChatServer, StubReply
 from geofast.predict.rag import predict_rag
+from geofast.testing.openai_stub import StubChatServer, StubReply
 from llm_support import geoclip_prediction, jpeg_size, noise_image
 
 GOOD = '{"latitude": 48.8566, "longitude": 2.3522}'

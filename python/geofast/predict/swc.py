@@ -352,7 +352,7 @@ def _take(nb: Neighbours, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _check_params(k: int, eps_km: float, min_samples: int, cell_km: float) -> None:
     if k < 1:
-        raise ParameterError(f"k (--swc-k) must be >= 1, got {k}")
+        raise ParameterError(f"k must be >= 1, got {k}", params=("k",))
     if not eps_km > 0:
         raise ParameterError(f"eps_km must be > 0, got {eps_km}")
     if min_samples < 1:

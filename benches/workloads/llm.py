@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from geofast.bench import Workload
+from benches.harness import Workload
 
 N_REQUESTS_PER_IMAGE = 8  # G3 plan: 4 prompts × 2 samples
 
@@ -169,8 +169,8 @@ def workloads(quick: bool) -> list[Workload]:
     # -- 2. end-to-end vs bare openai calls -----------------------------------------------------
     def setup_e2e() -> _State:
         from geofast.llm import LLMClient, LLMConfig, encode_image, plan_prompts
-        from geofast.testing.openai_stub import StubChatProcess
         from geofast.predict.rag import build_inputs
+        from geofast.testing.openai_stub import StubChatProcess
 
         server = StubChatProcess().start()
         config = LLMConfig.g3(base_url=server.base_url, model="stub", samples=2, cache=False)
