@@ -27,7 +27,7 @@ def prediction_json(p: Prediction) -> dict[str, Any]:
     preds = [{"lat": c.lat, "lon": c.lon, "prob": _num(c.prob), "place": c.place} for c in p.candidates if c.prob is not None]
     if p.method in ("swc", "geoclip+swc", "rag") or not preds:
         # The answer is not one of the ranked gallery points: put it first.
-        preds = [{"lat": p.lat, "lon": p.lon, "prob": _num(p.prob), "place": p.extra.get("place")}] + preds
+        preds = [{"lat": p.lat, "lon": p.lon, "prob": _num(p.prob), "place": p.place}] + preds
     out: dict[str, Any] = {
         "image": p.image,
         "predictions": preds,
@@ -41,9 +41,18 @@ def prediction_json(p: Prediction) -> dict[str, Any]:
         out["fallback"] = p.fallback
     if p.method in ("swc", "geoclip+swc") and p.fallback:
         out["fallback"] = True
-    for key in ("usage", "swc_members", "neighbours", "cell", "fallback_reason"):
-        if key in p.extra:
-            out[key] = p.extra[key]
+    if p.llm is not None:
+        out["usage"] = dict(p.llm.usage)
+    if p.members is not None:
+        out["swc_members"] = list(p.members)
+    if p.neighbours is not None:
+        out["neighbours"] = [n.as_dict() for n in p.neighbours]
+    if p.farthest is not None:
+        out["farthest"] = [n.as_dict() for n in p.farthest]
+    if p.cell is not None:
+        out["cell"] = p.cell.as_dict()
+    if p.fallback_reason is not None or p.method == "rag":
+        out["fallback_reason"] = p.fallback_reason
     return out
 
 

@@ -117,8 +117,8 @@ def evaluate(
         todo = sum(1 for name in data.images if name not in log.done)
         if todo:
             with _console.err.status(f"loading {model} ...", spinner="dots"):
-                run = make_predictor(opts, database, top_k=5, batch_size=batch_size, places=False)
-            _predict_all(data, images, run, log, batch_size, method)
+                predictor = make_predictor(opts, database)
+            _predict_all(data, images, predictor, log, batch_size, method)
         scored = _subset(ev.read_predictions(out), set(data.images))
         title = f"{dataset.name} ({method}, {model})"
 
@@ -149,7 +149,7 @@ def _subset(scored: Any, names: set[str]) -> Any:
     )
 
 
-def _predict_all(data: Any, images: Path, run: Any, log: Any, batch_size: int, method: str) -> None:
+def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: int, method: str) -> None:
     from geofast.evaluate import run_predictions
 
     with _console.progress("evaluating", unit="images") as bar:
@@ -157,7 +157,7 @@ def _predict_all(data: Any, images: Path, run: Any, log: Any, batch_size: int, m
         run_predictions(
             data,
             images,
-            lambda paths: run(paths, lambda _n: None),
+            lambda paths: predictor.predict(paths, top_k=5, batch_size=batch_size, places=False),
             log,
             batch_size=batch_size,
             on_progress=lambda n: bar.advance(task, n),

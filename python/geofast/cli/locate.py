@@ -90,8 +90,18 @@ def locate(
     paths = [e for e in entries if isinstance(e, str)]
     what = model + (" and the database" if database is not None else "")
     with _console.err.status(f"loading {what} ...", spinner="dots"):
-        run = make_predictor(opts, database, top_k=top_k, batch_size=batch_size, places=places)
-    located = iter(_with_progress(paths, batch_size, run) if paths else [])
+        predictor = make_predictor(opts, database)
+    located = iter(
+        _with_progress(
+            paths,
+            batch_size,
+            lambda items, advance: predictor.predict(
+                items, top_k=top_k, batch_size=batch_size, places=places, on_progress=advance
+            ),
+        )
+        if paths
+        else []
+    )
     results = [e if isinstance(e, Prediction) else next(located) for e in entries]
 
     failed = [p for p in results if p.error is not None]
@@ -148,8 +158,8 @@ def _render(p) -> None:  # type: ignore[no-untyped-def]
     if from_db:
         table.add_column("database photo")
     if p.method in ("swc", "geoclip+swc"):
-        what = "cluster centroid" if not p.fallback else f"GeoCLIP top-1 ({p.extra.get('fallback_reason', 'fallback')})"
-        place = p.extra.get("place")
+        what = "cluster centroid" if not p.fallback else f"GeoCLIP top-1 ({p.fallback_reason or 'fallback'})"
+        place = p.place
         row = [
             p.method,
             f"{p.lat:.5f}",
@@ -158,7 +168,7 @@ def _render(p) -> None:  # type: ignore[no-untyped-def]
             f"{what}: {place}" if place else what,
         ]
         table.add_row(*row, *([""] if from_db else []))
-    images = [n.get("image") or "" for n in p.extra.get("neighbours", [])] if from_db else []
+    images = [n.image or "" for n in (p.neighbours or [])] if from_db else []
     for rank, c in enumerate(p.candidates, start=1):
         value = f"{c.prob:.4f}" if c.prob is not None else (f"{c.score:.4f}" if c.score is not None else "-")
         row = [str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", value, c.place or ""]

@@ -251,8 +251,40 @@ class Geolocator:
             lat, lon, members = gf.swc(latlon, probs, eps_km=swc_eps_km, weight_exponent=1.0)
             pred.lat, pred.lon = float(lat), float(lon)
             pred.prob = float(probs[members].sum())
-            pred.extra["swc_members"] = [int(m) for m in members]
+            pred.members = [int(m) for m in members]
         return pred
+
+
+class GeoclipPredictor:
+    """The :class:`~geofast.predict.types.Predictor` for ``geoclip`` (softmax top-k over the
+    gallery) and gallery-only ``swc`` (Search-within-Cell over GeoCLIP's top-k, weighted by
+    probability) on one :class:`Geolocator`."""
+
+    def __init__(self, geolocator: Geolocator, *, method: str = "geoclip", swc_eps_km: float = 1.0) -> None:
+        if method not in ("geoclip", "swc"):
+            raise InputError(f"unknown method {method!r} for GeoclipPredictor", hint="use geoclip or swc")
+        self.geolocator = geolocator
+        self.method = method
+        self.swc_eps_km = swc_eps_km
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        top_k: int = 5,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        places: bool = True,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Prediction]:
+        return self.geolocator.predict(
+            images,
+            top_k,
+            batch_size=batch_size,
+            method=self.method,
+            swc_eps_km=self.swc_eps_km,
+            places=places,
+            on_progress=on_progress,
+        )
 
 
 def predict_in_batches(
@@ -333,7 +365,8 @@ def build_gallery(
         if not mask.any():
             raise InputError(
                 f"no gallery point lies inside the region {box}",
-                hint="widen --region, or build a regional gallery with gf.fibonacci_lattice",
+                hint="widen region, or build a regional gallery with gf.fibonacci_lattice",
+                params=("region",),
             )
         latlon = latlon[mask]
         emb = np.ascontiguousarray(emb[mask])
