@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benches.reference import assert_same_topk, numpy_haversine, numpy_topk, unit_rows
 
-from _search_ref import assert_same_topk, numpy_topk, unit_rows
 from conftest import random_latlon
 
 R = 6371.0088
@@ -50,14 +50,8 @@ np.savez(sys.argv[2], **out)
 """
 
 
-def numpy_haversine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Textbook float64 haversine, 2R·asin(√h), and where it is accurate to ~1e-13."""
-    lat1, lon1, lat2, lon2 = (np.radians(c) for c in (a[:, 0], a[:, 1], b[:, 0], b[:, 1]))
-    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * R * np.arcsin(np.sqrt(h))
-
-
 def well_conditioned(d: np.ndarray) -> np.ndarray:
+    """Where the textbook float64 formula keeps ~1e-13: not metres, not near antipodes."""
     return (d > 1.0) & (d < 0.99 * np.pi * R)
 
 
