@@ -40,6 +40,10 @@ MAX_PIXELS_ENV = "GEOFAST_MAX_IMAGE_PIXELS"
 ImageInput = str | os.PathLike | Image.Image
 
 
+class PixelLimitError(ImageError):
+    """An image has more pixels than allowed (a possible decompression bomb), found before decoding."""
+
+
 def max_pixels() -> int:
     raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if raw:
@@ -107,20 +111,48 @@ def load_image(image: ImageInput, *, limit_pixels: int | None = None) -> Image.I
             raise ImageError(f"{name}: empty file (0 bytes)")
         try:
             # Read the bytes first: no file handle outlives this call, whatever the format.
-            im = Image.open(io.BytesIO(path.read_bytes()))
-        except UnidentifiedImageError as e:
-            raise ImageError(f"{name}: not an image PIL can read") from e
-        except Image.DecompressionBombError as e:
-            raise ImageError(
-                f"{name}: too many pixels (possible decompression bomb)",
-                hint=f"raise the limit with {MAX_PIXELS_ENV}=<pixels> if the file is trusted",
-            ) from e
+            data = path.read_bytes()
         except OSError as e:
             raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
+        im = open_image_bytes(data, name)
+    return _decode(im, name, limit)
+
+
+def open_image_bytes(data: bytes, name: str, *, formats: Sequence[str] | None = None) -> Image.Image:
+    """Open an encoded image held in memory *without decoding its pixels* (PIL reads the header
+    only): the result's ``format``, ``width`` and ``height`` can be checked before any decoding.
+    ``formats`` restricts the PIL decoders tried (e.g. ``("JPEG", "PNG")``)."""
+    if len(data) == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    try:
+        return Image.open(io.BytesIO(data), formats=None if formats is None else list(formats))
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not an image PIL can read") from e
+    except Image.DecompressionBombError as e:
+        raise PixelLimitError(
+            f"{name}: too many pixels (possible decompression bomb)",
+            hint=f"raise the limit with {MAX_PIXELS_ENV}=<pixels> if the file is trusted",
+        ) from e
+    except OSError as e:
+        raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
+
+
+def load_image_bytes(
+    data: bytes | Image.Image, name: str, *, limit_pixels: int | None = None, formats: Sequence[str] | None = None
+) -> Image.Image:
+    """:func:`load_image` for an encoded image held in memory (an upload, a download), or for
+    the not-yet-decoded result of :func:`open_image_bytes`: the same checks, messages and pixels
+    as reading the same bytes from a file."""
+    limit = max_pixels() if limit_pixels is None else limit_pixels
+    im = data if isinstance(data, Image.Image) else open_image_bytes(data, name, formats=formats)
+    return _decode(im, name, limit)
+
+
+def _decode(im: Image.Image, name: str, limit: int) -> Image.Image:
     try:
         pixels = im.width * im.height
         if pixels > limit:
-            raise ImageError(
+            raise PixelLimitError(
                 f"{name}: {im.width}×{im.height} = {pixels:,} pixels exceeds the limit of {limit:,} "
                 "(possible decompression bomb)",
                 hint=f"raise the limit with {MAX_PIXELS_ENV}=<pixels> if the file is trusted",
@@ -136,7 +168,7 @@ def load_image(image: ImageInput, *, limit_pixels: int | None = None) -> Image.I
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: too many pixels (possible decompression bomb)") from e
+        raise PixelLimitError(f"{name}: too many pixels (possible decompression bomb)") from e
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         detail = str(e) or type(e).__name__
         if "truncated" in detail.lower():
@@ -198,10 +230,13 @@ def encode_jpeg(im: Image.Image, *, max_side: int | None = None, quality: int = 
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageInput",
+    "PixelLimitError",
     "encode_jpeg",
     "expand_images",
     "image_name",
     "iter_loaded",
     "load_image",
+    "load_image_bytes",
     "max_pixels",
+    "open_image_bytes",
 ]
