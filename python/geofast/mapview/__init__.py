@@ -90,7 +90,7 @@ def map_page_html(data: Mapping[str, Any], *, title: str = "geofast", tiles: str
         origin = re.match(r"^(https?://[^/]+)", tiles)
         assert origin is not None
         img_src += " " + origin.group(1)
-    connect = "'self'" if config.get("mode") == "app" else "'none'"
+    connect = "'self' blob:" if config.get("mode") == "app" else "blob:"
     csp = "; ".join(
         [
             "default-src 'none'",

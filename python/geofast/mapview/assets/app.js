@@ -95,6 +95,7 @@
       if (!resp.ok) {
         let msg = data && (data.error || data.detail || data.message);
         if (msg && typeof msg !== "string") msg = JSON.stringify(msg);
+        if (msg && data.hint) msg += " (" + data.hint + ")";
         if (resp.status === 401 || resp.status === 403) msg = (msg || "not authorised") + " \u2014 enter the server's API key under Options.";
         say("The server answered " + resp.status + ": " + (msg || resp.statusText), true);
         return;
@@ -114,6 +115,32 @@
       document.body.removeAttribute("aria-busy");
     }
   }
+
+  // What the server runs (a server that needs a key answers 401 here: then nothing is shown).
+  async function serverInfo() {
+    try {
+      const key = document.getElementById("gf-key").value.trim();
+      const resp = await fetch("v1/models", { headers: key ? { "X-API-Key": key } : {} });
+      if (!resp.ok) return;
+      const info = await resp.json();
+      const parts = [];
+      if (info.model) parts.push("model " + info.model);
+      if (info.method) parts.push("method " + info.method);
+      if (info.gallery && info.gallery.points) parts.push(info.gallery.points.toLocaleString("en") + " gallery points");
+      if (info.device) parts.push(info.device);
+      if (!info.ready) parts.push(info.loading_error ? "failed to load: " + info.loading_error.error : "loading…");
+      document.getElementById("gf-server").textContent = parts.length ? "Server: " + parts.join(" · ") : "";
+      const sel = document.getElementById("gf-method");
+      if (info.methods && info.methods.length) {
+        for (const opt of Array.from(sel.options)) if (opt.value && info.methods.indexOf(opt.value) < 0) opt.remove();
+      }
+      if (!info.ready && !info.loading_error) setTimeout(serverInfo, 2000);
+    } catch (e) {
+      /* the page still works without it */
+    }
+  }
+  serverInfo();
+  document.getElementById("gf-key").addEventListener("change", serverInfo);
 
   input.addEventListener("change", () => setFiles(input.files));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); locate(); });
