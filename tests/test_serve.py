@@ -4,6 +4,7 @@ library's, micro-batching, per-image errors, limits, queue, deadline, auth, CORS
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -189,10 +190,7 @@ def test_pixel_bomb_refused_before_decoding(predictor, photos, monkeypatch):
     bomb = encoded(Image.new("L", (6000, 6000)), "PNG")  # 36 MP, a few KB compressed
     assert len(bomb) < 200_000
     with client_for(predictor, max_pixels=10_000_000) as client:
-        r = client.post(
-            "/v1/locate",
-            files=[("images", ("ok.jpg", photos[0].read_bytes(), "image/jpeg")), ("images", ("bomb.png", bomb, "image/png"))],
-        )
+        r = client.post("/v1/locate", files=[("images", ("ok.jpg", photos[0].read_bytes(), "image/jpeg")), ("images", ("bomb.png", bomb, "image/png"))])
         body = assert_error_body(r, 400)
         assert "bomb.png" in body["error"] and "36,000,000 pixels" in body["error"]
         assert "bomb.png" not in decoded
@@ -316,11 +314,7 @@ def test_cors_off_by_default_and_on_for_given_origin(predictor):
     with client_for(predictor, cors_origins=(origin,), api_key="k") as client:
         pre = client.options(
             "/v1/locate",
-            headers={
-                "Origin": origin,
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization",
-            },
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"},
         )
         assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
         r = client.get("/v1/models", headers={"Origin": origin, "X-API-Key": "k"})
@@ -348,9 +342,7 @@ def test_location_embeddings_match_geoclip_package(predictor):
         assert "lat" in body_bad["error"].lower()
         assert_error_body(client.post("/v1/locations/embed", json={"latlon": [[1.0, 2.0, 3.0]]}), 422)
         assert_error_body(client.post("/v1/locations/embed", json={"latlon": []}), 400)
-        assert_error_body(
-            client.post("/v1/locations/embed", content=b"{not json", headers={"content-type": "application/json"}), 422
-        )
+        assert_error_body(client.post("/v1/locations/embed", content=b"{not json", headers={"content-type": "application/json"}), 422)
     assert body["dim"] == 512 and body["model"] == "geoclip"
     got = np.array(body["embeddings"])
     enc = LocationEncoder(from_pretrained=True).double().eval()
