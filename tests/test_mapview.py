@@ -326,3 +326,55 @@ def test_pd25_circle_is_geodesic(driver, tmp_path):
     circle = driver.find_element("css selector", '.gf-circle[data-layer="pd25"]')
     box = driver.execute_script("const b = arguments[0].getBBox(); return [b.width, b.height];", circle)
     assert box[0] / box[1] == pytest.approx(1.0, rel=0.05)  # Mercator is conformal: still round on screen
+
+
+@pytest.mark.slow
+def test_database_and_rag_layers(driver, tmp_path):
+    """Nearest and farthest database photos, LLM candidates (source, verification score) and the
+    search cell appear as layers and tables with the numbers of ``prediction_json``."""
+    from geofast.output import prediction_json
+    from geofast.predict.types import Cell, Neighbour
+
+    near = [Neighbour(id=i, image=f"db/n{i}.jpg", similarity=0.9 - 0.1 * i, lat=59.9 + 0.01 * i, lon=10.7) for i in range(3)]
+    far = [Neighbour(id=10 + i, image=f"db/f{i}.jpg", similarity=-0.2 - 0.1 * i, lat=-30.0 - i, lon=20.0 + i) for i in range(2)]
+    llm = [
+        Candidate(lat=59.91, lon=10.75, score=0.82, source="llm:p5s0"),
+        Candidate(lat=60.39, lon=5.32, score=0.61, source="llm:p10s1"),
+        Candidate(lat=59.95, lon=10.71, score=0.55, source="db"),
+    ]
+    p = Prediction(
+        image="oslo.jpg", lat=59.91, lon=10.75, candidates=llm, confidence=None, localizable=None, method="rag",
+        place="Oslo, Norway", neighbours=near, farthest=far, fallback=False, cell=Cell(lat=59.9, lon=10.7, radius_km=25.0),
+    )  # fmt: skip
+    ref = prediction_json(p)
+    write_map(tmp_path / "rag.html", [p])
+    open_file(driver, tmp_path / "rag.html")
+    wait_ready(driver)
+    got_near = _markers(driver, "neighbours")
+    assert [(float(m["lat"]), float(m["lon"])) for m in got_near] == [(n["lat"], n["lon"]) for n in ref["neighbours"]]
+    assert [(float(m["lat"]), float(m["lon"])) for m in _markers(driver, "farthest")] == [
+        (n["lat"], n["lon"]) for n in ref["farthest"]
+    ]
+    got_llm = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.gf-layer[data-layer=\"llm\"] .gf-marker')).map(e => [+e.dataset.lat, +e.dataset.lon, e.dataset.source, +e.dataset.score])"
+    )
+    assert got_llm == [[c["lat"], c["lon"], c["source"], c["score"]] for c in ref["candidates"]]
+    rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#gf-llm tbody tr')).map(r => Array.from(r.children).map(c => c.textContent))"
+    )
+    assert [r[3] for r in rows] == [c["source"] for c in ref["candidates"]]
+    np.testing.assert_allclose([float(r[4]) for r in rows], [c["score"] for c in ref["candidates"]], atol=0.51e-4)
+    sims = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#gf-neighbours tbody tr')).map(r => +r.dataset.similarity)"
+    )
+    assert sims == [n["similarity"] for n in ref["neighbours"]]
+    cell = driver.find_elements("css selector", '.gf-circle[data-layer="cell"]')
+    assert len(cell) == 1 and cell[0].get_attribute("data-radius-km") == "25"
+    # Layer toggles hide and show a layer.
+    driver.find_element("css selector", '.gf-legend input[data-layer="farthest"]').click()
+    driver.execute_script("geofastMap._draw()")
+    assert _markers(driver, "farthest") == []
+    driver.find_element("css selector", '.gf-legend input[data-layer="farthest"]').click()
+    driver.execute_script("geofastMap._draw()")
+    assert len(_markers(driver, "farthest")) == 2
+    assert browser_errors(driver) == []
