@@ -89,7 +89,7 @@
       const r = this.results[this.selected];
       if (r && !r.error && r.predictions && r.predictions.length && (selectedOnly || ok.length === 1)) {
         const pts = r.predictions.map((p) => [p.lat, p.lon]).concat((r.neighbours || []).map((n) => [n.lat, n.lon]), (r.candidates || []).map((c) => [c.lat, c.lon]));
-        this.map.fitPoints(pts, 6);
+        this.map.fitPoints(pts, 5);
       } else {
         this.map.fitPoints(ok.map((x) => [x.predictions[0].lat, x.predictions[0].lon]), 6);
       }
@@ -115,10 +115,12 @@
           pd.push({ lat: p.lat, lon: p.lon, radius_km: PD_RADIUS_KM, label: name + ": PD\u2082\u2085 = " + fmt.prob(r.confidence) + " (probability within 25 km of the top-1)" });
         }
         if (i !== this.selected) return;
+        // Marker area proportional to probability, relative to the most probable candidate.
+        const maxProb = Math.max(1e-12, ...r.predictions.map((c) => c.prob || 0));
         r.predictions.forEach((c, k) => {
           const prob = c.prob === null || c.prob === undefined ? 0 : c.prob;
           cands.push({
-            lat: c.lat, lon: c.lon, r: 4 + 16 * Math.sqrt(prob), text: String(k + 1),
+            lat: c.lat, lon: c.lon, r: 6 + 10 * Math.sqrt(prob / maxProb), text: String(k + 1),
             label: "#" + (k + 1) + " " + (c.place || "") + " p=" + fmt.prob(c.prob),
             popup: ["Candidate #" + (k + 1), c.place || "(no place name)", fmt.coord(c.lat) + ", " + fmt.coord(c.lon), "probability " + fmt.prob(c.prob)],
             data: { rank: k + 1, prob: c.prob, place: c.place },
