@@ -158,8 +158,21 @@ def test_page_locates_a_photo_and_shows_the_apis_numbers(server, driver, page_fi
     assert pin["data-place"] == preds[0]["place"]
     assert _num(pin["data-confidence"]) == pytest.approx(ref["confidence"], rel=1e-6)
     assert pin["data-localizable"] == json.dumps(ref["localizable"])
+    # The PD25 circle is drawn once zoomed in (under 3 px it is skipped), 50 km across on screen.
+    zoom = 9
+    driver.execute_script(
+        "geofastMap.setView(arguments[0], arguments[1], arguments[2]); geofastMap._draw();",
+        preds[0]["lat"],
+        preds[0]["lon"],
+        zoom,
+    )
     circles = _attrs(driver, '.gf-circle[data-layer="pd25"]')
     assert len(circles) == 1 and float(circles[0]["data-radius-km"]) == 25.0
+    height_px = driver.execute_script(
+        "return document.querySelector('.gf-circle[data-layer=\"pd25\"]').getBoundingClientRect().height"
+    )
+    km_per_px = 2 * np.pi * 6371.0088 * np.cos(np.radians(preds[0]["lat"])) / (256 * 2**zoom)  # Web Mercator at that latitude
+    assert height_px * km_per_px == pytest.approx(50.0, rel=0.03)
     assert float(driver.find_element(By.ID, "gf-confidence").text) == pytest.approx(ref["confidence"], abs=0.51e-4)
     assert driver.find_element(By.ID, "gf-localizable").text == ("yes" if ref["localizable"] else "no")
     assert driver.find_element(By.ID, "gf-top1-place").text == preds[0]["place"]
