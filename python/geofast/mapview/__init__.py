@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Any
 
 from geofast._io import atomic_write_text
+from geofast.constants import EARTH_RADIUS_KM, LOCALIZABLE_THRESHOLD, PD_RADIUS_KM
 from geofast.errors import ParameterError
 from geofast.mapview.coverage import CoverageCells, coverage_cells
 from geofast.predict.types import Prediction
@@ -84,6 +85,11 @@ def map_page_html(data: Mapping[str, Any], *, title: str = "geofast", tiles: str
     tiles = _check_tiles(tiles)
     config = dict(data)
     config["tiles"] = tiles
+    config["constants"] = {
+        "pd_radius_km": PD_RADIUS_KM,
+        "earth_radius_km": EARTH_RADIUS_KM,
+        "localizable_threshold": LOCALIZABLE_THRESHOLD,
+    }
     scripts = [_asset("map.js"), _asset("view.js"), _asset("app.js")]
     img_src = "'self' data: blob:"
     if tiles is not None:

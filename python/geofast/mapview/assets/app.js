@@ -5,6 +5,8 @@
   const cfg = JSON.parse(document.getElementById("gf-config").textContent);
   const outlines = JSON.parse(document.getElementById("gf-outlines").textContent);
   const V = window.GeofastView;
+  window.GeoMap.configure(cfg.constants);
+  V.configure(cfg.constants);
   let attribution = null;
   if (cfg.tiles) attribution = "Tiles: " + new URL(cfg.tiles.replace(/[{}]/g, "")).host;
   const map = new window.GeoMap(document.getElementById("gf-map"), { outlines: outlines, tiles: cfg.tiles, attribution: attribution });

@@ -8,7 +8,7 @@
   const SVGNS = "http://www.w3.org/2000/svg";
   const WORLD = 256;
   const MAX_LAT = 85.0511287798;
-  const EARTH_R_KM = 6371.0088;
+  let EARTH_R_KM = 6371.0088; // the page sets geofast.constants.EARTH_RADIUS_KM (GeoMap.configure)
   const CLUSTER_PX = 56;
   const DEG = Math.PI / 180;
 
@@ -557,6 +557,9 @@
   }
 
   global.GeoMap = GeoMap;
+  global.GeoMap.configure = function (c) {
+    if (c && c.earth_radius_km) EARTH_R_KM = c.earth_radius_km;
+  };
   global.GeoMap.project = project;
   global.GeoMap.destination = destination;
 })(window);

@@ -14,7 +14,8 @@
     cell: "#00838f",
     coverage: "#1565c0",
   };
-  const PD_RADIUS_KM = 25;
+  let PD_RADIUS_KM = 25; // set from geofast.constants by the page (GeofastView.configure)
+  let LOCALIZABLE = 0.2;
   const MANY = 200; // cluster a layer above this many points
 
   function h(tag, attrs, parent, text) {
@@ -34,6 +35,7 @@
 
   function baseName(path) {
     const s = String(path || "");
+    if (s.startsWith("text: ") || /^https?:\/\//.test(s)) return s; // text queries and URLs are shown whole
     const i = Math.max(s.lastIndexOf("/"), s.lastIndexOf("\\"));
     return i >= 0 ? s.slice(i + 1) : s;
   }
@@ -108,11 +110,11 @@
           color: weak ? COLORS.top1Weak : COLORS.top1,
           label: name + ": " + (p.place || fmt.coord(p.lat) + ", " + fmt.coord(p.lon)),
           popup: [name, (p.place || "(no place name)"), fmt.coord(p.lat) + ", " + fmt.coord(p.lon),
-            "probability " + fmt.prob(p.prob), "PD\u2082\u2085 confidence " + fmt.prob(r.confidence) + (r.localizable === null || r.localizable === undefined ? "" : r.localizable ? " \u2014 localizable" : " \u2014 not localizable")],
+            "probability " + fmt.prob(p.prob), "PD\u2082\u2085 confidence " + fmt.prob(r.confidence) + (r.localizable === null || r.localizable === undefined ? "" : r.localizable ? " \u2014 localizable (> " + LOCALIZABLE + ")" : " \u2014 not localizable (\u2264 " + LOCALIZABLE + ")")],
           data: { image: r.image, rank: 1, prob: p.prob, place: p.place, confidence: r.confidence, localizable: r.localizable },
         });
         if (r.confidence !== null && r.confidence !== undefined) {
-          pd.push({ lat: p.lat, lon: p.lon, radius_km: PD_RADIUS_KM, label: name + ": PD\u2082\u2085 = " + fmt.prob(r.confidence) + " (probability within 25 km of the top-1)" });
+          pd.push({ lat: p.lat, lon: p.lon, radius_km: PD_RADIUS_KM, label: name + ": PD\u2082\u2085 = " + fmt.prob(r.confidence) + " (probability within " + PD_RADIUS_KM + " km of the top-1)" });
         }
         if (i !== this.selected) return;
         // Marker area proportional to probability, relative to the most probable candidate.
@@ -144,7 +146,7 @@
       });
       this.map.setLayers([
         { id: "cell", label: "Search cell", color: COLORS.cell, kind: "circles", items: cells },
-        { id: "pd25", label: "PD\u2082\u2085 circle (25 km)", color: COLORS.pd25, kind: "circles", items: pd },
+        { id: "pd25", label: "PD\u2082\u2085 circle (" + PD_RADIUS_KM + " km)", color: COLORS.pd25, kind: "circles", items: pd },
         { id: "farthest", label: "Farthest database photos", color: COLORS.farthest, kind: "points", items: far, nofit: true },
         { id: "neighbours", label: "Nearest database photos", color: COLORS.neighbours, kind: "points", items: near },
         { id: "candidates", label: "Top-k candidates" + (many ? " (selected photo)" : ""), color: COLORS.candidates, kind: "points", items: cands },
@@ -250,5 +252,10 @@
     }
   }
 
-  global.GeofastView = { ResultsView: ResultsView, CoverageView: CoverageView, fmt: fmt, h: h, baseName: baseName };
+  function configure(c) {
+    if (c && c.pd_radius_km) PD_RADIUS_KM = c.pd_radius_km;
+    if (c && c.localizable_threshold !== undefined) LOCALIZABLE = c.localizable_threshold;
+  }
+
+  global.GeofastView = { ResultsView: ResultsView, CoverageView: CoverageView, configure: configure, fmt: fmt, h: h, baseName: baseName };
 })(window);

@@ -20,6 +20,7 @@ import pytest
 import geofast as gf
 from browser_support import browser_errors, chromium, network_urls, outside_requests, wait_ready
 from conftest import make_photo
+from geofast.constants import EARTH_RADIUS_KM, PD_RADIUS_KM
 
 pytestmark = pytest.mark.slow
 
@@ -167,12 +168,14 @@ def test_page_locates_a_photo_and_shows_the_apis_numbers(server, driver, page_fi
         zoom,
     )
     circles = _attrs(driver, '.gf-circle[data-layer="pd25"]')
-    assert len(circles) == 1 and float(circles[0]["data-radius-km"]) == 25.0
+    assert len(circles) == 1 and float(circles[0]["data-radius-km"]) == PD_RADIUS_KM
     height_px = driver.execute_script(
         "return document.querySelector('.gf-circle[data-layer=\"pd25\"]').getBoundingClientRect().height"
     )
-    km_per_px = 2 * np.pi * 6371.0088 * np.cos(np.radians(preds[0]["lat"])) / (256 * 2**zoom)  # Web Mercator at that latitude
-    assert height_px * km_per_px == pytest.approx(50.0, rel=0.03)
+    km_per_px = (
+        2 * np.pi * EARTH_RADIUS_KM * np.cos(np.radians(preds[0]["lat"])) / (256 * 2**zoom)
+    )  # Web Mercator at that latitude
+    assert height_px * km_per_px == pytest.approx(2 * PD_RADIUS_KM, rel=0.03)
     assert float(driver.find_element(By.ID, "gf-confidence").text) == pytest.approx(ref["confidence"], abs=0.51e-4)
     assert driver.find_element(By.ID, "gf-localizable").text == ("yes" if ref["localizable"] else "no")
     assert driver.find_element(By.ID, "gf-top1-place").text == preds[0]["place"]
