@@ -4,7 +4,6 @@ library's, micro-batching, per-image errors, limits, queue, deadline, auth, CORS
 from __future__ import annotations
 
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +44,7 @@ def wait_until(cond, timeout_s: float = 20.0) -> None:
 
 
 # -- answers ----------------------------------------------------------------------------------
+@pytest.mark.slow  # the first test of a session pays for the gallery cache and the place index
 def test_locate_equals_library(predictor, geolocator, photos):
     chosen = photos[:3]  # jpg, png, webp
     with client_for(predictor) as client:
@@ -176,6 +176,16 @@ def test_body_limit_413_from_header_and_from_stream(predictor, photos):
         assert r.status_code == 200
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk claiming ``width × height`` pixels, with no pixel data."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk
+
+
 def test_pixel_bomb_refused_before_decoding(predictor, photos, monkeypatch):
     import geofast.serve.app as serve_app
 
@@ -190,12 +200,15 @@ def test_pixel_bomb_refused_before_decoding(predictor, photos, monkeypatch):
     bomb = encoded(Image.new("L", (6000, 6000)), "PNG")  # 36 MP, a few KB compressed
     assert len(bomb) < 200_000
     with client_for(predictor, max_pixels=10_000_000) as client:
-        r = client.post("/v1/locate", files=[("images", ("ok.jpg", photos[0].read_bytes(), "image/jpeg")), ("images", ("bomb.png", bomb, "image/png"))])
+        r = client.post(
+            "/v1/locate",
+            files=[("images", ("ok.jpg", photos[0].read_bytes(), "image/jpeg")), ("images", ("bomb.png", bomb, "image/png"))],
+        )
         body = assert_error_body(r, 400)
         assert "bomb.png" in body["error"] and "36,000,000 pixels" in body["error"]
         assert "bomb.png" not in decoded
-        # PIL's own hard limit (beyond 2 × MAX_IMAGE_PIXELS) is a 400 too.
-        huge = encoded(Image.new("1", (20_000, 20_000)), "PNG")
+        # PIL's own hard limit (beyond 2 × MAX_IMAGE_PIXELS) is a 400 too: a bare PNG header.
+        huge = png_header_only(30_000, 30_000)
         r = client.post("/v1/locate", files=[("images", ("huge.png", huge, "image/png"))])
         assert_error_body(r, 400)
 
@@ -314,7 +327,11 @@ def test_cors_off_by_default_and_on_for_given_origin(predictor):
     with client_for(predictor, cors_origins=(origin,), api_key="k") as client:
         pre = client.options(
             "/v1/locate",
-            headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"},
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
         )
         assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
         r = client.get("/v1/models", headers={"Origin": origin, "X-API-Key": "k"})
@@ -342,7 +359,9 @@ def test_location_embeddings_match_geoclip_package(predictor):
         assert "lat" in body_bad["error"].lower()
         assert_error_body(client.post("/v1/locations/embed", json={"latlon": [[1.0, 2.0, 3.0]]}), 422)
         assert_error_body(client.post("/v1/locations/embed", json={"latlon": []}), 400)
-        assert_error_body(client.post("/v1/locations/embed", content=b"{not json", headers={"content-type": "application/json"}), 422)
+        assert_error_body(
+            client.post("/v1/locations/embed", content=b"{not json", headers={"content-type": "application/json"}), 422
+        )
     assert body["dim"] == 512 and body["model"] == "geoclip"
     got = np.array(body["embeddings"])
     enc = LocationEncoder(from_pretrained=True).double().eval()

@@ -320,7 +320,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
             job = batcher.submit([decoded[i][0] for i in good], [names[i] for i in good], top_k, deadline)
             try:
                 located = await asyncio.wait_for(job.future, timeout=max(0.0, deadline - time.monotonic()))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 raise DeadlineExceeded(
                     f"the request took longer than its deadline of {config.deadline_s:g} s",
                     hint="send fewer images per request or retry when the server is less busy",
