@@ -66,7 +66,7 @@ def test_import_and_help_do_not_load_torch():
 def test_interleaved_workload_alternates_and_keeps_the_best_time():
     import time
 
-    from geofast.bench import Workload, run_workload
+    from benches.harness import Workload, run_workload
 
     calls: list[str] = []
     g_sleeps = iter([0.0, 0.3, 0.1, 0.2])  # warm-up first, then the timed runs

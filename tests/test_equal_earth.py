@@ -5,20 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from benches.reference import numpy_equal_earth
 
 import geofast as gf
 from conftest import random_latlon
-
-
-def numpy_equal_earth(latlon: np.ndarray) -> np.ndarray:
-    """Equal Earth (Šavrič et al. 2018) scaled by GeoCLIP's SF/180, in float64."""
-    a1, a2, a3, a4, sf = 1.340264, -0.081106, 0.000893, 0.003796, 66.50336
-    lat = np.radians(latlon[:, 0])
-    lon = np.radians(latlon[:, 1])
-    theta = np.arcsin(np.sqrt(3.0) / 2.0 * np.sin(lat))
-    x = 2 * np.sqrt(3.0) * lon * np.cos(theta) / (3 * (9 * a4 * theta**8 + 7 * a3 * theta**6 + 3 * a2 * theta**2 + a1))
-    y = a4 * theta**9 + a3 * theta**7 + a2 * theta**3 + a1 * theta
-    return np.column_stack([x, y]) * sf / 180.0
 
 
 def test_matches_float64_formula():

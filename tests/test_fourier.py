@@ -8,17 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from benches.reference import float64_features
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import geofast as gf
 from conftest import random_latlon
-
-
-def float64_features(xy: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The reference of the brief: [cos(2π·xy·bᵀ) | sin(2π·xy·bᵀ)] in float64."""
-    x = 2 * np.pi * (np.asarray(xy, np.float64) @ np.asarray(b, np.float64).T)
-    return np.concatenate([np.cos(x), np.sin(x)], axis=1)
 
 
 def reduced_features(xy: np.ndarray, b: np.ndarray) -> np.ndarray:

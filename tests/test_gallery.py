@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from benches.reference import assert_same_topk, logsumexp64, numpy_topk, unit_rows
 from scipy.special import logsumexp
 
 import geofast as gf
-from _search_ref import assert_same_topk, logsumexp64, numpy_topk, unit_rows
 
 
 def test_f32_gallery_equals_topk_and_numpy():

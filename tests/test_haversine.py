@@ -9,6 +9,7 @@ import sys
 import mpmath
 import numpy as np
 import pytest
+from benches.reference import numpy_haversine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics.pairwise import haversine_distances
@@ -17,13 +18,6 @@ import geofast as gf
 from conftest import random_latlon
 
 R = 6371.0088
-
-
-def numpy_haversine(a: np.ndarray, b: np.ndarray, radius_km: float = R) -> np.ndarray:
-    """Textbook float64 haversine: 2R·asin(√h)."""
-    lat1, lon1, lat2, lon2 = (np.radians(c) for c in (a[:, 0], a[:, 1], b[:, 0], b[:, 1]))
-    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * radius_km * np.arcsin(np.sqrt(h))
 
 
 def mp_haversine(p, q, radius_km: float = R) -> float:

@@ -1,4 +1,4 @@
-"""The LLM client against a real chat-completions server on 127.0.0.1 (geofast.llm.stub).
+"""The LLM client against a real chat-completions server on 127.0.0.1 (geofast.testing.openai_stub).
 
 Covers the request content (data URL → JPEG of the configured size, the references in the
 prompt, the key header), retries on 500/429 with the openai client's backoff and Retry-After,
@@ -21,8 +21,8 @@ from PIL import Image
 
 from geofast.errors import LLMError, ParameterError
 from geofast.llm import LLMClient, LLMConfig, ResponseCache, Usage, encode_image
-from geofast.llm.stub import StubChatServer, StubReply
 from geofast.predict.rag import predict_rag
+from geofast.testing.openai_stub import StubChatServer, StubReply
 from llm_support import geoclip_prediction, jpeg_size, noise_image
 
 GOOD = '{"latitude": 48.8566, "longitude": 2.3522}'
@@ -489,7 +489,7 @@ def test_data_url_roundtrip():
 
 
 def test_stub_in_a_child_process_answers_deterministically():
-    from geofast.llm.stub import StubChatProcess
+    from geofast.testing.openai_stub import StubChatProcess
 
     with StubChatProcess(delay_s=0.0) as proc:
         c = LLMConfig(base_url=proc.base_url, model="m", references=(0, 1), samples=1, cache=False)

@@ -13,9 +13,9 @@ from sklearn.metrics.pairwise import haversine_distances
 
 from geofast.errors import ParameterError, ShapeError
 from geofast.llm import LLMConfig
-from geofast.llm.stub import StubChatServer, StubReply
 from geofast.predict.rag import build_inputs, geo_verify, predict_rag
 from geofast.predict.types import Prediction
+from geofast.testing.openai_stub import StubChatServer, StubReply
 from llm_support import FaissDatabase, SphereEncoder, geoclip_prediction, noise_image, unit_vectors
 
 COORD = re.compile(r"\((-?\d+\.\d{4}), (-?\d+\.\d{4})\)")

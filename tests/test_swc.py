@@ -11,47 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from benches.reference import ref_swc
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.cluster import DBSCAN
 
 import geofast as gf
 from conftest import random_latlon
 
 R = 6371.0
-
-
-def unit(latlon):
-    lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
-    return np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
-
-
-def ref_swc(latlon, sim, eps_km=1.0, min_samples=1, a=0.0, radius=R):
-    latlon = np.asarray(latlon, dtype=np.float64)
-    sim = np.asarray(sim, dtype=np.float64)
-    labels = (
-        DBSCAN(eps=eps_km / radius, min_samples=min_samples, metric="haversine", algorithm="ball_tree")
-        .fit(np.radians(latlon))
-        .labels_
-    )
-    if (labels == -1).all():
-        members = np.array([int(np.argmax(sim))])
-    else:
-        ids, counts = np.unique(labels[labels >= 0], return_counts=True)
-        tied = np.isin(labels, ids[counts == counts.max()])
-        best = np.flatnonzero(tied)[np.argmax(sim[tied])]
-        members = np.flatnonzero(labels == labels[best])
-    if len(members) == 1:
-        lat, lon = latlon[members[0]]
-        return lat, lon, members
-    w = np.ones(len(members)) if a == 0 else sim[members] ** a
-    v = (w[:, None] * unit(latlon[members])).sum(axis=0)
-    norm = np.linalg.norm(v)
-    if norm <= 1e-12 * np.abs(w).sum():
-        lat, lon = latlon[members[np.argmax(sim[members])]]
-        return lat, lon, members
-    v /= norm
-    return np.degrees(np.arctan2(v[2], np.hypot(v[0], v[1]))), np.degrees(np.arctan2(v[1], v[0])), members
 
 
 def assert_same_place(lat, lon, rlat, rlon, tol=1e-9):
@@ -166,7 +133,7 @@ def test_negative_similarities_with_integer_exponent():
     sim = np.random.default_rng(0).uniform(-1, 1, 12)
     for a in (0.0, 1.0, 2.0):
         lat, lon, members = gf.swc(ll, sim, weight_exponent=a)
-        rlat, rlon, rmembers = ref_swc(ll, sim, a=a)
+        rlat, rlon, rmembers = ref_swc(ll, sim, weight_exponent=a)
         np.testing.assert_array_equal(members, rmembers)
         assert_same_place(lat, lon, rlat, rlon)
 

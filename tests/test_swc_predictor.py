@@ -9,32 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.cluster import DBSCAN
+from benches.reference import ref_swc
 
 from conftest import make_photo, make_tiny_clip
-from geofast.database import Database
+from geofast.db import Database
 from geofast.errors import DatabaseError, InputError, ParameterError
 from geofast.predict.swc import SwcPredictor
 
 R_SWC = 6371.0
-
-
-def ref_swc(latlon, sims, eps_km=1.0, min_samples=1, weight_exponent=0.0):
-    """visloc's SwC: DBSCAN → largest cluster (ties: the one with the most similar member) →
-    re-normalised mean of unit vectors (weights sims**a)."""
-    latlon = np.asarray(latlon, dtype=np.float64)
-    sims = np.asarray(sims, dtype=np.float64)
-    labels = DBSCAN(eps=eps_km / R_SWC, min_samples=min_samples, metric="haversine").fit(np.radians(latlon)).labels_.copy()
-    nxt = labels.max() + 1
-    for i in np.flatnonzero(labels < 0):  # noise points: clusters of their own
-        labels[i] = nxt
-        nxt += 1
-    best = max((np.flatnonzero(labels == c) for c in np.unique(labels)), key=lambda m: (len(m), sims[m].max()))
-    w = sims[best] ** weight_exponent
-    lat, lon = np.radians(latlon[best, 0]), np.radians(latlon[best, 1])
-    v = (np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)]) * w[:, None]).sum(axis=0)
-    v /= np.linalg.norm(v)
-    return np.degrees(np.arcsin(v[2])), np.degrees(np.arctan2(v[1], v[0])), np.sort(best)
 
 
 def np_haversine(a, b, r=6371.0088):

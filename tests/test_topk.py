@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benches.reference import assert_same_topk, numpy_topk, unit_rows
 
 import geofast as gf
-from _search_ref import assert_same_topk, numpy_topk, unit_rows
 
 
 @pytest.mark.parametrize("d", [7, 33, 768])

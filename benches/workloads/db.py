@@ -1,4 +1,4 @@
-"""Benchmark workloads of the image database (``geofast.database``) and the SwC predictor.
+"""Benchmark workloads of the image database (``geofast.db``) and the SwC predictor.
 
 * **flat search + SwC, 1M × 768 f16** (full mode only): random L2-normalised vectors stored f16
   in a database under a temporary folder (never the repository), memory-mapped; one query
@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from geofast.bench import Skip, Workload, quiet_libraries
+from benches.harness import Skip, Workload, quiet_libraries
+from benches.reference import ref_swc
 
 N_LARGE = 1_000_000
 DIM = 768
@@ -58,7 +59,7 @@ def _random_latlon(n: int, seed: int) -> np.ndarray:
 
 def _large_db(index: str = "Flat") -> Any:
     """The 1M × 768 f16 database (generated once per process; IVF built from the same vectors)."""
-    from geofast.database import Database
+    from geofast.db import Database
 
     root = _tmp_root()
     flat_dir = root / "flat1m"
@@ -103,23 +104,11 @@ def _faiss_flat(db: Any) -> Any:
     return index
 
 
-def _reference_swc(latlon: np.ndarray, sims: np.ndarray, eps_km: float = 1.0) -> tuple[float, float]:
-    """visloc's SwC with sklearn DBSCAN + numpy (the anchor side)."""
-    from sklearn.cluster import DBSCAN
-
-    labels = DBSCAN(eps=eps_km / 6371.0, min_samples=1, metric="haversine").fit(np.radians(latlon)).labels_
-    best = max((np.flatnonzero(labels == c) for c in np.unique(labels)), key=lambda m: (len(m), sims[m].max()))
-    lat, lon = np.radians(latlon[best, 0]), np.radians(latlon[best, 1])
-    v = np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)]).sum(axis=0)
-    v /= np.linalg.norm(v)
-    return float(np.degrees(np.arcsin(v[2]))), float(np.degrees(np.arctan2(v[1], v[0])))
-
-
 _RSS_SCRIPT = r"""
 import json, resource, sys, time
 import numpy as np
 import geofast as gf
-from geofast.database import Database
+from geofast.db import Database
 db = Database.open(sys.argv[1])
 q = np.load(sys.argv[2])
 t0 = time.perf_counter()
@@ -256,7 +245,7 @@ def _build_setup(n_images: int, n_anchor: int) -> dict[str, Any]:
 
 
 def _build_run(state: dict[str, Any]) -> Any:
-    from geofast.database import Database
+    from geofast.db import Database
 
     state["runs"] += 1
     out = state["root"] / f"db{state['runs']}"
@@ -322,7 +311,7 @@ def workloads(quick: bool) -> list[Workload]:
 
     def flat_anchor(s: dict[str, Any]) -> Any:
         sims, ids = s["faiss"].search(s["q"], K)
-        return sims, ids, _reference_swc(s["latlon"][ids[0]], sims[0].astype(np.float64))
+        return sims, ids, ref_swc(s["latlon"][ids[0]], sims[0].astype(np.float64))[:2]
 
     def flat_check(s: dict[str, Any], ours: Any, ref: Any) -> str:
         if not _same_topk(ours[1], ours[0], ref[1], ref[0]):

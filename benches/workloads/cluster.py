@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from geofast.bench import Skip, Workload
+from benches.harness import Skip, Workload
+from benches.reference import ref_swc
 
 EARTH_KM = 6371.0088
 VISLOC_KM = 6371.0
@@ -167,31 +168,6 @@ def swc_neighbours(b: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return latlon, rng.uniform(0.2, 0.9, (b, k))
 
 
-def swc_reference(
-    latlon: np.ndarray, sim: np.ndarray, eps_km: float = 1.0, min_samples: int = 1
-) -> tuple[float, float, np.ndarray]:
-    """Search-within-Cell for one query the way visloc-estimation computes it: sklearn DBSCAN,
-    largest cluster (ties: the most similar neighbour's), spherical centroid with numpy."""
-    DBSCAN, _ = _sklearn()
-    labels = (
-        DBSCAN(eps=eps_km / VISLOC_KM, min_samples=min_samples, metric="haversine", algorithm="ball_tree")
-        .fit(np.radians(latlon))
-        .labels_
-    )
-    if (labels == -1).all():
-        members = np.array([int(np.argmax(sim))])
-    else:
-        ids, counts = np.unique(labels[labels >= 0], return_counts=True)
-        tied = np.isin(labels, ids[counts == counts.max()])
-        members = np.flatnonzero(labels == labels[np.flatnonzero(tied)[np.argmax(sim[tied])]])
-    if len(members) == 1:
-        return float(latlon[members[0], 0]), float(latlon[members[0], 1]), members
-    lat, lon = np.radians(latlon[members, 0]), np.radians(latlon[members, 1])
-    v = np.array([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)]).mean(axis=1)
-    v /= np.linalg.norm(v)
-    return float(np.degrees(np.arctan2(v[2], np.hypot(v[0], v[1])))), float(np.degrees(np.arctan2(v[1], v[0]))), members
-
-
 def _swc_workload(b: int, k: int) -> Workload:
     import geofast as gf
 
@@ -201,7 +177,7 @@ def _swc_workload(b: int, k: int) -> Workload:
         return {"latlon": latlon, "sim": sim}
 
     def anchor(s):
-        return [swc_reference(s["latlon"][q], s["sim"][q]) for q in range(b)]
+        return [ref_swc(s["latlon"][q], s["sim"][q]) for q in range(b)]
 
     def check(state, ours, ref):
         lat, lon, members = ours

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from geofast.bench import Skip, Workload, quiet_libraries
+from benches.harness import Skip, Workload, quiet_libraries
 
 #: IUGG mean Earth radius, the default of gf.haversine.
 R_KM = 6371.0088

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from geofast.bench import Skip, Workload
+from benches.harness import Skip, Workload
 
 N, D, K = 100_000, 512, 5
 #: GeoMapCLIP's logit scale (≈ 78.94).

@@ -8,7 +8,7 @@ repeats). A reply can be an answer, an HTTP error with headers (e.g. 429 + ``Ret
 body that is not a chat completion, and can be delayed (a stall past the client's timeout).
 
 :class:`StubChatProcess` runs the same server in a child process (``python -m
-geofast.llm.stub``) answering :func:`hash_answer`, so that a benchmark's client does not share
+geofast.testing.openai_stub``) answering :func:`hash_answer`, so that a benchmark's client does not share
 its interpreter (and GIL) with the server, as with a real LLM server.
 
 Nothing here leaves loopback; ``geofast bench --area llm`` and the test-suite both use it.
@@ -344,7 +344,7 @@ class StubChatProcess:
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(geofast.__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "geofast.llm.stub", "--delay", repr(self.delay_s)],
+            [sys.executable, "-m", "geofast.testing.openai_stub", "--delay", repr(self.delay_s)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -399,7 +399,7 @@ class StubChatProcess:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve :func:`hash_answer` on 127.0.0.1 until stdin closes; print ``PORT n`` first."""
-    parser = argparse.ArgumentParser(prog="python -m geofast.llm.stub")
+    parser = argparse.ArgumentParser(prog="python -m geofast.testing.openai_stub")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     args = parser.parse_args(argv)
     server = StubChatServer(hash_answer, delay_s=args.delay).start()

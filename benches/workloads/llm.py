@@ -1,4 +1,4 @@
-"""Benchmark workloads of the RAG/LLM stage against a local chat server (geofast.llm.stub).
+"""Benchmark workloads of the RAG/LLM stage against a local chat server (geofast.testing.openai_stub).
 
 - **overhead, cached**: a rerun where every answer comes from the on-disk cache: what is left is
   geofast's own work around the LLM call (image downscale + JPEG, prompt building, cache
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from geofast.bench import Workload
+from benches.harness import Workload
 
 N_REQUESTS_PER_IMAGE = 8  # G3 plan: 4 prompts × 2 samples
 
@@ -140,7 +140,7 @@ def workloads(quick: bool) -> list[Workload]:
     # -- 1. cached rerun: geofast's own overhead ------------------------------------------------
     def setup_cached() -> _State:
         from geofast.llm import LLMConfig
-        from geofast.llm.stub import StubChatProcess
+        from geofast.testing.openai_stub import StubChatProcess
 
         server = StubChatProcess().start()
         tmp = tempfile.mkdtemp(prefix="geofast-bench-llm-")
@@ -169,8 +169,8 @@ def workloads(quick: bool) -> list[Workload]:
     # -- 2. end-to-end vs bare openai calls -----------------------------------------------------
     def setup_e2e() -> _State:
         from geofast.llm import LLMClient, LLMConfig, encode_image, plan_prompts
-        from geofast.llm.stub import StubChatProcess
         from geofast.predict.rag import build_inputs
+        from geofast.testing.openai_stub import StubChatProcess
 
         server = StubChatProcess().start()
         config = LLMConfig.g3(base_url=server.base_url, model="stub", samples=2, cache=False)
@@ -245,7 +245,7 @@ def workloads(quick: bool) -> list[Workload]:
     # -- 3. concurrency ---------------------------------------------------------------------------
     def setup_conc() -> _State:
         from geofast.llm import LLMConfig
-        from geofast.llm.stub import StubChatProcess
+        from geofast.testing.openai_stub import StubChatProcess
 
         server = StubChatProcess(delay_s=delay_s).start()
         base: dict[str, Any] = dict(base_url=server.base_url, model="stub", references=(0,), samples=1, cache=False)

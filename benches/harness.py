@@ -6,7 +6,7 @@ sides in the same run, so the ratio is meaningful on a noisy machine even when a
 not. ``geofast bench`` renders the results; ``benches/`` runs the same workloads under
 pytest-benchmark.
 
-Workloads live in one module per area (``geo``, ``cluster``, ``search``, ``e2e``); each module
+Workloads live in ``benches/workloads``, one module per area; each module
 exposes ``workloads(quick: bool) -> list[Workload]``.
 """
 
@@ -133,7 +133,7 @@ def collect(quick: bool, areas: Iterable[str] = AREAS) -> list[Workload]:
     """All workloads of the given areas."""
     found: list[Workload] = []
     for area in areas:
-        module = importlib.import_module(f"geofast.bench.{area}")
+        module = importlib.import_module(f"benches.workloads.{area}")
         found.extend(module.workloads(quick))
     return found
 

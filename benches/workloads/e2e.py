@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from geofast.bench import Skip, Workload, quiet_libraries, time_call
+from benches.harness import Skip, Workload, quiet_libraries, time_call
 
 #: Gallery points searched by both sides in quick mode (the full mode uses all 100K).
 QUICK_GALLERY = 5_000
