@@ -173,10 +173,16 @@ def load_image(image: ImageInput, *, limit_pixels: int | None = None) -> Image.I
     return _decode(_open_bytes(data, name), name, limit)
 
 
-def _open_bytes(data: bytes, name: str) -> Image.Image:
+def _open_bytes(data: bytes, name: str, formats: Sequence[str] | None = None) -> Image.Image:
+    allowed: list[str] | None = None
+    if formats is not None:
+        Image.init()  # register every plugin: PIL loads the rarer ones (MPO, ...) lazily
+        allowed = [f.upper() for f in formats if f.upper() in Image.OPEN]
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=allowed)
     except UnidentifiedImageError as e:
+        if formats is not None:
+            raise ImageError(f"{name}: not an image in an accepted format ({', '.join(formats)})") from e
         raise ImageError(f"{name}: not an image PIL can read") from e
     except Image.DecompressionBombError as e:
         raise PixelLimitError(
@@ -289,8 +295,11 @@ def load_url(
     timeout_s: float = DEFAULT_URL_TIMEOUT_S,
     allow_private: bool = False,
     limit_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
 ) -> Image.Image:
     """Fetch an image over http(s) and open it like :func:`load_image`.
+
+    ``formats`` (PIL format names) restricts the decoders tried on the fetched bytes.
 
     At most ``max_bytes`` are read (a larger body is refused, whether announced by
     ``Content-Length`` or not); the whole fetch, redirects included, must finish within
@@ -334,7 +343,7 @@ def load_url(
                 raise ImageError(f"{url}: cannot fetch ({detail})", hint="check the URL and the network") from e
             if not data:
                 raise ImageError(f"{url}: empty response (0 bytes)")
-            return _decode(_open_bytes(data, url), url, limit)
+            return _decode(_open_bytes(data, url, formats), url, limit)
     raise ImageError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
