@@ -45,6 +45,7 @@ def wait_until(cond, timeout_s: float = 20.0) -> None:
 
 
 # -- answers ----------------------------------------------------------------------------------
+@pytest.mark.slow  # the first test of a session pays for the gallery cache and the place index
 def test_locate_equals_library(predictor, geolocator, photos):
     chosen = photos[:3]  # jpg, png, webp
     with client_for(predictor) as client:
@@ -111,7 +112,8 @@ def test_micro_batching_coalesces_waiting_requests(predictor, geolocator, photos
         finally:
             geolocator.backbone.encode = encode
     assert [a.status_code for a in answers] == [200] * 4
-    assert gate.batches == [[1], [1, 2, 1]]  # 4 images of 3 requests in the second call
+    assert gate.batches[0] == [1] and sorted(gate.batches[1]) == [1, 1, 2]  # 3 requests, 4 images in the second call
+    assert len(gate.batches) == 2
     assert calls == [1, 4]  # one forward pass each
     assert [(b.requests, b.images) for b in batcher.batches] == [(1, 1), (3, 4)]
     # Coalesced answers agree with the library run on each request alone (batch composition
@@ -176,6 +178,18 @@ def test_body_limit_413_from_header_and_from_stream(predictor, photos):
         assert r.status_code == 200
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming ``width × height`` pixels (IHDR), with an empty IDAT: no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
 def test_pixel_bomb_refused_before_decoding(predictor, photos, monkeypatch):
     import geofast.serve.app as serve_app
 
@@ -190,12 +204,15 @@ def test_pixel_bomb_refused_before_decoding(predictor, photos, monkeypatch):
     bomb = encoded(Image.new("L", (6000, 6000)), "PNG")  # 36 MP, a few KB compressed
     assert len(bomb) < 200_000
     with client_for(predictor, max_pixels=10_000_000) as client:
-        r = client.post("/v1/locate", files=[("images", ("ok.jpg", photos[0].read_bytes(), "image/jpeg")), ("images", ("bomb.png", bomb, "image/png"))])
+        r = client.post(
+            "/v1/locate",
+            files=[("images", ("ok.jpg", photos[0].read_bytes(), "image/jpeg")), ("images", ("bomb.png", bomb, "image/png"))],
+        )
         body = assert_error_body(r, 400)
         assert "bomb.png" in body["error"] and "36,000,000 pixels" in body["error"]
         assert "bomb.png" not in decoded
-        # PIL's own hard limit (beyond 2 × MAX_IMAGE_PIXELS) is a 400 too.
-        huge = encoded(Image.new("1", (20_000, 20_000)), "PNG")
+        # PIL's own hard limit (beyond 2 × MAX_IMAGE_PIXELS) is a 400 too: a bare PNG header.
+        huge = png_header_only(30_000, 30_000)
         r = client.post("/v1/locate", files=[("images", ("huge.png", huge, "image/png"))])
         assert_error_body(r, 400)
 
@@ -314,7 +331,11 @@ def test_cors_off_by_default_and_on_for_given_origin(predictor):
     with client_for(predictor, cors_origins=(origin,), api_key="k") as client:
         pre = client.options(
             "/v1/locate",
-            headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"},
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
         )
         assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
         r = client.get("/v1/models", headers={"Origin": origin, "X-API-Key": "k"})
@@ -342,7 +363,9 @@ def test_location_embeddings_match_geoclip_package(predictor):
         assert "lat" in body_bad["error"].lower()
         assert_error_body(client.post("/v1/locations/embed", json={"latlon": [[1.0, 2.0, 3.0]]}), 422)
         assert_error_body(client.post("/v1/locations/embed", json={"latlon": []}), 400)
-        assert_error_body(client.post("/v1/locations/embed", content=b"{not json", headers={"content-type": "application/json"}), 422)
+        assert_error_body(
+            client.post("/v1/locations/embed", content=b"{not json", headers={"content-type": "application/json"}), 422
+        )
     assert body["dim"] == 512 and body["model"] == "geoclip"
     got = np.array(body["embeddings"])
     enc = LocationEncoder(from_pretrained=True).double().eval()
@@ -381,3 +404,106 @@ def test_models_load_in_the_background_and_readyz_waits(tiny_clip_dir, cache_dir
         body = assert_error_body(client.get("/readyz"), 503)
         assert "failed to load" in body["error"]
         assert_error_body(client.post("/v1/locate", files=uploads(photos[:1])), 503)
+
+
+# -- text queries and image URLs --------------------------------------------------------------
+def test_text_queries_equal_library_and_come_after_images(predictor, photos):
+    texts = ["a harbour with red wooden houses", "snow on the mountain"]
+    with client_for(predictor) as client:
+        r = client.post("/v1/locate", files=uploads(photos[:1]), data={"top_k": "3", "text": texts})
+        only = client.post("/v1/locate", data={"top_k": "2", "text": texts[:1]})
+        body_empty = assert_error_body(client.post("/v1/locate", data={"text": ["  "]}), 400)
+    assert r.status_code == 200, r.text
+    rows = r.json()["results"]
+    assert rows[0]["image"] == photos[0].name
+    ref = [prediction_json(p) for p in predictor.predict_text(texts, top_k=3)]
+    assert [x["image"] for x in ref] == ["text: " + t for t in texts]
+    assert rows[1:] == json.loads(json.dumps(ref))
+    assert only.status_code == 200
+    assert only.json()["results"] == json.loads(
+        json.dumps([prediction_json(p) for p in predictor.predict_text(texts[:1], top_k=2)])
+    )
+    assert "empty" in body_empty["error"]
+
+
+def test_text_queries_refused_without_gallery_predictor(geolocator):
+    class NoText:
+        method = "swc"
+
+        def predict(self, images, **kw):
+            raise AssertionError("not called")
+
+    with TestClient(create_app(ServeConfig(), predictor=NoText())) as client:
+        body = assert_error_body(client.post("/v1/locate", data={"text": ["a beach"]}), 400)
+    assert "text queries" in body["error"]
+
+
+@pytest.fixture
+def image_site(photos):
+    """A loopback HTTP server with a photo, a PPM, a large file and a redirect (always shut down)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files = {
+        "/photo.jpg": photos[0].read_bytes(),
+        "/pixmap.ppm": encoded(Image.new("RGB", (20, 20), (5, 6, 7)), "PPM"),
+        "/big.png": photos[4].read_bytes(),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", "/photo.jpg")
+                self.end_headers()
+                return
+            data = files.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_image_urls_only_when_allowed_and_private_only_when_allowed(predictor, geolocator, photos, image_site):
+    urls = [
+        f"{image_site}/photo.jpg",
+        f"{image_site}/moved",
+        f"{image_site}/pixmap.ppm",
+        f"{image_site}/big.png",
+        f"{image_site}/nope.jpg",
+    ]
+    with client_for(predictor) as client:  # URL fetching off
+        body = assert_error_body(client.post("/v1/locate", data={"urls": urls[:1]}), 400)
+        assert "does not fetch image URLs" in body["error"]
+    with client_for(predictor, allow_urls=True) as client:  # on, but loopback is private
+        r = client.post("/v1/locate", data={"urls": urls[:1]})
+        assert r.status_code == 200
+        (row,) = r.json()["results"]
+        assert set(row) == {"image", "error"} and "loopback" in row["error"]
+        assert_error_body(client.post("/v1/locate", data={"urls": ["file:///etc/passwd"]}), 400)
+    big = len(photos[4].read_bytes())
+    with client_for(predictor, allow_urls=True, allow_private_urls=True, url_max_bytes=big - 1) as client:
+        r = client.post("/v1/locate", files=uploads(photos[1:2]), data={"urls": urls, "top_k": "3"})
+    assert r.status_code == 200, r.text
+    rows = r.json()["results"]
+    assert [x["image"] for x in rows] == [photos[1].name, *urls]
+    ref = [prediction_json(p) for p in geolocator.predict([str(photos[1]), str(photos[0]), str(photos[0])], top_k=3)]
+    assert [rows[0], rows[1], rows[2]] == json.loads(json.dumps(with_name(ref, [photos[1].name, urls[0], urls[1]])))
+    assert "accepted format" in rows[3]["error"]
+    assert "larger than the limit" in rows[4]["error"]
+    assert "404" in rows[5]["error"]

@@ -14,7 +14,10 @@ _SECURITY = "Security"
 @app.command("serve")
 def serve(
     host: str = typer.Option(
-        "127.0.0.1", "--host", rich_help_panel=_SECURITY, help="Address to listen on; any non-loopback one needs GEOFAST_API_KEY (or --no-auth)."
+        "127.0.0.1",
+        "--host",
+        rich_help_panel=_SECURITY,
+        help="Address to listen on; any non-loopback one needs GEOFAST_API_KEY (or --no-auth).",
     ),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
     model: o.Model = "geoclip",
@@ -29,31 +32,53 @@ def serve(
     cell_km: o.CellKm = 25.0,
     confidence: o.Confidence = True,
     places: bool = typer.Option(True, "--places/--no-places", help="Name the nearest GeoNames place of each candidate."),
-    max_batch: int = typer.Option(16, "--max-batch", min=1, rich_help_panel=_LIMITS, help="Images per forward pass (requests are coalesced)."),
+    max_batch: int = typer.Option(
+        16, "--max-batch", min=1, rich_help_panel=_LIMITS, help="Images per forward pass (requests are coalesced)."
+    ),
     max_wait_ms: float = typer.Option(
         10.0, "--max-wait-ms", min=0.0, rich_help_panel=_LIMITS, help="How long a batch waits for more requests before it runs."
     ),
     queue: int = typer.Option(
-        64, "--queue", min=1, rich_help_panel=_LIMITS, help="Requests that may wait; beyond them the answer is 503 with Retry-After."
+        64,
+        "--queue",
+        min=1,
+        rich_help_panel=_LIMITS,
+        help="Requests that may wait; beyond them the answer is 503 with Retry-After.",
     ),
     workers: int = typer.Option(
         2, "--workers", min=1, rich_help_panel=_LIMITS, help="Threads decoding uploads (the model runs in one batching worker)."
     ),
-    deadline: float = typer.Option(60.0, "--deadline", min=0.001, rich_help_panel=_LIMITS, help="Seconds a request may take (then 504)."),
-    max_body_mb: float = typer.Option(64.0, "--max-body-mb", min=0.001, rich_help_panel=_LIMITS, help="Largest request body (MiB; 413 beyond)."),
+    deadline: float = typer.Option(
+        60.0, "--deadline", min=0.001, rich_help_panel=_LIMITS, help="Seconds a request may take (then 504)."
+    ),
+    max_body_mb: float = typer.Option(
+        64.0, "--max-body-mb", min=0.001, rich_help_panel=_LIMITS, help="Largest request body (MiB; 413 beyond)."
+    ),
     max_images: int = typer.Option(32, "--max-images", min=1, rich_help_panel=_LIMITS, help="Images per request."),
     max_pixels: int = typer.Option(
         40_000_000, "--max-pixels", min=1, rich_help_panel=_LIMITS, help="Pixels per image, checked before decoding (400 beyond)."
     ),
     no_auth: bool = typer.Option(
-        False, "--no-auth", rich_help_panel=_SECURITY, help="Serve a non-loopback host without an API key (anyone who can reach it may use it)."
+        False,
+        "--no-auth",
+        rich_help_panel=_SECURITY,
+        help="Serve a non-loopback host without an API key (anyone who can reach it may use it).",
     ),
     cors: list[str] | None = typer.Option(
-        None, "--cors", metavar="ORIGIN", rich_help_panel=_SECURITY, help="Allow browser calls from this origin (repeatable; default: CORS off)."
+        None,
+        "--cors",
+        metavar="ORIGIN",
+        rich_help_panel=_SECURITY,
+        help="Allow browser calls from this origin (repeatable; default: CORS off).",
     ),
-    allow_urls: bool = typer.Option(False, "--allow-urls", rich_help_panel=_SECURITY, help="Fetch image URLs sent in the 'urls' field."),
+    allow_urls: bool = typer.Option(
+        False, "--allow-urls", rich_help_panel=_SECURITY, help="Fetch image URLs sent in the 'urls' field."
+    ),
     allow_private_urls: bool = typer.Option(
-        False, "--allow-private-urls", rich_help_panel=_SECURITY, help="With --allow-urls: also fetch loopback and private addresses."
+        False,
+        "--allow-private-urls",
+        rich_help_panel=_SECURITY,
+        help="With --allow-urls: also fetch loopback and private addresses.",
     ),
     log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug."),
     llm_base_url: o.LlmBaseUrl = None,
@@ -118,5 +143,6 @@ def serve(
         run(config, log_level=log_level)
     except InsecureBindError as e:
         raise InputError(
-            str(e), hint=f"set {API_KEY_ENV}=<secret> (clients send it as a Bearer token), or pass --no-auth to serve without a key"
+            str(e),
+            hint=f"set {API_KEY_ENV}=<secret> (clients send it as a Bearer token), or pass --no-auth to serve without a key",
         ) from None

@@ -18,5 +18,7 @@ def error_body(message: object, hint: str | None = None) -> dict[str, Any]:
     return {"error": one_line(message), "hint": None if hint is None else one_line(hint)}
 
 
-def error_response(status: int, message: object, hint: str | None = None, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: object, hint: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(message, hint), status_code=status, headers=dict(headers or {}))

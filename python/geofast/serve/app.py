@@ -111,12 +111,15 @@ class ServerState:
         self.load_error: GeofastError | None = None
         self.loaded_at: float | None = None
         self.decode_pool: ThreadPoolExecutor | None = None
+        self.fetch_pool: ThreadPoolExecutor | None = None
         self.ready = threading.Event()
         #: Called (from the loading thread) when the models cannot be loaded; ``run`` stops the server.
         self.on_fatal: Callable[[GeofastError], None] | None = None
 
     def start(self) -> None:
         self.decode_pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="geofast-decode")
+        if self.config.allow_urls:  # fetches wait on the network: their own threads, not the decoders'
+            self.fetch_pool = ThreadPoolExecutor(max(4, self.config.workers), thread_name_prefix="geofast-fetch")
         if self.predictor is not None:
             self._ready(self.predictor)
         else:
@@ -159,8 +162,9 @@ class ServerState:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.stop()
-        if self.decode_pool is not None:
-            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.decode_pool, self.fetch_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def require_ready(self) -> tuple[Predictor, Batcher]:
         if self.load_error is not None:
@@ -203,6 +207,66 @@ def decode_upload(data: bytes, name: str, config: ServeConfig) -> tuple[Any, str
         raise
     except ImageError as e:
         return None, str(e)
+
+
+def fetch_url(url: str, config: ServeConfig) -> tuple[Any, str | None]:
+    """``(RGB image, None)`` or ``(None, message)`` for one image URL: size, time, address,
+    format and pixel limits as configured; every failure is that URL's own entry."""
+    from geofast.images import load_url
+
+    try:
+        im = load_url(
+            url,
+            max_bytes=config.url_max_bytes,
+            timeout_s=config.url_timeout_s,
+            allow_private=config.allow_private_urls,
+            limit_pixels=config.max_pixels,
+            formats=config.accepted_formats,
+        )
+    except ImageError as e:
+        return None, str(e)
+    return im, None
+
+
+def _check_locate_request(
+    config: ServeConfig,
+    predictor: Predictor,
+    images: list[Any],
+    top_k: int,
+    method: str | None,
+    texts: list[str],
+    urls: list[str],
+) -> None:
+    """Every cheap check of a ``/v1/locate`` request, before anything is read or decoded."""
+    if method is not None and method.strip() and method.strip() != predictor.method:
+        raise InputError(
+            f"this server runs method {predictor.method!r}, not {method.strip()!r}",
+            hint=f"omit method, or send method={predictor.method}",
+        )
+    if not 1 <= top_k <= config.max_top_k:
+        raise InputError(f"top_k must be in 1..{config.max_top_k}, got {top_k}")
+    if not images and not texts and not urls:
+        raise InputError("nothing to locate", hint="send image files in the multipart field 'images' (or 'text' queries, 'urls')")
+    if len(images) + len(urls) > config.max_images:
+        raise InputError(
+            f"{len(images) + len(urls)} images in one request exceeds the limit of {config.max_images}",
+            hint="split the images over several requests",
+        )
+    if urls and not config.allow_urls:
+        raise InputError("this server does not fetch image URLs", hint="upload the image files instead")
+    for url in urls:
+        if not url.strip().lower().startswith(("http://", "https://")):
+            raise InputError(f"not an http(s) URL: {url.strip()[:200]!r}", hint="send http:// or https:// URLs in 'urls'")
+    if texts:
+        if len(texts) > config.max_texts:
+            raise InputError(f"{len(texts)} text queries exceed the limit of {config.max_texts}")
+        if any(not t.strip() for t in texts):
+            raise InputError("a text query is empty", hint="describe the place, e.g. 'a harbour with red wooden houses'")
+        if not callable(getattr(predictor, "predict_text", None)):
+            raise InputError(
+                f"text queries need GeoCLIP's gallery; this server runs method {predictor.method!r} with an image database",
+                hint="send photos, or use a server running method geoclip (or swc without a database)",
+            )
 
 
 def _status_of(error: GeofastError) -> int:
@@ -284,60 +348,72 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
         responses=_ERRORS,
     )
     async def locate(
-        images: list[UploadFile] = File(default_factory=list, description="One or more image files"),
+        images: list[UploadFile] = File(default_factory=list, description="Image files (JPEG, PNG, WebP, GIF, BMP, TIFF)"),
         top_k: int = Form(5, description="Candidates per image"),
         method: str | None = Form(None, description="The server's method (a different one is refused)"),
+        text: list[str] = Form(
+            default_factory=list, description="Text queries, e.g. 'a harbour with red wooden houses' (answered after the images)"
+        ),
+        urls: list[str] = Form(default_factory=list, description="Image URLs to fetch (only when the server allows it)"),
     ) -> Response:
         t0 = time.perf_counter()
         predictor, batcher = state.require_ready()
-        if method is not None and method.strip() and method.strip() != predictor.method:
-            raise InputError(
-                f"this server runs method {predictor.method!r}, not {method.strip()!r}",
-                hint=f"omit method, or send method={predictor.method}",
-            )
-        if not 1 <= top_k <= config.max_top_k:
-            raise InputError(f"top_k must be in 1..{config.max_top_k}, got {top_k}")
-        if not images:
-            raise InputError("no images in the request", hint="send one or more files in the multipart field 'images'")
-        if len(images) > config.max_images:
-            raise InputError(
-                f"{len(images)} images in one request exceeds the limit of {config.max_images}",
-                hint="split the images over several requests",
-            )
+        _check_locate_request(config, predictor, images, top_k, method, text, urls)
         names = [(f.filename or "").strip() or f"<image {i}>" for i, f in enumerate(images)]
         datas = [await f.read() for f in images]
         loop = asyncio.get_running_loop()
-        pool = state.decode_pool
-        decoded = await asyncio.gather(
-            *(loop.run_in_executor(pool, decode_upload, data, name, config) for data, name in zip(datas, names))
+        decoded = list(
+            await asyncio.gather(
+                *(loop.run_in_executor(state.decode_pool, decode_upload, data, name, config) for data, name in zip(datas, names)),
+                *(loop.run_in_executor(state.fetch_pool, fetch_url, url, config) for url in urls),
+            )
         )
+        names += list(urls)
         t_decoded = time.perf_counter()
         good = [i for i, (im, _) in enumerate(decoded) if im is not None]
-        predictions: dict[int, Prediction] = {}
-        queue_s = inference_s = 0.0
+        texts = [t.strip() for t in text]
+        deadline = time.monotonic() + max(0.0, config.deadline_s - (time.perf_counter() - t0))
+        jobs = []
         if good:
-            deadline = time.monotonic() + max(0.0, config.deadline_s - (time.perf_counter() - t0))
-            job = batcher.submit([decoded[i][0] for i in good], [names[i] for i in good], top_k, deadline)
-            try:
-                located = await asyncio.wait_for(job.future, timeout=max(0.0, deadline - time.monotonic()))
-            except (TimeoutError, asyncio.TimeoutError):
-                raise DeadlineExceeded(
-                    f"the request took longer than its deadline of {config.deadline_s:g} s",
-                    hint="send fewer images per request or retry when the server is less busy",
-                ) from None
-            queue_s = (job.started or job.submitted) - job.submitted
-            inference_s = job.inference_s
-            for i, p in zip(good, located):
+            jobs.append(batcher.submit([decoded[i][0] for i in good], [names[i] for i in good], top_k, deadline))
+        if texts:
+            jobs.append(batcher.submit([], [], top_k, deadline, texts=texts))
+        try:
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(job.future for job in jobs)), timeout=max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            for job in jobs:
+                job.future.cancel()
+            raise DeadlineExceeded(
+                f"the request took longer than its deadline of {config.deadline_s:g} s",
+                hint="send fewer images per request or retry when the server is less busy",
+            ) from None
+        except BaseException:
+            for job in jobs:
+                job.future.cancel()
+            raise
+        predictions: dict[int, Prediction] = {}
+        if good:
+            for i, p in zip(good, answers[0]):
                 p.image = names[i]
                 predictions[i] = p
-        results = []
-        for i, name in enumerate(names):
-            if i in predictions:
-                results.append(prediction_json(predictions[i]))
-            else:
-                results.append(prediction_json(Prediction(image=name, method=predictor.method, error=decoded[i][1])))
-        total_s = time.perf_counter() - t0
-        timings = {"queue": _ms(queue_s), "decode": _ms(t_decoded - t0), "inference": _ms(inference_s), "total": _ms(total_s)}
+        results = [
+            prediction_json(predictions[i])
+            if i in predictions
+            else prediction_json(Prediction(image=name, method=predictor.method, error=decoded[i][1]))
+            for i, name in enumerate(names)
+        ]
+        if texts:
+            results.extend(prediction_json(p) for p in answers[-1])
+        queue_s = max(((job.started or job.submitted) - job.submitted for job in jobs), default=0.0)
+        inference_s = sum(job.inference_s for job in jobs)
+        timings = {
+            "queue": _ms(queue_s),
+            "decode": _ms(t_decoded - t0),
+            "inference": _ms(inference_s),
+            "total": _ms(time.perf_counter() - t0),
+        }
         return JSONResponse({"results": results, "timings_ms": timings})
 
     @app.post(

@@ -51,7 +51,7 @@ class NotRunning(GeofastError):
 class Job:
     """One request's images, waiting for (then holding) its result."""
 
-    images: list[Any]  # decoded RGB PIL images
+    images: list[Any]  # decoded RGB PIL images (an image job), or empty
     names: list[str]
     top_k: int
     deadline: float  # time.monotonic() seconds
@@ -60,7 +60,16 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None  # when the worker took it
     inference_s: float = 0.0  # wall time of the predict call it was part of
-    batch_images: int = 0  # images in that call
+    batch_images: int = 0  # images (or texts) in that call
+    texts: list[str] = field(default_factory=list)  # text queries (a text job), or empty
+
+    @property
+    def kind(self) -> str:
+        return "text" if self.texts else "image"
+
+    @property
+    def size(self) -> int:
+        return len(self.texts) if self.texts else len(self.images)
 
     def settle(self, result: list[Prediction] | None = None, error: BaseException | None = None) -> None:
         def _set() -> None:
@@ -154,14 +163,15 @@ class Batcher:
     def retry_after_s(self) -> int:
         """Seconds until the queue has likely drained (at least 1)."""
         with self._cond:
-            waiting_images = sum(len(j.images) for j in self._queue)
+            waiting_images = sum(j.size for j in self._queue)
         return max(1, math.ceil(waiting_images * self._mean_image_s))
 
-    def submit(self, images: list[Any], names: list[str], top_k: int, deadline: float) -> Job:
-        """Queue one request's decoded images; ``job.future`` resolves to their predictions, in order."""
+    def submit(self, images: list[Any], names: list[str], top_k: int, deadline: float, *, texts: list[str] | None = None) -> Job:
+        """Queue one request's decoded images (or, with ``texts``, its text queries, which need a
+        predictor with ``predict_text``); ``job.future`` resolves to their predictions, in order."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Prediction]] = loop.create_future()
-        job = Job(images=images, names=names, top_k=top_k, deadline=deadline, future=future, loop=loop)
+        job = Job(images=images, names=names, top_k=top_k, deadline=deadline, future=future, loop=loop, texts=list(texts or []))
         with self._cond:
             if not self._running:
                 raise NotRunning("the inference worker is not running", hint="wait until /readyz answers 200")
@@ -189,15 +199,15 @@ class Batcher:
             if not self._running:
                 return None
             batch = [self._queue.popleft()]
-            images = len(batch[0].images)
+            images = batch[0].size
             wait_until = time.monotonic() + self.max_wait_s
             while images < self.max_batch and self._running:
                 if self._queue:
                     nxt = self._queue[0]
-                    if images + len(nxt.images) > self.max_batch:
+                    if images + nxt.size > self.max_batch:
                         break
                     batch.append(self._queue.popleft())
-                    images += len(nxt.images)
+                    images += nxt.size
                     continue
                 left = wait_until - time.monotonic()
                 if left <= 0:
@@ -223,26 +233,30 @@ class Batcher:
                 continue
             if self.before_batch is not None:
                 self.before_batch(live)
-            groups: dict[int, list[Job]] = {}
+            groups: dict[tuple[str, int], list[Job]] = {}
             for job in live:
-                groups.setdefault(job.top_k, []).append(job)
-            for top_k, jobs in groups.items():
-                self._run(jobs, top_k)
+                groups.setdefault((job.kind, job.top_k), []).append(job)
+            for (kind, top_k), jobs in groups.items():
+                self._run(jobs, top_k, kind)
 
-    def _predict(self, images: list[Any], top_k: int) -> list[Prediction]:
-        return self.predictor.predict(images, top_k=top_k, batch_size=max(self.max_batch, len(images)), places=self.places)
+    def _predict(self, items: list[Any], top_k: int, kind: str) -> list[Prediction]:
+        batch_size = max(self.max_batch, len(items))
+        if kind == "text":
+            predict_text = getattr(self.predictor, "predict_text")  # noqa: B009  (checked by the app before submitting)
+            return list(predict_text(items, top_k=top_k, batch_size=batch_size, places=self.places))
+        return self.predictor.predict(items, top_k=top_k, batch_size=batch_size, places=self.places)
 
-    def _run(self, jobs: list[Job], top_k: int) -> None:
-        images = [im for job in jobs for im in job.images]
+    def _run(self, jobs: list[Job], top_k: int, kind: str = "image") -> None:
+        images = [x for job in jobs for x in (job.texts if kind == "text" else job.images)]
         t0 = time.perf_counter()
         try:
-            results = self._predict(images, top_k)
+            results = self._predict(images, top_k, kind)
             if len(results) != len(images):
                 raise RuntimeError(f"the predictor returned {len(results)} results for {len(images)} images")
         except BaseException:
             if len(jobs) > 1:
                 for job in jobs:  # isolate the failure: each request on its own
-                    self._run([job], top_k)
+                    self._run([job], top_k, kind)
                 return
             seconds = time.perf_counter() - t0
             self._record(jobs, len(images), seconds)
@@ -254,7 +268,7 @@ class Batcher:
         self._record(jobs, len(images), seconds)
         start = 0
         for job in jobs:
-            n = len(job.images)
+            n = job.size
             job.settle(result=results[start : start + n])
             start += n
 

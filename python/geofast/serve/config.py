@@ -17,7 +17,6 @@ API_KEY_ENV = "GEOFAST_API_KEY"
 ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
-
 def is_loopback_host(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     h = host.strip().strip("[]").lower()
