@@ -84,6 +84,9 @@ def browser_errors(driver: Any) -> list[str]:
 
 
 def open_file(driver: Any, path: Path) -> None:
+    """Open a local HTML file, emptying the browser's logs first (drivers are shared by tests)."""
+    network_urls(driver)
+    browser_errors(driver)
     driver.get(Path(path).resolve().as_uri())
 
 

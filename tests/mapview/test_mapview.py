@@ -220,7 +220,6 @@ def test_locate_map_opens_offline_with_the_json_numbers(driver, tiny_clip_dir, c
     assert embedded_data(text)["results"] == ref
     open_file(driver, html)
     wait_ready(driver)
-    network_urls(driver)
     pins = _markers(driver, "top1")
     assert sorted((float(m["lat"]), float(m["lon"])) for m in pins) == sorted(
         (x["predictions"][0]["lat"], x["predictions"][0]["lon"]) for x in ref
@@ -267,7 +266,6 @@ def test_db_info_map_counts_every_photo(driver, tiny_clip_dir, cache_dir, tmp_pa
     assert sorted(c[2] for c in cov["cells"]) == sorted(ref.count.tolist()) and sum(c[2] for c in cov["cells"]) == 7
     open_file(driver, tmp_path / "cov.html")
     wait_ready(driver)
-    network_urls(driver)
     marks = _markers(driver, "coverage")
     # Clusters and single cells together account for every photo.
     assert sum(int(m["count"]) for m in marks) == 7
@@ -287,7 +285,6 @@ def test_10k_image_map_is_small_and_clustered(driver, tmp_path):
     assert size < 200_000 + 800 * len(preds), size  # embedded JSON only: no per-marker code
     open_file(driver, path)
     wait_ready(driver)
-    network_urls(driver)
     world = _markers(driver, "top1")
     clusters = [m for m in world if "gf-cluster" in m["cls"]]
     assert len(world) < 300 and clusters, len(world)  # thousands of pins drawn as a few hundred clusters
@@ -306,6 +303,7 @@ def test_10k_image_map_is_small_and_clustered(driver, tmp_path):
         "geofastMap.fitAll(); geofastMap.clusterCache.clear(); const t = performance.now(); geofastMap._draw(); return performance.now() - t;"
     )
     assert ms < 1500, ms
+    assert outside_requests(network_urls(driver)) == []
     assert browser_errors(driver) == []
 
 
@@ -377,4 +375,5 @@ def test_database_and_rag_layers(driver, tmp_path):
     driver.find_element("css selector", '.gf-legend input[data-layer="farthest"]').click()
     driver.execute_script("geofastMap._draw()")
     assert len(_markers(driver, "farthest")) == 2
+    assert outside_requests(network_urls(driver)) == []
     assert browser_errors(driver) == []

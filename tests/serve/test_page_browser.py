@@ -97,6 +97,14 @@ def _api(base: str, paths, top_k: int = 5) -> dict:
     return r.json()
 
 
+def _open_page(driver, server: str) -> None:
+    """Open the page with the browser's logs emptied first (the driver is shared by the tests)."""
+    network_urls(driver)
+    browser_errors(driver)
+    driver.get(server + "/")
+    wait_ready(driver)
+
+
 def _upload(driver, paths) -> None:
     from selenium.webdriver.common.by import By
 
@@ -124,8 +132,7 @@ def _num(s: str) -> float | None:
 def test_page_locates_a_photo_and_shows_the_apis_numbers(server, driver, page_files):
     from selenium.webdriver.common.by import By
 
-    driver.get(server + "/")
-    wait_ready(driver)
+    _open_page(driver, server)
     photo = page_files / "harbour.jpg"
     _upload(driver, [photo])
     _wait(driver, "return document.body.dataset.results === '1' && document.querySelectorAll('tr.gf-row-prediction').length > 0")
@@ -200,8 +207,7 @@ def test_page_locates_a_photo_and_shows_the_apis_numbers(server, driver, page_fi
 def test_page_several_photos_and_a_broken_one(server, driver, page_files):
     from selenium.webdriver.common.by import By
 
-    driver.get(server + "/")
-    wait_ready(driver)
+    _open_page(driver, server)
     paths = [page_files / "street.png", page_files / "broken.jpg", page_files / "harbour.jpg"]
     _upload(driver, paths)
     _wait(driver, "return document.body.dataset.results === '3'")
@@ -229,8 +235,7 @@ def test_page_several_photos_and_a_broken_one(server, driver, page_files):
 def test_page_shows_the_servers_error(server, driver, page_files):
     from selenium.webdriver.common.by import By
 
-    driver.get(server + "/")
-    wait_ready(driver)
+    _open_page(driver, server)
     driver.find_element(By.CSS_SELECTOR, ".gf-options summary").click()
     driver.find_element(By.ID, "gf-topk").clear()
     driver.find_element(By.ID, "gf-topk").send_keys("100000")  # above the server's limit: 400
@@ -246,3 +251,28 @@ def test_page_shows_the_servers_error(server, driver, page_files):
     assert status.startswith("The server answered 400: ") and r.json()["error"] in status
     assert driver.find_element(By.ID, "gf-status").get_attribute("role") == "alert"
     assert outside_requests(network_urls(driver)) == []
+
+
+def test_page_text_query(server, driver):
+    """The text box sends form field ``text``; the answer is mapped and tabulated like a photo's."""
+    from selenium.webdriver.common.by import By
+
+    _open_page(driver, server)
+    query = "a harbour with red wooden houses / fjord"
+    driver.find_element(By.ID, "gf-text").send_keys(query)
+    driver.find_element(By.ID, "gf-submit").click()
+    _wait(driver, "return document.body.dataset.results === '1' && document.querySelectorAll('tr.gf-row-prediction').length > 0")
+    r = httpx.post(server + "/v1/locate", data={"text": query, "top_k": "5"}, timeout=120)
+    assert r.status_code == 200, r.text
+    ref = r.json()["results"][0]
+    assert ref["image"] == "text: " + query
+    assert driver.find_element(By.CSS_SELECTOR, ".gf-image-name").text == ref["image"]
+    rows = _attrs(driver, "tr.gf-row-prediction")
+    assert [(float(x["data-lat"]), float(x["data-lon"])) for x in rows] == [(p["lat"], p["lon"]) for p in ref["predictions"]]
+    np.testing.assert_allclose([float(x["data-prob"]) for x in rows], [p["prob"] for p in ref["predictions"]], rtol=1e-6)
+    pins = _attrs(driver, '.gf-layer[data-layer="top1"] .gf-marker')
+    assert [(float(p["data-lat"]), float(p["data-lon"])) for p in pins] == [
+        (ref["predictions"][0]["lat"], ref["predictions"][0]["lon"])
+    ]
+    assert outside_requests(network_urls(driver)) == []
+    assert browser_errors(driver) == []
