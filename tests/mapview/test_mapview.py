@@ -377,3 +377,70 @@ def test_database_and_rag_layers(driver, tmp_path):
     assert len(_markers(driver, "farthest")) == 2
     assert outside_requests(network_urls(driver)) == []
     assert browser_errors(driver) == []
+
+
+def test_missing_chromium_fails_with_a_clear_message(monkeypatch):
+    import browser_support
+
+    monkeypatch.setattr(browser_support, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RuntimeError, match="apt-get install chromium chromium-driver"):
+        with browser_support.chromium():
+            pass
+
+
+@pytest.mark.slow
+def test_pan_zoom_popup_and_keyboard(driver, tmp_path):
+    """Buttons, wheel, drag and keys move the view; the map point under the cursor stays put when
+    zooming with the wheel; a marker opens a popup with its numbers; Escape closes it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    write_map(tmp_path / "i.html", [_prediction(0, 48.85, 2.35)])
+    open_file(driver, tmp_path / "i.html")
+    wait_ready(driver)
+    state = "return [geofastMap.zoom, geofastMap.center[0], geofastMap.center[1]]"
+    z0, x0, y0 = driver.execute_script(state)
+    driver.find_element(By.CSS_SELECTOR, ".gf-controls button[title='Zoom out']").click()
+    assert driver.execute_script(state)[0] == z0 - 1
+    driver.find_element(By.CSS_SELECTOR, ".gf-controls button[title='Zoom in']").click()
+    assert driver.execute_script(state) == [z0, x0, y0]
+    # Wheel zoom keeps the world point under the cursor fixed.
+    world_at = "const b = geofastMap.root.getBoundingClientRect(); return geofastMap.toWorld(arguments[0] - b.left, arguments[1] - b.top)"
+    px, py = driver.execute_script("const b = geofastMap.root.getBoundingClientRect(); return [b.left + 200, b.top + 150]")
+    before = driver.execute_script(world_at, px, py)
+    driver.execute_script(
+        "geofastMap.root.dispatchEvent(new WheelEvent('wheel', {deltaY: -100, clientX: arguments[0], clientY: arguments[1], bubbles: true, cancelable: true}))",
+        px,
+        py,
+    )
+    assert driver.execute_script(state)[0] == z0 + 0.5
+    np.testing.assert_allclose(driver.execute_script(world_at, px, py), before, atol=0.5 / 2 ** (z0 + 0.5))  # within half a pixel
+    # Drag pans by the dragged distance (in world units: pixels / 2^zoom).
+    z, cx, cy = driver.execute_script(state)
+    svg = driver.find_element(By.CSS_SELECTOR, ".gf-svg")
+    ActionChains(driver).move_to_element_with_offset(svg, -150, 100).click_and_hold().move_by_offset(40, 0).move_by_offset(
+        60, 30
+    ).release().perform()
+    z2, cx2, cy2 = driver.execute_script(state)
+    assert z2 == z and cx2 == pytest.approx(cx - 100 / 2**z, abs=1e-6) and cy2 == pytest.approx(cy - 30 / 2**z, abs=1e-6)
+    # Keys: arrows pan, +/- zoom.
+    driver.execute_script("geofastMap.root.focus()")
+    ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+    assert driver.execute_script(state)[1] == pytest.approx(cx2 + 80 / 2**z, abs=1e-6)
+    ActionChains(driver).send_keys("+").perform()
+    assert driver.execute_script(state)[0] == z + 1
+    # A candidate marker opens a popup with its rank, place and probability.
+    driver.execute_script("geofastMap.fitAll(); geofastMap._draw()")
+    marker = driver.find_elements(By.CSS_SELECTOR, '.gf-layer[data-layer="candidates"] .gf-marker')[1]
+    driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", marker)
+    popup = driver.find_element(By.CSS_SELECTOR, ".gf-popup")
+    assert (
+        popup.is_displayed() and "Candidate #2" in popup.text and "Town 0-1" in popup.text and "probability 0.2000" in popup.text
+    )
+    assert driver.execute_script("return document.activeElement.className") == "gf-popup-close"  # focus moves into the popup
+    ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+    assert not popup.is_displayed()
+    assert driver.execute_script("return document.activeElement === geofastMap.root")  # and back to the map
+    assert browser_errors(driver) == []

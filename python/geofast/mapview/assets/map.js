@@ -134,6 +134,13 @@
       this.legend = h("div", { class: "gf-legend", role: "group", "aria-label": "Layers" }, this.root);
       this.tooltip = h("div", { class: "gf-tooltip", role: "tooltip", hidden: "" }, this.root);
       this.popup = h("div", { class: "gf-popup", role: "dialog", "aria-label": "Details", hidden: "" }, this.root);
+      this.popup.addEventListener("keydown", (ev) => {
+        if (ev.key === "Escape") {
+          ev.stopPropagation();
+          this.popup.hidden = true;
+          this.root.focus();
+        }
+      });
       const attr = h("div", { class: "gf-attribution" }, this.root);
       attr.textContent = "Outlines: Natural Earth (public domain)" + (opts.attribution ? " \u00b7 " + opts.attribution : "");
       this.scaleBar = h("div", { class: "gf-scale", "aria-hidden": "true" }, this.root);
