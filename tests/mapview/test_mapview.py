@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from importlib import resources
 
 import numpy as np
@@ -444,3 +445,68 @@ def test_pan_zoom_popup_and_keyboard(driver, tmp_path):
     assert not popup.is_displayed()
     assert driver.execute_script("return document.activeElement === geofastMap.root")  # and back to the map
     assert browser_errors(driver) == []
+
+
+@pytest.mark.slow
+def test_tiles_load_from_the_configured_server_only(driver, tmp_path):
+    """With ``tiles=`` the map requests XYZ tiles of the view from that server (here a loopback one)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from PIL import Image
+
+    png = tmp_path / "t.png"
+    Image.new("RGB", (256, 256), (200, 220, 240)).save(png)
+    seen: list[str] = []
+
+    class Tiles(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            body = png.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Tiles)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = httpd.server_address[1]
+        write_map(tmp_path / "t.html", [_prediction(0, 48.85, 2.35)], tiles=f"http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png")
+        open_file(driver, tmp_path / "t.html")
+        wait_ready(driver)
+        driver.execute_script("geofastMap._draw()")
+        tiles = driver.execute_script(
+            "return [Math.round(geofastMap.zoom), Array.from(document.querySelectorAll('.gf-tiles image')).map(i => i.getAttribute('href'))]"
+        )
+        z, hrefs = tiles
+        # The view's tiles: every visible tile of zoom z, each requested from the configured server.
+        assert hrefs and all(re.fullmatch(rf"http://127\.0\.0\.1:{port}/{z}/\d+/\d+\.png", h) for h in hrefs)
+        x0, y0, x1, y1 = driver.execute_script(
+            "const s = geofastMap.size(); return [...geofastMap.toWorld(0, 0), ...geofastMap.toWorld(s[0], s[1])]"
+        )
+        n, size = 2**z, 256 / 2**z
+        want = {
+            f"/{z}/{i}/{j}.png"
+            for i in range(max(0, int(x0 // size)), min(n - 1, int(x1 // size)) + 1)
+            for j in range(max(0, int(y0 // size)), min(n - 1, int(y1 // size)) + 1)
+        }
+        assert {h.split(str(port), 1)[1] for h in hrefs} == want
+        # Paris is inside the tile that holds it.
+        px, py = driver.execute_script("return GeoMap.project(48.85, 2.35)")
+        assert f"/{z}/{int(px // size)}/{int(py // size)}.png" in want
+        deadline = time.monotonic() + 10
+        while len(set(seen)) < len(want) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert set(seen) == want
+        urls = network_urls(driver)
+        assert outside_requests(urls) == [] and any(u.startswith(f"http://127.0.0.1:{port}/") for u in urls)
+        assert driver.find_element("css selector", ".gf-attribution").text.endswith(f"Tiles: 127.0.0.1:{port}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
