@@ -31,6 +31,7 @@ def serve(
     eps_km: o.EpsKm = 1.0,
     cell_km: o.CellKm = 25.0,
     confidence: o.Confidence = True,
+    raw_candidates: o.RawCandidates = False,
     places: bool = typer.Option(True, "--places/--no-places", help="Name the nearest GeoNames place of each candidate."),
     max_batch: int = typer.Option(
         16, "--max-batch", min=1, rich_help_panel=_LIMITS, help="Images per forward pass (requests are coalesced)."
@@ -120,6 +121,7 @@ def serve(
         cell_km=cell_km,
         confidence=confidence,
         llm=llm,
+        merge_duplicates=not raw_candidates,
     )
     config = ServeConfig(
         host=host,

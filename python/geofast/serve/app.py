@@ -113,6 +113,8 @@ class ServerState:
         self.decode_pool: ThreadPoolExecutor | None = None
         self.fetch_pool: ThreadPoolExecutor | None = None
         self.ready = threading.Event()
+        self.closed = False
+        self._lock = threading.Lock()
         #: Called (from the loading thread) when the models cannot be loaded; ``run`` stops the server.
         self.on_fatal: Callable[[GeofastError], None] | None = None
 
@@ -148,18 +150,23 @@ class ServerState:
             log.error("error: %s%s", one_line(error), f" (hint: {error.hint})" if error.hint else "")
 
     def _ready(self, predictor: Predictor) -> None:
-        self.predictor = predictor
         cfg = self.config
         batcher = Batcher(
             predictor, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, queue_size=cfg.queue_size, places=cfg.places
         )
-        batcher.start()
-        self.batcher = batcher
+        with self._lock:
+            if self.closed:  # the server stopped while the models were loading
+                return
+            self.predictor = predictor
+            batcher.start()
+            self.batcher = batcher
         self.loaded_at = time.time()
         self.ready.set()
         log.info("geofast: %s ready (max batch %d, queue %d)", predictor.method, cfg.max_batch, cfg.queue_size)
 
     def close(self) -> None:
+        with self._lock:
+            self.closed = True
         if self.batcher is not None:
             self.batcher.stop()
         for pool in (self.decode_pool, self.fetch_pool):
