@@ -57,6 +57,7 @@ def _assert_self_contained(html: str) -> None:
 # --- data ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_outlines_are_small_and_hold_the_capitals():
     """Natural Earth 1:110m outlines: under 500 KB, and most capitals of large countries lie inside
     their own country's polygons (point-in-polygon by matplotlib, independent of geofast)."""
