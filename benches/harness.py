@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Modules that contribute workloads, in report order.
-AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm", "db")
+AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm", "db", "serve")
 
 
 @dataclass

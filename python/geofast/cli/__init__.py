@@ -47,6 +47,7 @@ def _register_commands() -> None:
         db,
         eval,
         locate,
+        serve,
     )
 
 

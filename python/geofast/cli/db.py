@@ -154,7 +154,12 @@ def add(
 def info(
     directory: Path = typer.Argument(..., metavar="DIR", help="A database folder."),
     verify: bool = typer.Option(False, "--verify", help="Check every file's sha256 (reads the whole database)."),
-    map_file: Path | None = typer.Option(None, "--map", metavar="FILE.html", help="Also write a coverage map (folium heat map)."),
+    map_file: Path | None = typer.Option(
+        None,
+        "--map",
+        metavar="FILE.html",
+        help="Also write a coverage map (self-contained HTML, works offline; photos counted per grid cell).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
 ) -> None:
     """Counts, sizes, backbone, index and coverage of a database."""
@@ -219,17 +224,7 @@ def _size(n: int) -> str:
 
 
 def _write_coverage_map(path: Path, db) -> None:  # type: ignore[no-untyped-def]
-    """A folium heat map of (up to 20,000 sampled) database photo positions."""
-    import folium
-    import numpy as np
-    from folium.plugins import HeatMap
+    """geofast's offline coverage map of the database's photo positions (aggregated to a bounded grid)."""
+    from geofast.mapview import write_coverage_map
 
-    from geofast._io import atomic_write_text
-
-    ll = np.asarray(db.latlon)
-    if ll.shape[0] > 20_000:
-        ll = ll[np.sort(np.random.default_rng(0).choice(ll.shape[0], 20_000, replace=False))]
-    center = [float(ll[:, 0].mean()), float(ll[:, 1].mean())] if ll.shape[0] else [20.0, 0.0]
-    fmap = folium.Map(location=center, zoom_start=2, tiles="OpenStreetMap")
-    HeatMap(ll.tolist(), radius=8, blur=6, min_opacity=0.3).add_to(fmap)
-    atomic_write_text(path, fmap.get_root().render())
+    write_coverage_map(path, db.latlon, title=f"geofast database {db.path.name}: {len(db):,} photos")

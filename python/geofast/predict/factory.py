@@ -38,6 +38,7 @@ class MethodOptions:
     cell_km: float = 25.0
     confidence: bool = True
     llm: LLMConfig | None = None
+    merge_duplicates: bool = True  # False: GeoCLIP's raw candidate list (a coordinate may repeat)
 
     def check(self) -> Database | None:
         """Validate the combination and open the database (if any) before any model loads."""
@@ -110,9 +111,9 @@ def make_predictor(opts: MethodOptions, database: Database | None, *, progress: 
         loc = geolocator()
         if database is not None:
             database.check_backbone(loc.backbone)
-        return RagPredictor(loc, database=database, config=opts.llm)
+        return RagPredictor(loc, database=database, config=opts.llm, merge_duplicates=opts.merge_duplicates)
     if database is None:
-        return GeoclipPredictor(geolocator(), method=opts.method, swc_eps_km=opts.eps_km)
+        return GeoclipPredictor(geolocator(), method=opts.method, swc_eps_km=opts.eps_km, merge_duplicates=opts.merge_duplicates)
     from geofast.predict.swc import SwcPredictor
 
     swc_loc: Any = None
@@ -124,5 +125,12 @@ def make_predictor(opts: MethodOptions, database: Database | None, *, progress: 
 
         backbone = load_backbone(clip, opts.device)
     return SwcPredictor(
-        database, backbone, geolocator=swc_loc, k=opts.swc_k, eps_km=opts.eps_km, cell_km=opts.cell_km, method=opts.method
+        database,
+        backbone,
+        geolocator=swc_loc,
+        k=opts.swc_k,
+        eps_km=opts.eps_km,
+        cell_km=opts.cell_km,
+        method=opts.method,
+        merge_duplicates=opts.merge_duplicates,
     )

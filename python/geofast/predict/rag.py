@@ -537,7 +537,8 @@ class RagPredictor:
 
     For each image one CLIP forward gives both the GeoCLIP embedding (candidates, PD confidence,
     geo-verification) and, with a database, the CLIP features its neighbours are searched with;
-    then :func:`predict_rag` runs the LLM stage for all images concurrently.
+    then :func:`predict_rag` runs the LLM stage for all images concurrently. GeoCLIP's
+    candidates merge gallery points that share coordinates unless ``merge_duplicates=False``.
     """
 
     method = "rag"
@@ -549,8 +550,10 @@ class RagPredictor:
         database: Any = None,
         config: LLMConfig | None = None,
         client: LLMClient | None = None,
+        merge_duplicates: bool = True,
     ) -> None:
         self.geolocator = geolocator
+        self.merge_duplicates = merge_duplicates
         self.database = database
         self.config = config if config is not None else LLMConfig()
         self.client = client
@@ -566,18 +569,22 @@ class RagPredictor:
         llm_progress: Progress | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per image (``method="rag"``); unreadable images carry ``error``."""
+        from geofast.images import ImageURL, is_url
         from geofast.predict.geoclip import _as_items, predict_in_batches
 
         items = _as_items(images)
         geo_emb: list[np.ndarray] = []
         db_emb: list[np.ndarray] = []
+        urls = {str(x) for x in items if isinstance(x, ImageURL) or is_url(x)}
+        fetched: dict[str, Any] = {}  # URL images, kept so that the LLM stage does not fetch them again
 
         def retrieval(names: list[str], ims: list[Any]) -> list[Prediction]:
+            fetched.update((n, im) for n, im in zip(names, ims) if n in urls)
             g, q = self.geolocator.embed_pil(ims, with_clip=self.database is not None)
             geo_emb.append(g)
             if q is not None:
                 db_emb.append(q)
-            return self.geolocator.predict_embeddings(g, names, top_k, places=False)
+            return self.geolocator.predict_embeddings(g, names, top_k, places=False, merge_duplicates=self.merge_duplicates)
 
         # Stage 1, batch by batch: one CLIP forward per image, GeoCLIP's candidates.
         results = predict_in_batches(items, batch_size, "rag", retrieval, on_progress)
@@ -586,7 +593,7 @@ class RagPredictor:
             return results
         # Stage 2, all images at once: the LLM requests run concurrently up to the limit.
         preds = predict_rag(
-            [items[i] for i in keep],
+            [fetched.get(results[i].image, items[i]) for i in keep],
             config=self.config,
             image_embeddings=np.concatenate(geo_emb),
             database=self.database,

@@ -18,6 +18,9 @@ Confidence: when GeoCLIP's heads are loaded (a :class:`~geofast.predict.geoclip.
 shares the CLIP backbone, so each photo runs through ViT-L/14 once), ``confidence`` is GeoCLIP's
 Prediction Density PD_25 — the total GeoCLIP softmax probability of gallery points within 25 km —
 taken around the *SwC answer*; ``localizable`` = PD_25 > 0.2. Without the heads both are None.
+
+GeoCLIP candidates (``geoclip+swc``) merge gallery points that share coordinates, as
+``Geolocator.predict`` does; ``merge_duplicates=False`` keeps the raw list.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class SwcPredictor:
         check_backbone: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         method: str = "swc",
+        merge_duplicates: bool = True,
     ) -> None:
         _check_params(k, eps_km, min_samples, cell_km)
         if method not in METHODS:
@@ -85,6 +89,7 @@ class SwcPredictor:
         self.min_samples = int(min_samples)
         self.weight_exponent = float(weight_exponent)
         self.cell_km = float(cell_km)
+        self.merge_duplicates = merge_duplicates
         self._cache_dir = cache_dir
         self._places: PlaceIndex | None = None
 
@@ -185,7 +190,9 @@ class SwcPredictor:
             raise InputError(f"{len(names)} names for {b} embeddings")
         geo = None
         if geo_query is not None and self.geolocator is not None:
-            geo = self.geolocator.search_embeddings(np.asarray(geo_query, dtype=np.float32), top_k)
+            geo = self.geolocator.search_embeddings(
+                np.asarray(geo_query, dtype=np.float32), top_k, merge_duplicates=self.merge_duplicates
+            )
         if method == "geoclip+swc":
             if geo is None:
                 raise InputError("geoclip+swc needs GeoCLIP embeddings and heads")
