@@ -8,7 +8,7 @@ dropped its datasets in 1.0):
 
     pip download --no-deps geopandas==0.14.4 -d /tmp/ne
     unzip -o /tmp/ne/geopandas-0.14.4-py3-none-any.whl 'geopandas/datasets/naturalearth_lowres/*' -d /tmp/ne
-    python tools/naturalearth_outlines.py /tmp/ne/geopandas/datasets/naturalearth_lowres/naturalearth_lowres \
+    python -m geofast.mapview.build_outlines /tmp/ne/geopandas/datasets/naturalearth_lowres/naturalearth_lowres \
         python/geofast/mapview/assets/countries.json
 
 The shapefile (.shp polygons, .dbf attributes) is read with the standard library only. Output:
