@@ -55,7 +55,7 @@ def read_shp_polygons(path: Path) -> list[list[list[tuple[float, float]]]]:
     if shape_type != 5:
         raise ValueError(f"{path}: shape type {shape_type}, expected 5 (polygon)")
     pos = 100
-    out = []
+    out: list[list[list[tuple[float, float]]]] = []
     while pos < len(data):
         _, content_words = struct.unpack(">ii", data[pos : pos + 8])
         rec = data[pos + 8 : pos + 8 + 2 * content_words]
