@@ -373,10 +373,10 @@ class _Builder:
         duplicates = 0
         if base is not None:
             base.check_backbone(backbone)
-            known = set(base.images())
-            kept = [e for e in plan.entries if e.image not in known]
-            duplicates = len(plan.entries) - len(kept)
-            plan = SourcePlan(plan.source, plan.kind, kept, plan.rejected, plan.columns)
+            keep = base.missing_images(plan.images)
+            duplicates = len(plan) - int(keep.shape[0])
+            if duplicates:
+                plan = plan.subset(keep)
         n = len(plan.entries)
         n_chunks = (n + chunk_size - 1) // chunk_size
         digest = self._plan_digest(plan, chunk_size, dtype, dim, base)
@@ -463,8 +463,7 @@ class _Builder:
                             yield line.rstrip("\n")
             for p in parts:
                 for r in p["rows"].tolist():
-                    e = plan.entries[r]
-                    yield json.dumps({"image": e.image, **dict(e.meta)}, ensure_ascii=False)
+                    yield json.dumps({"image": plan.images[r], **plan.meta(r)}, ensure_ascii=False)
 
         src_record = {
             "source": plan.source,
@@ -520,9 +519,8 @@ class _Builder:
             "base": hashlib.sha256((base.path / MANIFEST).read_bytes()).hexdigest() if base is not None else None,
         }
         h.update(json.dumps(head, sort_keys=True).encode())
-        for e in plan.entries:
-            h.update(json.dumps([e.image, e.lat, e.lon, list(e.meta)]).encode())
-            h.update(b"\n")
+        h.update(plan.digest.encode())  # the source's content (and the dedup selection of an add)
+        h.update(str(len(plan)).encode())
         return h.hexdigest()
 
     def _prepare_state(self, source: str, digest: str, probe: np.ndarray, n_chunks: int, chunk_size: int, n: int) -> set[int]:

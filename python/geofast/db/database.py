@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -42,7 +43,7 @@ from geofast.db.format import (
     _rebuild_hint,
 )
 from geofast.db.index import DEFAULT_TRAIN_SIZE, _apply_search_params, _faiss, _new_faiss_index
-from geofast.db.sources import plan_source
+from geofast.db.sources import PlanProgress, SourcePlan, plan_source
 from geofast.errors import DatabaseError, InputError, ParameterError, ShapeError
 
 if TYPE_CHECKING:
@@ -376,6 +377,11 @@ class Database:
                 out.append(json.loads(f.readline()))
         return out
 
+    def missing_images(self, images: Sequence[str]) -> np.ndarray:
+        """Indices (ascending) of the ``images`` paths that are not in the database yet."""
+        known = set(self.images())
+        return np.asarray([i for i, x in enumerate(images) if x not in known], dtype=np.int64)
+
     def images(self) -> list[str]:
         """The image path of every row, in row order."""
         with open(self.path / META, encoding="utf-8") as f:
@@ -444,15 +450,17 @@ class Database:
         on_progress: Progress | None = None,
         on_event: Event | None = None,
         executor: Executor | None = None,
+        on_plan: PlanProgress | None = None,
     ) -> BuildReport:
         """Build (or rebuild, or resume building) the database ``out`` from ``source`` (a CSV or
         a folder of photos with EXIF GPS). ``out`` is replaced only once the new database is
         complete. The CLIP backbone is ``backbone`` or loaded from ``clip``/``device``.
         ``workers`` image-loading threads (default: 1 on CPU, where the encoder uses every core;
         up to 8 with a GPU) keep the encoder fed. ``executor`` replaces the local
-        loader threads + backbone (see :class:`geofast.db.builder.Executor`)."""
+        loader threads + backbone (see :class:`geofast.db.builder.Executor`); ``on_plan(bytes,
+        total)`` reports while the CSV is read."""
         _check_build_args(batch_size, chunk_size, dtype, workers)
-        plan = plan_source(source)
+        plan = _plan(source, on_plan, on_event)
         builder = _Builder(Path(out).expanduser(), mode="build", on_event=on_event)
         with builder.locked():
             _recover_swap(builder.root)
@@ -486,6 +494,7 @@ class Database:
         on_progress: Progress | None = None,
         on_event: Event | None = None,
         executor: Executor | None = None,
+        on_plan: PlanProgress | None = None,
     ) -> BuildReport:
         """Add the photos of ``source`` to the existing database ``path`` (photos already in it
         are skipped). Uses the database's backbone when ``clip`` is not given; a different backbone
@@ -493,7 +502,7 @@ class Database:
         replaces it."""
         _check_build_args(batch_size, chunk_size, DEFAULT_DTYPE, workers)
         root = Path(path).expanduser()
-        plan = plan_source(source)
+        plan = _plan(source, on_plan, on_event)
         builder = _Builder(root, mode="add", on_event=on_event)
         with builder.locked():
             _recover_swap(root)
@@ -583,3 +592,12 @@ class Database:
             )
             builder.install()
         return cls.open(root, verify=False)
+
+
+def _plan(source: str | os.PathLike[str], on_plan: PlanProgress | None, on_event: Event | None) -> SourcePlan:
+    t0 = time.perf_counter()
+    plan = plan_source(source, on_plan)
+    if on_event is not None:
+        rejected = f", {len(plan.rejected):,} rows rejected" if plan.rejected else ""
+        on_event(f"planned {len(plan):,} photos from {plan.source}{rejected} in {time.perf_counter() - t0:.1f} s")
+    return plan
