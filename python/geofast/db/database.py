@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -51,6 +51,23 @@ if TYPE_CHECKING:
 
 #: Shortlist factor for non-flat indexes: ``rerank · k`` candidates re-scored exactly.
 DEFAULT_RERANK = 4
+#: Great-circle radius of :meth:`Database.within` (the haversine kernel's default).
+EARTH_RADIUS_KM = 6371.0088
+#: Cell size of the spatial grid behind :meth:`Database.within` (degrees of latitude and longitude).
+GRID_DEG = 0.25
+_GRID_ROWS = int(round(180 / GRID_DEG))
+_GRID_COLS = int(round(360 / GRID_DEG))
+#: Rows gathered per block by :meth:`Database.search_rows` (65,536 × 768 f16 = 96 MiB).
+_GATHER_ROWS = 65_536
+
+
+def _grid_cell(deg: np.ndarray, cells: int, half: float) -> np.ndarray:
+    return np.clip(np.floor((np.asarray(deg, dtype=np.float64) + half) / GRID_DEG), 0, cells - 1).astype(np.int64)
+
+
+def _grid_keys(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    return _grid_cell(lat, _GRID_ROWS, 90.0) * _GRID_COLS + _grid_cell(lon, _GRID_COLS, 180.0)
+
 
 # ----------------------------------------------------------------------------------------------
 # The database
@@ -82,6 +99,7 @@ class Database:
         self._faiss_index: Any = None
         self._meta_offsets: np.ndarray | None = None
         self._search_params: str | None = None
+        self._grid_index: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- properties ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -315,18 +333,70 @@ class Database:
 
     def within(self, center_latlon: Sequence[float] | np.ndarray, radius_km: float) -> np.ndarray:
         """Row ids (ascending) of the photos within ``radius_km`` (great circle, R = 6371.0088 km)
-        of ``center_latlon`` = (lat, lon) degrees."""
+        of ``center_latlon`` = (lat, lon) degrees.
+
+        Uses the database's spatial grid (rows sorted by a ``GRID_DEG`` latitude/longitude cell,
+        built once per opened database in O(N log N)): only the rows of the cells that can touch
+        the circle are measured, with the same haversine kernel as a full scan."""
         from geofast._geofast import haversine
 
         if not (radius_km > 0 and math.isfinite(radius_km)):
             raise ParameterError(f"radius_km must be > 0, got {radius_km}")
         center = np.asarray(center_latlon, dtype=np.float64).reshape(1, 2)
-        dist = haversine(np.asarray(self.latlon), center)
-        return np.flatnonzero(dist <= radius_km).astype(np.int64)
+        cand = self._grid_candidates(float(center[0, 0]), float(center[0, 1]), float(radius_km))
+        if cand.shape[0] == 0:
+            return cand
+        dist = haversine(np.asarray(self.latlon[cand]), center)
+        return cand[dist <= radius_km]
+
+    def _grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row ids sorted by grid cell, their sorted cell keys), built on first use."""
+        if self._grid_index is None:
+            ll = np.asarray(self.latlon)
+            keys = _grid_keys(ll[:, 0], ll[:, 1])
+            order = np.argsort(keys, kind="stable")
+            self._grid_index = (order.astype(np.int64), keys[order])
+        return self._grid_index
+
+    def _grid_candidates(self, lat: float, lon: float, radius_km: float) -> np.ndarray:
+        """Sorted row ids of every grid cell that may hold a point within ``radius_km``."""
+        order, keys = self._grid()
+        r_rad = radius_km / EARTH_RADIUS_KM * (1.0 + 1e-9) + 1e-12
+        dlat = math.degrees(r_rad)
+        lat_lo, lat_hi = max(-90.0, lat - dlat), min(90.0, lat + dlat)
+        if lat_hi >= 90.0 or lat_lo <= -90.0 or r_rad >= math.pi / 2:
+            lon_ranges = [(-180.0, 180.0)]  # the cap holds a pole: every longitude
+        else:
+            dlon = math.degrees(math.asin(min(1.0, math.sin(r_rad) / math.cos(math.radians(lat)))))
+            lo, hi = lon - dlon, lon + dlon
+            if hi - lo >= 360.0:
+                lon_ranges = [(-180.0, 180.0)]
+            elif lo < -180.0:
+                lon_ranges = [(-180.0, hi), (lo + 360.0, 180.0)]
+            elif hi > 180.0:
+                lon_ranges = [(lo, 180.0), (-180.0, hi - 360.0)]
+            else:
+                lon_ranges = [(lo, hi)]
+        b_lo, b_hi = (int(v) for v in _grid_cell(np.array([lat_lo, lat_hi]), _GRID_ROWS, 90.0))
+        starts, stops = [], []
+        for lo, hi in lon_ranges:
+            c_lo, c_hi = (int(v) for v in _grid_cell(np.array([lo, hi]), _GRID_COLS, 180.0))
+            band = np.arange(b_lo, b_hi + 1, dtype=np.int64) * _GRID_COLS
+            starts.append(np.searchsorted(keys, band + c_lo, side="left"))
+            stops.append(np.searchsorted(keys, band + c_hi, side="right"))
+        st, sp = np.concatenate(starts), np.concatenate(stops)
+        parts = [order[a:b] for a, b in zip(st.tolist(), sp.tolist()) if b > a]
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate(parts))
 
     def search_rows(self, embedding: np.ndarray, rows: np.ndarray, k: int, *, normalize: bool = True) -> Neighbours:
         """Exact search of one query ``(D,)`` among the given row ids only (Search-within-Cell);
-        returns up to ``k`` neighbours as a batch of one (``(1, min(k, len(rows)))``)."""
+        returns up to ``k`` neighbours as a batch of one (``(1, min(k, len(rows)))``), sorted by
+        descending similarity, ties by lower row id. The rows are gathered in blocks and scanned
+        by the Rust top-k kernel (``gf.Gallery``), so memory stays bounded whatever the count."""
+        from geofast._geofast import Gallery
+
         q = self._queries(embedding, normalize)
         if q.shape[0] != 1:
             raise ShapeError(f"search_rows takes one query, got {q.shape[0]}")
@@ -335,13 +405,22 @@ class Database:
         ids = np.unique(np.asarray(rows, dtype=np.int64).ravel())
         if ids.shape[0] and (ids[0] < 0 or ids[-1] >= len(self)):
             raise ParameterError(f"row ids must be within the database's {len(self):,} rows")
-        sims = np.empty(ids.shape[0], dtype=np.float32)
-        for s in range(0, ids.shape[0], 65536):
-            blk = ids[s : s + 65536]
-            sims[s : s + blk.shape[0]] = np.asarray(self.embeddings[blk], dtype=np.float32) @ q[0]
-        order = np.argsort(-sims, kind="stable")[: min(k, ids.shape[0])]
-        top = ids[order]
-        return Neighbours(sims[order][None, :], np.asarray(self.latlon[top]).reshape(1, -1, 2), top[None, :])
+        kk = min(int(k), ids.shape[0])
+        if kk == 0:
+            return Neighbours(np.zeros((1, 0), np.float32), np.zeros((1, 0, 2)), np.zeros((1, 0), np.int64))
+        best_s: list[np.ndarray] = []
+        best_i: list[np.ndarray] = []
+        dt: Literal["f16", "f32"] = "f16" if self.dtype == "f16" else "f32"
+        for s0 in range(0, ids.shape[0], _GATHER_ROWS):
+            blk = ids[s0 : s0 + _GATHER_ROWS]
+            vecs = np.ascontiguousarray(self.embeddings[blk])
+            sims, loc = Gallery(vecs, dtype=dt).search(q, min(kk, blk.shape[0]))
+            best_s.append(np.asarray(sims[0], dtype=np.float32))
+            best_i.append(blk[np.asarray(loc[0], dtype=np.int64)])
+        all_s, all_i = np.concatenate(best_s), np.concatenate(best_i)
+        order = np.lexsort((all_i, -all_s))[:kk]
+        top = all_i[order]
+        return Neighbours(all_s[order][None, :], np.asarray(self.latlon[top]).reshape(1, -1, 2), top[None, :])
 
     def farthest(self, embeddings: np.ndarray, k: int = 16, *, normalize: bool = True) -> Neighbours:
         """The ``k`` rows *least* similar to each query (nearest to the negated query, as Img2Loc
