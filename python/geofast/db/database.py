@@ -23,6 +23,8 @@ from geofast.db.builder import (
     Executor,
     _Builder,
     _check_build_args,
+    _recover_append,
+    _recover_append_locked,
     _recover_swap,
 )
 from geofast.db.encode import PROBE_MIN_COSINE, _probe_cosine, normalize_rows, probe_embedding
@@ -32,7 +34,10 @@ from geofast.db.format import (
     EMBEDDINGS,
     FAILED,
     INDEX,
+    JOURNAL,
     META,
+    META_KEYS,
+    META_OFFSETS,
     Event,
     Progress,
     _check_checksums,
@@ -41,6 +46,8 @@ from geofast.db.format import (
     _read_manifest,
     _read_npy_header,
     _rebuild_hint,
+    image_keys,
+    npy_layout,
 )
 from geofast.db.index import DEFAULT_TRAIN_SIZE, _apply_search_params, _faiss, _new_faiss_index
 from geofast.db.sources import PlanProgress, SourcePlan, plan_source
@@ -149,6 +156,8 @@ class Database:
         (sizes, headers and counts are always checked). With ``backbone``, also check that it is
         the backbone the database was built with."""
         root = Path(path).expanduser()
+        if (root / JOURNAL).is_file():
+            _recover_append_locked(root)
         manifest = _read_manifest(root)
         hint = _rebuild_hint(root, manifest)
         files = manifest["files"]
@@ -162,8 +171,7 @@ class Database:
                 what = "truncated" if size < want else "longer than recorded"
                 raise DatabaseError(f"database {root}: {name} is {what} ({size:,} bytes, manifest says {want:,})", hint=hint)
         count, dim = int(manifest["count"]), int(manifest["dim"])
-        np_dtype = np.dtype(_DTYPES[manifest["dtype"]])
-        for name, shape, dt in ((EMBEDDINGS, (count, dim), np_dtype), (COORDS, (count, 2), np.dtype(np.float64))):
+        for name, (shape, dt) in npy_layout(manifest).items():
             try:
                 got_shape, got_dtype, fortran, offset = _read_npy_header(root / name)
             except (OSError, ValueError) as e:
@@ -184,7 +192,7 @@ class Database:
                 )
         total = sum(int(f["bytes"]) for f in files.values())
         full = verify if verify is not None else total <= _format.FULL_VERIFY_BYTES
-        _check_checksums(root, files, full=bool(full), hint=hint)
+        _check_checksums(root, files, full=bool(full), hint=hint, manifest=manifest)
         emb = np.load(root / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
         latlon = np.load(root / COORDS, mmap_mode="r", allow_pickle=False)
         lat_ok = np.isfinite(latlon).all(axis=1) & (np.abs(latlon[:, 0]) <= 90) & (np.abs(latlon[:, 1]) <= 180)
@@ -201,16 +209,20 @@ class Database:
     def verify(self) -> None:
         """Full check: every file's sha256 and the metadata line count."""
         hint = _rebuild_hint(self.path, self.manifest)
-        _check_checksums(self.path, self.manifest["files"], full=True, hint=hint)
+        _check_checksums(self.path, self.manifest["files"], full=True, hint=hint, manifest=self.manifest)
         self._check_meta_lines(hint)
 
     def _check_meta_lines(self, hint: str) -> None:
-        offsets = self._offsets()
-        if offsets.shape[0] != len(self):
+        """Count the lines of meta.jsonl (reads it) and compare with the manifest and the stored offsets."""
+        scanned = self._scan_offsets()
+        if scanned.shape[0] != len(self):
             raise DatabaseError(
-                f"database {self.path}: {META} has {offsets.shape[0]:,} lines but the manifest says {len(self):,} rows",
+                f"database {self.path}: {META} has {scanned.shape[0]:,} lines but the manifest says {len(self):,} rows",
                 hint=hint,
             )
+        stored = self._stored_offsets()
+        if stored is not None and not np.array_equal(stored[:-1], scanned.astype(np.uint64)):
+            raise DatabaseError(f"database {self.path}: {META_OFFSETS} does not match the lines of {META}", hint=hint)
 
     def check_backbone(self, backbone: Backbone) -> None:
         """Raise :class:`DatabaseError` unless ``backbone`` is the one the database was built with."""
@@ -431,21 +443,33 @@ class Database:
         return Neighbours(-res.sims, res.latlon, res.ids)
 
     # -- metadata and info -----------------------------------------------------------------------
+    def _scan_offsets(self) -> np.ndarray:
+        """Start offsets of the lines of meta.jsonl, by reading it (databases without an offset index)."""
+        path = self.path / META
+        if path.stat().st_size == 0:
+            return np.zeros(0, dtype=np.int64)
+        data = np.fromfile(path, dtype=np.uint8)
+        ends = np.flatnonzero(data == 10)
+        if ends.shape[0] == 0 or ends[-1] != data.shape[0] - 1:
+            ends = np.append(ends, data.shape[0])
+        return np.concatenate([[0], ends + 1]).astype(np.int64)[:-1]
+
+    def _stored_offsets(self) -> np.ndarray | None:
+        """The memory-mapped row-offset index ``(N + 1,)`` uint64, or None for older databases."""
+        if META_OFFSETS not in self.manifest["files"]:
+            return None
+        return np.load(self.path / META_OFFSETS, mmap_mode="r", allow_pickle=False)
+
     def _offsets(self) -> np.ndarray:
+        """Line start offsets ``(N,)``: the stored index (memory-mapped) when present."""
         if self._meta_offsets is None:
-            path = self.path / META
-            if path.stat().st_size == 0:
-                self._meta_offsets = np.zeros(0, dtype=np.int64)
-            else:
-                data = np.fromfile(path, dtype=np.uint8)
-                ends = np.flatnonzero(data == 10)
-                if ends.shape[0] == 0 or ends[-1] != data.shape[0] - 1:
-                    ends = np.append(ends, data.shape[0])
-                self._meta_offsets = np.concatenate([[0], ends + 1]).astype(np.int64)[:-1]
+            stored = self._stored_offsets()
+            self._meta_offsets = stored[:-1] if stored is not None else self._scan_offsets()
         return self._meta_offsets
 
     def meta(self, ids: Iterable[int] | np.ndarray) -> list[dict[str, Any]]:
-        """The metadata objects (``{"image": path, ...extra columns}``) of the given row ids."""
+        """The metadata objects (``{"image": path, ...extra columns}``) of the given row ids
+        (reads only those lines, located by the row-offset index)."""
         offsets = self._offsets()
         out = []
         with open(self.path / META, "rb") as f:
@@ -457,9 +481,20 @@ class Database:
         return out
 
     def missing_images(self, images: Sequence[str]) -> np.ndarray:
-        """Indices (ascending) of the ``images`` paths that are not in the database yet."""
-        known = set(self.images())
-        return np.asarray([i for i, x in enumerate(images) if x not in known], dtype=np.int64)
+        """Indices (ascending) of the ``images`` paths that are not in the database yet. With the
+        key index (meta.keys.npy) only the rows whose 64-bit key matches are read to confirm."""
+        if META_KEYS not in self.manifest["files"]:
+            known = set(self.images())
+            return np.asarray([i for i, x in enumerate(images) if x not in known], dtype=np.int64)
+        keys = np.load(self.path / META_KEYS, mmap_mode="r", allow_pickle=False)
+        new_keys = image_keys(images)
+        hit = np.isin(new_keys, keys)
+        if not hit.any():
+            return np.arange(len(images), dtype=np.int64)
+        rows = np.flatnonzero(np.isin(keys, new_keys[hit]))
+        known = {m["image"] for m in self.meta(rows)}
+        dup = np.asarray([bool(h) and images[i] in known for i, h in enumerate(hit.tolist())], dtype=bool)
+        return np.flatnonzero(~dup).astype(np.int64)
 
     def images(self) -> list[str]:
         """The image path of every row, in row order."""
@@ -585,6 +620,7 @@ class Database:
         builder = _Builder(root, mode="add", on_event=on_event)
         with builder.locked():
             _recover_swap(root)
+            _recover_append(root)
             base = cls.open(root, verify=False)
             if clip is None and backbone is None and not os.environ.get("GEOFAST_CLIP", "").strip():
                 clip = base.backbone_source
@@ -663,7 +699,7 @@ class Database:
                 factory=factory,
                 emb_blocks=blocks(),
                 latlon=ll,
-                meta_lines=(json.dumps(m, ensure_ascii=False) for m in metas),
+                meta_lines=((str(m.get("image", "")), json.dumps(m, ensure_ascii=False)) for m in metas),
                 failures=[],
                 manifest_extra=manifest_extra,
                 train_size=train_size,
