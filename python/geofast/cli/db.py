@@ -97,7 +97,7 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print only the build report as JSON."),
 ) -> None:
     """Build an image database from geotagged photos (resumes an interrupted build of the same SOURCE)."""
-    from geofast.database import Database
+    from geofast.db import Database
 
     with _progress(progress, "encoding") as (advance, event):
         report = Database.build(
@@ -133,7 +133,7 @@ def add(
     as_json: bool = typer.Option(False, "--json", help="Print only the report as JSON."),
 ) -> None:
     """Add photos to a database (photos already in it are skipped; the old database stays valid until the new one is complete)."""
-    from geofast.database import Database
+    from geofast.db import Database
 
     with _progress(progress, "encoding") as (advance, event):
         report = Database.add(
@@ -160,7 +160,7 @@ def info(
     """Counts, sizes, backbone, index and coverage of a database."""
     from rich.table import Table
 
-    from geofast.database import Database
+    from geofast.db import Database
 
     db = Database.open(directory, verify=True if verify else None)
     data = db.info()
@@ -204,7 +204,7 @@ def info(
 
 
 def _full_verify_bytes() -> int:
-    from geofast.database import FULL_VERIFY_BYTES
+    from geofast.db import FULL_VERIFY_BYTES
 
     return FULL_VERIFY_BYTES
 
