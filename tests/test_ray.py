@@ -27,9 +27,9 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 import numpy as np
 import pytest
-from conftest import make_photo, make_tiny_clip
 
 import geofast
+from conftest import make_photo, make_tiny_clip
 from geofast.db import Database
 from geofast.db.ray_executor import RayExecutor, RayOptions
 from geofast.errors import ClusterError
@@ -217,7 +217,9 @@ def _build_cmd(csv_path: Path, out: Path, clip: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_cli_ray_build_killed_driver_resumes_to_the_same_bytes(ray_address, backbone, photos, tiny_clip_dir, tmp_path, one_thread):
+def test_cli_ray_build_killed_driver_resumes_to_the_same_bytes(
+    ray_address, backbone, photos, tiny_clip_dir, tmp_path, one_thread
+):
     out = tmp_path / "db"
     chunks = tmp_path / "db.partial" / "chunks"
     n_chunks = (N_PHOTOS + 2 + CHUNK - 1) // CHUNK  # 200 photos + the broken and the missing one
@@ -317,7 +319,9 @@ def test_cli_eval_with_ray_gives_the_same_predictions_and_metrics(ray_address, b
         "--method", "swc", "--db", str(db), "--no-confidence", "--clip", str(tiny_clip_dir), "--device", "cpu",
         "--batch-size", "7", "--json",
     ]  # fmt: skip
-    plain = subprocess.run([*common, "--out", str(tmp_path / "plain.csv")], env=_cli_env(), capture_output=True, text=True, timeout=240)
+    plain = subprocess.run(
+        [*common, "--out", str(tmp_path / "plain.csv")], env=_cli_env(), capture_output=True, text=True, timeout=240
+    )
     on_ray = subprocess.run(
         [*common, "--out", str(tmp_path / "ray.csv"), "--ray", ray_address, "--ray-actors", "2"],
         env=_cli_env(),
@@ -376,7 +380,9 @@ def test_unreachable_address_and_missing_gpus_are_one_line(ray_address, photos, 
     _nothing_written(out)
 
     r = subprocess.run(
-        _build_cmd(photos / "more.csv", out, tiny_clip_dir, "--ray", ray_address, "--ray-gpus-per-actor", "1", "--ray-actors", "2"),
+        _build_cmd(
+            photos / "more.csv", out, tiny_clip_dir, "--ray", ray_address, "--ray-gpus-per-actor", "1", "--ray-actors", "2"
+        ),
         env=_cli_env(),
         capture_output=True,
         text=True,

@@ -172,16 +172,15 @@ def llm_config(
             overrides[key] = value
     return LLMConfig.g3(**overrides) if recipe == "g3" else LLMConfig.img2loc(**overrides)
 
+
 _RAY = "Ray cluster (pip install 'geofast[scale]')"
-#: ``--ray`` without an address: start a local cluster (every CPU and GPU of this machine).
+#: ``--ray`` without an address (geofast.cli.main supplies it): a local cluster (every CPU and GPU of this machine).
 RAY_LOCAL = "local"
 Ray = Annotated[
     str | None,
     typer.Option(
         "--ray",
         metavar="[ADDRESS]",
-        is_flag=False,
-        flag_value=RAY_LOCAL,
         rich_help_panel=_RAY,
         help="Encode on a Ray cluster: HOST:PORT of a running one (ray start --head prints it), or no address for a local cluster using every GPU of this machine. Same results as without --ray.",
     ),

@@ -17,8 +17,9 @@ local executor gets. One Ray Data pipeline runs them:
 So a ``--ray`` build writes the same bytes as the single-machine build of the same source with
 the same backbone on the same kind of device, and a driver killed mid-build resumes from its
 committed chunks like any other build. Ray retries what dies: decode tasks are retried, a killed
-encoder actor is restarted (``max_restarts``) and its batch re-run (``max_task_retries``); the
-driver checks that batch ``i`` arrives exactly once and in place, so nothing is doubled or lost.
+encoder actor is restarted and the batch it held is run again (Ray Data's actor pools use
+``max_restarts=-1``, ``max_task_retries=-1``); the driver checks that batch ``i`` arrives exactly
+once and in place, so nothing is doubled or lost.
 
 **Checks before anything is written** (:meth:`RayExecutor.start`): Ray importable, the cluster
 reachable, enough GPUs for ``actors × gpus_per_actor``, and one worker with the actors' resources
@@ -60,8 +61,10 @@ INSTALL_HINT = "pip install 'geofast[scale]'"
 PREFLIGHT_TIMEOUT_S = 600.0
 #: Seconds to wait for a TCP connection to the cluster's address before calling it unreachable.
 CONNECT_TIMEOUT_S = 5.0
-#: Actor restarts (and retries of the batch a dead actor held) before the build fails.
+#: Actor restarts (and retries of the batch a dead actor held) of an evaluation's encoder actors.
 MAX_ACTOR_RESTARTS = 4
+#: Memory a decode task reserves (a batch of decoded photos and its pixel tensor).
+DECODE_TASK_MEMORY_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class RayOptions:
     cluster (or ``auto``). ``actors``: encoder actors (default: one per GPU of the cluster, else 1).
     ``gpus_per_actor``: GPUs each actor holds (default: 1 when the cluster has GPUs, else 0).
     ``cpus_per_actor``: CPUs each actor holds (its torch threads when it encodes on CPU).
+    ``decode_tasks``: most decode tasks at once (default: as many as the cluster's CPUs allow).
     ``num_cpus`` and ``object_store_bytes`` size a local cluster (ignored with an address).
     """
 
@@ -79,6 +83,7 @@ class RayOptions:
     actors: int | None = None
     gpus_per_actor: float | None = None
     cpus_per_actor: float = 1.0
+    decode_tasks: int | None = None
     num_cpus: int | None = None
     object_store_bytes: int | None = None
 
@@ -90,7 +95,7 @@ def import_ray() -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
-        import ray.data  # noqa: F401  (Ray Data is the ray[data] extra)
+        import ray.data
     except ImportError as e:
         raise ClusterError(f"Ray is not installed ({e}); distributed encoding needs ray[data]", hint=INSTALL_HINT) from None
     return ray
@@ -428,15 +433,18 @@ class RayExecutor:
             for i, j in enumerate(job_list)
         ]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        # ray_remote_args_fn keeps the decode tasks a separate (CPU task) stage: Ray Data would
-        # otherwise fuse them into the encoder actors.
+        # The decode tasks' memory reservation also keeps them a stage of their own: with the same
+        # resources as the encoder actors Ray Data would fuse them into the actors.
         ds = ds.map_batches(
             _decode,
             batch_size=1,
             fn_kwargs={"source": plan.source},
             num_cpus=1,
-            ray_remote_args_fn=lambda: {"num_cpus": 1},
+            memory=DECODE_TASK_MEMORY_BYTES,
+            concurrency=self.cluster.options.decode_tasks,
         )
+        # Ray Data creates pool actors with max_restarts=-1 and max_task_retries=-1: a dead
+        # actor is restarted and the batch it held is run again (once in the output).
         ds = ds.map_batches(
             _Encoder,
             fn_constructor_args=(plan,),
@@ -444,8 +452,6 @@ class RayExecutor:
             compute=ActorPoolStrategy(size=plan.actors),
             num_cpus=plan.cpus_per_actor,
             num_gpus=plan.gpus_per_actor or None,
-            max_restarts=MAX_ACTOR_RESTARTS,
-            max_task_retries=MAX_ACTOR_RESTARTS,
         )
         expected = 0
         rows = ds.iter_rows()
