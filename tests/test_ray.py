@@ -8,11 +8,13 @@ same sha256 (the manifest: the same JSON once its timestamps are removed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,15 +114,43 @@ def photos(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def one_thread():
-    """The reference (local) encoding with one torch thread, like each encoder actor (1 CPU)."""
+@contextlib.contextmanager
+def _torch_threads(n: int):
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """Local encoding with one torch thread, like each encoder actor (1 CPU): on CPU the bytes of
+    a forward pass may depend on the thread count, so the reference uses the same."""
+    with _torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def reference(backbone, photos, tmp_path_factory):
+    """The single-machine build of ``photos.csv`` (the reference of every --ray build)."""
+    out = tmp_path_factory.mktemp("ray-reference") / "ref.db"
+    with _torch_threads(1):
+        report = Database.build(photos / "photos.csv", out, backbone=backbone, chunk_size=CHUNK, batch_size=BATCH)
+    return out, report
+
+
+def _main(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process (its Ray connection is the module's cluster): (code, stdout, stderr)."""
+    from geofast.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 _TIMESTAMPS = ("created", "updated", "date")
@@ -159,9 +189,10 @@ def _nothing_written(out: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_ray_build_and_add_write_the_same_bytes(ray_address, backbone, photos, tmp_path, one_thread):
+def test_ray_build_and_add_write_the_same_bytes(ray_address, backbone, photos, reference, tmp_path, one_thread):
     local, remote = tmp_path / "local.db", tmp_path / "ray.db"
-    ref = Database.build(photos / "photos.csv", local, backbone=backbone, chunk_size=CHUNK, batch_size=BATCH)
+    shutil.copytree(reference[0], local)
+    ref = reference[1]
     with RayExecutor(RayOptions(actors=2)) as ex:
         got = Database.build(photos / "photos.csv", remote, backbone=backbone, chunk_size=CHUNK, batch_size=BATCH, executor=ex)
         assert ex.describe() == "2 encoder actors × 1 CPU on a local Ray cluster"
@@ -218,7 +249,7 @@ def _build_cmd(csv_path: Path, out: Path, clip: Path, *extra: str) -> list[str]:
 
 
 def test_cli_ray_build_killed_driver_resumes_to_the_same_bytes(
-    ray_address, backbone, photos, tiny_clip_dir, tmp_path, one_thread
+    ray_address, photos, reference, tiny_clip_dir, tmp_path, capsys, one_thread
 ):
     out = tmp_path / "db"
     chunks = tmp_path / "db.partial" / "chunks"
@@ -230,7 +261,7 @@ def test_cli_ray_build_killed_driver_resumes_to_the_same_bytes(
     cmd = _build_cmd(photos / "photos.csv", out, tiny_clip_dir, "--ray", ray_address, "--ray-actors", "1")
     proc = subprocess.Popen(cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline and committed() < 2:
             if proc.poll() is not None:
                 pytest.fail(f"the build ended before it could be killed: {proc.stderr.read().decode()[-800:]}")
@@ -243,16 +274,16 @@ def test_cli_ray_build_killed_driver_resumes_to_the_same_bytes(
     done = committed()
     assert 2 <= done < n_chunks, done
 
-    rerun = subprocess.run(
-        [*cmd[:-4], "--ray", ray_address, "--json"], env=_cli_env(), capture_output=True, text=True, timeout=240
-    )
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    report = json.loads(rerun.stdout)
+    # The same command again (in this process: same cluster, one torch thread like the reference).
+    code, stdout, stderr = _main(capsys, *cmd[3:-4], "--ray", ray_address, "--json")
+    assert code == 0, stderr[-2000:]
+    report = json.loads(stdout)
     assert report["resumed_chunks"] == done
+    bad_rows = (38, 92)  # plan rows of broken.jpg and missing.jpg
+    resumed_photos = done * CHUNK - sum(1 for r in bad_rows if r < done * CHUNK)
+    assert report["encoded"] == N_PHOTOS - resumed_photos  # only the rest was encoded
     assert report["rows"] == N_PHOTOS
-    ref = tmp_path / "ref"
-    Database.build(photos / "photos.csv", ref, backbone=backbone, chunk_size=CHUNK, batch_size=BATCH)
-    assert_same_bytes(ref, out)
+    assert_same_bytes(reference[0], out)
 
 
 def _encoder_pids() -> list[int]:
@@ -266,7 +297,9 @@ def _encoder_pids() -> list[int]:
     return pids
 
 
-def test_killed_encoder_actor_is_restarted_and_nothing_is_doubled_or_lost(ray_address, backbone, photos, tmp_path, one_thread):
+def test_killed_encoder_actor_is_restarted_and_nothing_is_doubled_or_lost(
+    ray_address, backbone, photos, reference, tmp_path, one_thread
+):
     out = tmp_path / "db"
     chunks = tmp_path / "db.partial" / "chunks"
     result: dict[str, object] = {}
@@ -297,9 +330,7 @@ def test_killed_encoder_actor_is_restarted_and_nothing_is_doubled_or_lost(ray_ad
     assert not t.is_alive()
     assert "error" not in result, result.get("error")
     assert result["report"].rows == N_PHOTOS  # type: ignore[attr-defined]
-    ref = tmp_path / "ref"
-    Database.build(photos / "photos.csv", ref, backbone=backbone, chunk_size=CHUNK, batch_size=BATCH)
-    assert_same_bytes(ref, out)
+    assert_same_bytes(reference[0], out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,7 +338,11 @@ def test_killed_encoder_actor_is_restarted_and_nothing_is_doubled_or_lost(ray_ad
 # ----------------------------------------------------------------------------------------------
 
 
-def test_cli_eval_with_ray_gives_the_same_predictions_and_metrics(ray_address, backbone, photos, tiny_clip_dir, tmp_path):
+def test_cli_eval_with_ray_gives_the_same_predictions_and_metrics(
+    ray_address, backbone, photos, tiny_clip_dir, tmp_path, capsys, one_thread, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("GEOFAST_CLIP", raising=False)
     db = tmp_path / "db"
     Database.build(photos / "more.csv", db, backbone=backbone)
     names = [f"p{i:03d}.jpg" for i in range(0, 60, 2)] + ["nothere.jpg"]
@@ -315,26 +350,17 @@ def test_cli_eval_with_ray_gives_the_same_predictions_and_metrics(ray_address, b
         "image,lat,lon\n" + "".join(f"{n},{(i * 3.1) % 80 - 40},{(i * 7.7) % 300 - 150}\n" for i, n in enumerate(names))
     )
     common = [
-        sys.executable, "-m", "geofast", "eval", str(tmp_path / "bench.csv"), "--images", str(photos / "img"),
-        "--method", "swc", "--db", str(db), "--no-confidence", "--clip", str(tiny_clip_dir), "--device", "cpu",
-        "--batch-size", "7", "--json",
+        "eval", tmp_path / "bench.csv", "--images", photos / "img", "--method", "swc", "--db", db, "--no-confidence",
+        "--clip", tiny_clip_dir, "--device", "cpu", "--batch-size", "7", "--json",
     ]  # fmt: skip
-    plain = subprocess.run(
-        [*common, "--out", str(tmp_path / "plain.csv")], env=_cli_env(), capture_output=True, text=True, timeout=240
-    )
-    on_ray = subprocess.run(
-        [*common, "--out", str(tmp_path / "ray.csv"), "--ray", ray_address, "--ray-actors", "2"],
-        env=_cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert plain.returncode == 0, plain.stderr[-2000:]
-    assert on_ray.returncode == 0, on_ray.stderr[-2000:]
-    assert "encoding on Ray: 2 encoder actors" in on_ray.stderr
+    code, plain, err = _main(capsys, *common, "--out", tmp_path / "plain.csv")
+    assert code == 0, err[-2000:]
+    code, on_ray, err = _main(capsys, *common, "--out", tmp_path / "ray.csv", "--ray", ray_address, "--ray-actors", "2")
+    assert code == 0, err[-2000:]
+    assert "encoding on Ray: 2 encoder actors × 1 CPU on the Ray cluster at 127.0.0.1:" in " ".join(err.split())
     assert (tmp_path / "plain.csv").read_bytes() == (tmp_path / "ray.csv").read_bytes()
-    assert json.loads(plain.stdout) == json.loads(on_ray.stdout)
-    assert json.loads(on_ray.stdout)["n"] == 30
+    assert json.loads(plain) == json.loads(on_ray)
+    assert json.loads(on_ray)["n"] == 30 and json.loads(on_ray)["failed"] == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,32 +368,28 @@ def test_cli_eval_with_ray_gives_the_same_predictions_and_metrics(ray_address, b
 # ----------------------------------------------------------------------------------------------
 
 
-def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode == 1, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert 1 <= len(lines) <= 2, r.stderr  # the error, and its hint
-    return r.stderr
+def _one_line_error(code: int, err: str) -> str:
+    assert code == 1, err[-2000:]
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), err
+    return " ".join(err.split())
 
 
-def test_ray_not_installed_names_the_extra(photos, tiny_clip_dir, tmp_path):
+def test_ray_not_installed_names_the_extra(photos, tiny_clip_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "db"
-    code = (
-        "import sys; sys.modules['ray'] = None\n"
-        "from geofast.cli import main\n"
-        f"sys.exit(main({_build_cmd(photos / 'more.csv', out, tiny_clip_dir, '--ray')[3:]!r}))"
-    )
-    r = subprocess.run([sys.executable, "-c", code], env=_cli_env(), capture_output=True, text=True, timeout=120)
-    err = _one_line_error(r)
-    assert "Ray is not installed" in err and "pip install 'geofast[scale]'" in err
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as without Ray
+    err = _one_line_error(*_main(capsys, *_build_cmd(photos / "more.csv", out, tiny_clip_dir, "--ray")[3:])[::2])
+    assert "Ray is not installed" in err and "hint: pip install 'geofast[scale]'" in err
     _nothing_written(out)
 
 
-def test_unreachable_address_and_missing_gpus_are_one_line(ray_address, photos, tiny_clip_dir, tmp_path):
+def test_unreachable_address_and_missing_gpus_are_one_line(ray_address, photos, tiny_clip_dir, tmp_path, capsys):
     with socket.socket() as s:  # a free local port: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "db"
+    # A fresh driver (this process is connected to the module's cluster already).
     r = subprocess.run(
         _build_cmd(photos / "more.csv", out, tiny_clip_dir, "--ray", f"127.0.0.1:{port}"),
         env=_cli_env(),
@@ -375,20 +397,20 @@ def test_unreachable_address_and_missing_gpus_are_one_line(ray_address, photos, 
         text=True,
         timeout=120,
     )
-    err = _one_line_error(r)
+    err = _one_line_error(r.returncode, r.stderr)
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in err and "ray start --head" in err
     _nothing_written(out)
-
-    r = subprocess.run(
-        _build_cmd(
-            photos / "more.csv", out, tiny_clip_dir, "--ray", ray_address, "--ray-gpus-per-actor", "1", "--ray-actors", "2"
-        ),
-        env=_cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    # A driver already connected elsewhere does not silently use that other cluster.
+    err = _one_line_error(
+        *_main(capsys, *_build_cmd(photos / "more.csv", out, tiny_clip_dir, "--ray", f"127.0.0.1:{port}")[3:])[::2]
     )
-    err = _one_line_error(r)
+    assert f"already connected to the Ray cluster at {ray_address}, not 127.0.0.1:{port}" in err
+    _nothing_written(out)
+
+    args = _build_cmd(
+        photos / "more.csv", out, tiny_clip_dir, "--ray", ray_address, "--ray-gpus-per-actor", "1", "--ray-actors", "2"
+    )
+    err = _one_line_error(*_main(capsys, *args[3:])[::2])
     assert "the Ray cluster has 0 GPUs; 2 encoder actors with 1 GPUs each need 2" in err
     _nothing_written(out)
 

@@ -74,6 +74,7 @@ def _executor(ray: str | None, actors: int | None, gpus_per_actor: float | None)
     from geofast.db.ray_executor import RayExecutor
 
     with RayExecutor(opts) as executor:
+        executor.connect()  # an unreachable or too small cluster fails before the model loads
         yield executor
 
 

@@ -88,9 +88,11 @@ class RayOptions:
     object_store_bytes: int | None = None
 
 
-def import_ray() -> Any:
-    """The ``ray`` module with Ray Data, or a :class:`ClusterError` saying how to install it."""
-    if "ray" not in sys.modules:  # a local cluster binds to 127.0.0.1 (read when ray is imported)
+def import_ray(*, local: bool = False) -> Any:
+    """The ``ray`` module with Ray Data, or a :class:`ClusterError` saying how to install it.
+    ``local``: a local cluster will be started, bound to 127.0.0.1 (Ray reads that setting when
+    it is imported; a driver of a real cluster must advertise its own address instead)."""
+    if local and "ray" not in sys.modules:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
@@ -145,8 +147,16 @@ class RayCluster:
         """Connect (once); returns the ``ray`` module."""
         if self.ray is not None:
             return self.ray
-        ray = import_ray()
-        if not ray.is_initialized():
+        ray = import_ray(local=self.options.address is None)
+        if ray.is_initialized():
+            current = str(ray.get_runtime_context().gcs_address)
+            wanted = self.options.address
+            if wanted not in (None, "auto", current) and "://" not in str(wanted):
+                raise ClusterError(
+                    f"this process is already connected to the Ray cluster at {current}, not {wanted}",
+                    hint=f"use {current}, or call ray.shutdown() first",
+                )
+        else:
             opts = self.options
             kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
             if opts.address is None:
@@ -220,7 +230,9 @@ def _worker_source(backbone: Backbone) -> str:
     return str(src.resolve()) if src.is_dir() else str(backbone.source)
 
 
-def _resolve_plan(cluster: RayCluster, backbone: Backbone, probe: np.ndarray) -> _Plan:
+def _sizing(cluster: RayCluster) -> tuple[int, float]:
+    """(encoder actors, GPUs per actor) for the cluster, or a :class:`ClusterError` when it
+    lacks the GPUs or CPUs they need."""
     opts = cluster.options
     res = cluster.resources()
     gpus, cpus = res.get("GPU", 0.0), res.get("CPU", 0.0)
@@ -244,12 +256,17 @@ def _resolve_plan(cluster: RayCluster, backbone: Backbone, probe: np.ndarray) ->
             f"{actors * opts.cpus_per_actor:g}",
             hint="use fewer encoder actors, or add nodes",
         )
+    return actors, gpa
+
+
+def _resolve_plan(cluster: RayCluster, backbone: Backbone, probe: np.ndarray) -> _Plan:
+    actors, gpa = _sizing(cluster)
     return _Plan(
         source=_worker_source(backbone),
         device="cuda" if gpa > 0 else "cpu",
         actors=actors,
         gpus_per_actor=gpa,
-        cpus_per_actor=float(opts.cpus_per_actor),
+        cpus_per_actor=float(cluster.options.cpus_per_actor),
         probe=tuple(float(v) for v in np.asarray(probe, dtype=np.float64)),
         version=__version__,
     )
@@ -387,6 +404,11 @@ class RayExecutor:
         self.dim: int | None = None
 
     # -- before anything is written ---------------------------------------------------------------
+    def connect(self) -> None:
+        """Connect and check the cluster's resources (no backbone needed: fails fast)."""
+        self.cluster.connect()
+        _sizing(self.cluster)
+
     def start(self, backbone: Backbone, probe: np.ndarray) -> None:
         """Connect and check the cluster (resources, one worker's version and backbone)."""
         ray = self.cluster.connect()
