@@ -625,7 +625,7 @@ class RayForward:
             raise
         except Exception as e:
             raise ClusterError(f"a Ray encoder actor failed: {_last_line(e)}", hint="rerun: finished images are kept") from None
-        return torch.from_numpy(np.asarray(feats, dtype=np.float32))
+        return torch.from_numpy(np.array(feats, dtype=np.float32))  # a writable copy of the fetched array
 
     def describe(self) -> str:
         return _describe(self.cluster, self.plan)
