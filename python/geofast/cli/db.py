@@ -26,6 +26,30 @@ app.add_typer(db_app, name="db")
 
 
 @contextlib.contextmanager
+def _plan_progress(enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """``on_plan(bytes, total)``: a transient bar while the source CSV is read."""
+    bar = _console.progress("reading the source", unit="bytes", transient=True)
+    state: dict[str, object] = {}
+
+    def advance(done: int, total: int) -> None:
+        if not enabled or "stopped" in state:
+            return
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task("reading the source", total=total, completed=done)
+        bar.update(state["task"], completed=done, total=total)  # type: ignore[arg-type]
+        if done >= total:
+            bar.stop()
+            state["stopped"] = True
+
+    try:
+        yield advance
+    finally:
+        if "task" in state and "stopped" not in state:
+            bar.stop()
+
+
+@contextlib.contextmanager
 def _progress(enabled: bool, label: str) -> Iterator[tuple[Callable[[int, int], None], Callable[[str], None]]]:
     """(on_progress, on_event) callbacks drawing a rich bar with ETA on stderr. The bar appears
     with the first progress report, so argument errors and model loading print no empty bar."""
@@ -118,7 +142,11 @@ def build(
     """Build an image database from geotagged photos (resumes an interrupted build of the same SOURCE)."""
     from geofast.db import Database
 
-    with _executor(ray, ray_actors, ray_gpus_per_actor) as executor, _progress(progress, "encoding") as (advance, event):
+    with (
+        _executor(ray, ray_actors, ray_gpus_per_actor) as executor,
+        _plan_progress(progress) as on_plan,
+        _progress(progress, "encoding") as (advance, event),
+    ):
         report = Database.build(
             source,
             out,
@@ -132,6 +160,7 @@ def build(
             executor=executor,
             on_progress=advance,
             on_event=event,
+            on_plan=on_plan,
         )
     _report(report, as_json, "built")
 
@@ -158,7 +187,11 @@ def add(
     """Add photos to a database (photos already in it are skipped; the old database stays valid until the new one is complete)."""
     from geofast.db import Database
 
-    with _executor(ray, ray_actors, ray_gpus_per_actor) as executor, _progress(progress, "encoding") as (advance, event):
+    with (
+        _executor(ray, ray_actors, ray_gpus_per_actor) as executor,
+        _plan_progress(progress) as on_plan,
+        _progress(progress, "encoding") as (advance, event),
+    ):
         report = Database.add(
             directory,
             source,
@@ -170,6 +203,7 @@ def add(
             executor=executor,
             on_progress=advance,
             on_event=event,
+            on_plan=on_plan,
         )
     _report(report, as_json, "updated")
 

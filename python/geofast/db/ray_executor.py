@@ -63,6 +63,9 @@ PREFLIGHT_TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 5.0
 #: Actor restarts (and retries of the batch a dead actor held) of an evaluation's encoder actors.
 MAX_ACTOR_RESTARTS = 4
+#: Input blocks of a build's pipeline: one batch per block (and per decode task) up to this many
+#: batches, then several consecutive batches per block (MP-16 at batch 32: ~72 per block).
+MAX_INPUT_BLOCKS = 2048
 #: Memory a decode task reserves (a batch of decoded photos and its pixel tensor).
 DECODE_TASK_MEMORY_BYTES = 256 << 20
 
@@ -431,14 +434,24 @@ class RayExecutor:
 
     # -- the pipeline -------------------------------------------------------------------------------
     def encode(self, jobs: Iterable[BatchJob]) -> Iterator[EncodedBatch]:
-        from geofast.db.builder import EncodedBatch
+        """Run ``jobs`` through the pipeline; each result's ``job`` carries the job's chunk, rows
+        and ``last_in_chunk`` (not its entries)."""
+        from geofast.db.builder import BatchJob, EncodedBatch
 
         if self.plan is None:
             raise ClusterError("internal error: RayExecutor.encode before start()")
         plan = self.plan
         ray = self.cluster.connect()
-        job_list = list(jobs)
-        if not job_list:
+        # One JSON spec per batch for the decode tasks; the driver keeps only (chunk, rows, last)
+        # of each job, not its Entry objects.
+        kept: list[BatchJob] = []
+        items: list[dict[str, Any]] = []
+        for i, j in enumerate(jobs):
+            kept.append(BatchJob(j.chunk, j.rows, (), j.last_in_chunk))
+            items.append(
+                {"job": i, "spec": json.dumps({"rows": list(j.rows), "entries": [[e.image, e.lat, e.lon] for e in j.entries]})}
+            )
+        if not items:
             return
         from ray.data import ActorPoolStrategy, DataContext
 
@@ -447,14 +460,7 @@ class RayExecutor:
         ctx.enable_progress_bars = False
         with contextlib.suppress(AttributeError):
             ctx.print_on_execution_start = False
-        items = [
-            {
-                "job": i,
-                "spec": json.dumps({"rows": list(j.rows), "entries": [[e.image, e.lat, e.lon] for e in j.entries]}),
-            }
-            for i, j in enumerate(job_list)
-        ]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_INPUT_BLOCKS))
         # The decode tasks' memory reservation also keeps them a stage of their own: with the same
         # resources as the encoder actors Ray Data would fuse them into the actors.
         ds = ds.map_batches(
@@ -490,7 +496,7 @@ class RayExecutor:
                 if row["error"]:
                     raise ClusterError(str(row["error"]), hint=_fix_hint(str(row["error"]), plan))
                 info = json.loads(row["info"])
-                job = job_list[job_id]
+                job = kept[job_id]
                 raw = row["feats"]
                 feats = np.frombuffer(raw, dtype=np.float32).reshape(-1, self.dim or 1).copy() if raw else None
                 yield EncodedBatch(
@@ -506,9 +512,9 @@ class RayExecutor:
             close = getattr(rows, "close", None)
             if close is not None:
                 close()
-        if expected != len(job_list):
+        if expected != len(kept):
             raise ClusterError(
-                f"internal error: the Ray pipeline returned {expected} of {len(job_list)} batches",
+                f"internal error: the Ray pipeline returned {expected} of {len(kept)} batches",
                 hint="rerun the same command: the build resumes from its committed chunks",
             )
 
