@@ -189,7 +189,11 @@ def _nothing_written(out: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_ray_build_and_add_write_the_same_bytes(ray_address, backbone, photos, reference, tmp_path, one_thread):
+def test_ray_build_and_add_write_the_same_bytes(
+    ray_address, backbone, photos, reference, tiny_clip_dir, tmp_path, capsys, monkeypatch, one_thread
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("GEOFAST_CLIP", raising=False)
     local, remote = tmp_path / "local.db", tmp_path / "ray.db"
     shutil.copytree(reference[0], local)
     ref = reference[1]
@@ -210,10 +214,15 @@ def test_ray_build_and_add_write_the_same_bytes(ray_address, backbone, photos, r
     row = [m["image"] for m in db.meta(range(len(db)))].index(str(photos / "img" / "p005.jpg"))
     np.testing.assert_allclose(np.asarray(db.embeddings[row], dtype=np.float64), feats / np.linalg.norm(feats), atol=2e-3)
 
+    # db add through the CLI (in this process: the module's cluster, one torch thread).
     Database.add(local, photos / "more.csv", backbone=backbone, chunk_size=CHUNK, batch_size=BATCH)
-    with RayExecutor(RayOptions(actors=1)) as ex:
-        rep = Database.add(remote, photos / "more.csv", backbone=backbone, chunk_size=CHUNK, batch_size=BATCH, executor=ex)
-    assert (rep.added, rep.rows) == (20, N_PHOTOS + 20)
+    code, stdout, stderr = _main(
+        capsys, "db", "add", remote, photos / "more.csv", "--clip", tiny_clip_dir, "--device", "cpu", "--chunk-size", CHUNK,
+        "--batch-size", BATCH, "--no-progress", "--json", "--ray", ray_address, "--ray-actors", "1",
+    )  # fmt: skip
+    assert code == 0, stderr[-2000:]
+    rep = json.loads(stdout)
+    assert (rep["added"], rep["rows"]) == (20, N_PHOTOS + 20)
     assert_same_bytes(local, remote)
 
 
