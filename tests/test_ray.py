@@ -296,13 +296,17 @@ def test_cli_ray_build_killed_driver_resumes_to_the_same_bytes(
 
 
 def _encoder_pids() -> list[int]:
-    import psutil
-
+    """PIDs of the encoder actors' processes (Ray titles them ``ray::...(_Encoder)``; Linux /proc)."""
     pids = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info.get("cmdline") or [])
-        if "_Encoder" in cmd and "ray::" in cmd:
-            pids.append(int(p.info["pid"]))
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith("ray::") and "_Encoder" in cmd:
+            pids.append(int(proc.name))
     return pids
 
 
