@@ -39,7 +39,7 @@ from geofast.errors import ClusterError
 pytestmark = pytest.mark.slow
 
 N_PHOTOS = 200
-TEST_TIMEOUT_S = 300
+TEST_TIMEOUT_S = 480
 CHUNK, BATCH = 16, 6  # batches of 6 inside chunks of 16: partial batches at every chunk end
 
 

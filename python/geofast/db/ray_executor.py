@@ -456,10 +456,9 @@ class RayExecutor:
         from ray.data import ActorPoolStrategy, DataContext
 
         ctx = DataContext.get_current()
+        saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)  # restored when done
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
-        with contextlib.suppress(AttributeError):
-            ctx.print_on_execution_start = False
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_INPUT_BLOCKS))
         # The decode tasks' memory reservation also keeps them a stage of their own: with the same
         # resources as the encoder actors Ray Data would fuse them into the actors.
@@ -512,6 +511,7 @@ class RayExecutor:
             close = getattr(rows, "close", None)
             if close is not None:
                 close()
+            ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         if expected != len(kept):
             raise ClusterError(
                 f"internal error: the Ray pipeline returned {expected} of {len(kept)} batches",
