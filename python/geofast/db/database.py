@@ -721,10 +721,14 @@ class Database:
         return cls.open(root, verify=False)
 
 
+#: Sources at least this large get a one-line planning notice (time, rejected rows).
+_PLAN_NOTICE_ROWS = 100_000
+
+
 def _plan(source: str | os.PathLike[str], on_plan: PlanProgress | None, on_event: Event | None) -> SourcePlan:
     t0 = time.perf_counter()
     plan = plan_source(source, on_plan)
-    if on_event is not None:
+    if on_event is not None and len(plan) + len(plan.rejected) >= _PLAN_NOTICE_ROWS:
         rejected = f", {len(plan.rejected):,} rows rejected" if plan.rejected else ""
         on_event(f"planned {len(plan):,} photos from {plan.source}{rejected} in {time.perf_counter() - t0:.1f} s")
     return plan
