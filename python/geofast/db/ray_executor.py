@@ -66,8 +66,9 @@ MAX_ACTOR_RESTARTS = 4
 #: Input blocks of a build's pipeline: one batch per block (and per decode task) up to this many
 #: batches, then several consecutive batches per block (MP-16 at batch 32: ~72 per block).
 MAX_INPUT_BLOCKS = 2048
-#: Memory a decode task reserves (a batch of decoded photos and its pixel tensor).
-DECODE_TASK_MEMORY_BYTES = 256 << 20
+#: Memory a decode task reserves: its worker holds torch and transformers (~0.7 GB resident)
+#: plus a batch of decoded photos and its pixel tensor.
+DECODE_TASK_MEMORY_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,10 @@ class RayCluster:
                     hint="check it with ray status (a cluster: ray start --head on the head node)",
                 ) from None
             self._owned = True
-        for name in ("ray.data", "ray"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # Ray Data's notices (progress bars off, memory advice) are not the user's business:
+        # failures reach the driver as exceptions and become one ClusterError line.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        logging.getLogger("ray").setLevel(logging.WARNING)
         self.ray = ray
         return ray
 
