@@ -21,6 +21,7 @@ __all__ = [
     "CacheError",
     "DatabaseError",
     "LLMError",
+    "ClusterError",
 ]
 
 
@@ -84,3 +85,8 @@ class DatabaseError(GeofastError):
 
 class LLMError(GeofastError):
     """The LLM endpoint cannot be used (configuration, authentication, repeated failures)."""
+
+
+class ClusterError(GeofastError):
+    """A Ray cluster cannot run the work: Ray missing, address unreachable, too few GPUs, or
+    workers with another geofast version or backbone."""

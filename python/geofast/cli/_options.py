@@ -178,3 +178,46 @@ def llm_config(
         if value is not None:
             overrides[key] = value
     return LLMConfig.g3(**overrides) if recipe == "g3" else LLMConfig.img2loc(**overrides)
+
+
+_RAY = "Ray cluster (pip install 'geofast[scale]')"
+#: ``--ray`` without an address (geofast.cli.main supplies it): a local cluster (every CPU and GPU of this machine).
+RAY_LOCAL = "local"
+Ray = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        rich_help_panel=_RAY,
+        help="Encode on a Ray cluster: HOST:PORT of a running one (ray start --head prints it), or no address for a local cluster using every GPU of this machine. Same results as without --ray.",
+    ),
+]
+RayActors = Annotated[
+    int | None,
+    typer.Option(
+        "--ray-actors", min=1, rich_help_panel=_RAY, help="Encoder actors, each loading the backbone once (default: one per GPU)."
+    ),
+]
+RayGpusPerActor = Annotated[
+    float | None,
+    typer.Option(
+        "--ray-gpus-per-actor",
+        min=0.0,
+        rich_help_panel=_RAY,
+        help="GPUs per encoder actor (default 1 when the cluster has GPUs, else 0: encode on CPUs).",
+    ),
+]
+
+
+def ray_options(address: str | None, actors: int | None, gpus_per_actor: float | None) -> Any:
+    """``--ray``, ``--ray-actors``, ``--ray-gpus-per-actor`` → RayOptions, or None without ``--ray``."""
+    from geofast.errors import InputError
+
+    if address is None:
+        if actors is not None or gpus_per_actor is not None:
+            raise InputError("--ray-actors and --ray-gpus-per-actor need --ray", hint="add --ray [ADDRESS]")
+        return None
+    from geofast.db.ray_executor import RayOptions
+
+    address = address.strip()
+    return RayOptions(address=None if address in ("", RAY_LOCAL) else address, actors=actors, gpus_per_actor=gpus_per_actor)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,9 @@ def evaluate(
     llm_image_size: o.LlmImageSize = 512,
     llm_max_tokens: o.LlmMaxTokens = 256,
     llm_cache: o.LlmCache = True,
+    ray: o.Ray = None,
+    ray_actors: o.RayActors = None,
+    ray_gpus_per_actor: o.RayGpusPerActor = None,
 ) -> None:
     """Evaluate geolocation accuracy: accuracy at radii, median/mean error, GeoScore, PD split.
 
@@ -83,11 +88,14 @@ def evaluate(
     from geofast import evaluate as ev
 
     radii_km = _parse_radii(radii)
+    ray_opts = o.ray_options(ray, ray_actors, ray_gpus_per_actor)
     if distance not in ("geodesic", "haversine"):
         raise gf.InputError(f"--distance {distance!r} is not geodesic or haversine")
     if predictions is not None:
-        if dataset is not None or images is not None:
-            raise gf.InputError("--predictions scores a file on its own", hint="drop DATASET/--images, or drop --predictions")
+        if dataset is not None or images is not None or ray_opts is not None:
+            raise gf.InputError(
+                "--predictions scores a file on its own", hint="drop DATASET/--images/--ray, or drop --predictions"
+            )
         scored = ev.read_predictions(predictions)
         title = str(predictions)
     else:
@@ -119,12 +127,14 @@ def evaluate(
         if not images.is_dir():
             raise gf.InputError(f"--images {images} is not a folder")
         data = ev.read_dataset(dataset)
+        created = not out.exists()
         log = ev.PredictionLog.open(out)
         todo = sum(1 for name in data.images if name not in log.done)
         if todo:
             with _console.err.status(f"loading {model} ...", spinner="dots"):
                 predictor = make_predictor(opts, database)
-            _predict_all(data, images, predictor, log, batch_size, method)
+            with _on_ray(predictor, ray_opts, out if created else None):
+                _predict_all(data, images, predictor, log, batch_size, method)
         scored = _subset(ev.read_predictions(out), set(data.images))
         title = f"{dataset.name} ({method}, {model})"
 
@@ -143,6 +153,27 @@ def evaluate(
         _console.err.print(f"[yellow]skipped[/] {image}: {error}")
     if len(scored.failed) > 10:
         _console.err.print(f"... and {len(scored.failed) - 10} more (see --json)")
+
+
+@contextlib.contextmanager
+def _on_ray(predictor: Any, ray_opts: Any, created: Path | None) -> Iterator[None]:
+    """With --ray: the CLIP forward passes on Ray actors; a cluster that cannot run them leaves
+    no predictions file behind (``created``: the file this run created)."""
+    if ray_opts is None:
+        yield
+        return
+    from geofast.db.ray_executor import ray_forward
+
+    with contextlib.ExitStack() as stack:
+        try:
+            with _console.err.status("starting the Ray encoder actors ...", spinner="dots"):
+                forward = stack.enter_context(ray_forward(predictor, ray_opts))
+        except Exception:
+            if created is not None:
+                created.unlink(missing_ok=True)
+            raise
+        _console.err.print(f"encoding on Ray: {forward.describe()}")
+        yield
 
 
 def _subset(scored: Any, names: set[str]) -> Any:
