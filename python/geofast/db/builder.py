@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,14 +37,19 @@ from geofast._io import atomic_write, atomic_write_text
 from geofast.db.encode import PROBE_MIN_COSINE, _backbone_info, _probe_cosine, probe_embedding
 from geofast.db.format import (
     _DTYPES,
+    APPENDABLE,
     COORDS,
     EMBEDDINGS,
     FAILED,
     FORMAT,
     FORMAT_VERSION,
     INDEX,
+    INDEX_BACKUP,
+    JOURNAL,
     MANIFEST,
     META,
+    META_KEYS,
+    META_OFFSETS,
     STATE,
     Event,
     Progress,
@@ -52,10 +58,13 @@ from geofast.db.format import (
     _HashingWriter,
     _is_flat,
     _now,
+    _npy_file_record,
     _npy_header,
+    _sample_sha256,
     _sibling,
+    npy_layout,
 )
-from geofast.db.index import _default_search_params, _faiss, _new_faiss_index, _train_and_fill
+from geofast.db.index import DEFAULT_TRAIN_SIZE, _default_search_params, _faiss, _new_faiss_index, _train_and_fill
 from geofast.db.sources import NO_GPS_REASON, Entry, SourcePlan, read_exif_gps
 from geofast.errors import DatabaseError, ImageError, ParameterError, ShapeError
 
@@ -125,6 +134,227 @@ def _recover_swap(root: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # The builder: chunks, assembly, install
 # ----------------------------------------------------------------------------------------------
+
+
+def _image_key(image: str) -> int:
+    return int.from_bytes(hashlib.blake2b(image.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+
+
+def _csv_text(rows: Iterable[tuple[str, str]], *, header: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if header:
+        writer.writerow(["image", "reason"])
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# In-place append (``add``): cost in proportion to the rows added
+# ----------------------------------------------------------------------------------------------
+#
+# Protocol: (1) write JOURNAL (the old count and byte size of every appendable file) and
+# hard-link index.faiss to INDEX_BACKUP; (2) append the new rows' bytes to every file, fsync;
+# (3) rewrite the .npy headers in place (same 128 bytes: numpy pads the growth axis to 21
+# digits); (4) write a new index.faiss by rename (non-flat); (5) commit the new manifest by
+# rename; (6) remove JOURNAL and the backup. Crash before (5): the journal rolls every file back
+# (truncate, old headers, old index) the next time the database is opened or grown; after (5):
+# the journal is just removed.
+
+
+def _appendable(base: Database, factory: str, dtype: str, n_new: int) -> bool:
+    """Can ``base`` grow in place (files with per-segment checksums, room in the npy headers)?"""
+    files = base.manifest["files"]
+    if base.dtype != dtype or base.index_factory != factory:
+        return False
+    if any(name not in files or "segments" not in files[name] for name in APPENDABLE):
+        return False
+    grown = npy_layout({**base.manifest, "count": len(base) + n_new})
+    for name, (shape, dt) in grown.items():
+        segs = files[name]["segments"]
+        if not segs or len(_npy_header(shape, dt)) != int(segs[0][0]):
+            return False
+    return True
+
+
+def _append_bytes(path: Path, start: int, chunks: Iterable[bytes | memoryview]) -> list[Any] | None:
+    """Write ``chunks`` at byte ``start`` of ``path`` (dropping anything after it), fsync;
+    the new segment ``[start, bytes, sha256]`` or None when nothing was written."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.truncate()
+        for c in chunks:
+            f.write(c)
+            h.update(c)
+            n += len(c) if isinstance(c, bytes) else c.nbytes
+        f.flush()
+        os.fsync(f.fileno())
+    return [start, n, h.hexdigest()] if n else None
+
+
+def _write_npy_header(path: Path, shape: tuple[int, ...], dtype: np.dtype[Any], length: int) -> None:
+    head = _npy_header(shape, dtype)
+    if len(head) != length:  # pragma: no cover - checked by _appendable
+        raise DatabaseError(f"internal error: the .npy header of {path.name} would change size")
+    with open(path, "r+b") as f:
+        f.write(head)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _append(
+    base: Database,
+    *,
+    n_new: int,
+    emb_blocks: Iterable[np.ndarray],
+    latlon: np.ndarray,
+    meta_lines: Iterable[tuple[str, str]],
+    failures: list[tuple[str, str]],
+    manifest_extra: dict[str, Any],
+    on_event: Event | None,
+) -> None:
+    """Grow ``base`` in place by ``n_new`` rows (see the protocol above; the caller holds the lock)."""
+    root = base.path
+    old_m = base.manifest
+    files = old_m["files"]
+    old_count = len(base)
+    dim = base.dim
+    np_dtype = np.dtype(_DTYPES[base.dtype])
+    has_index = not base.is_flat
+    old_bytes = {name: int(files[name]["bytes"]) for name in APPENDABLE}
+    journal = {"count": old_count, "bytes": old_bytes, "index": has_index}
+    atomic_write_text(root / JOURNAL, json.dumps(journal))
+    if has_index:
+        (root / INDEX_BACKUP).unlink(missing_ok=True)
+        os.link(root / INDEX, root / INDEX_BACKUP)
+    _fsync_dir(root)
+    segs: dict[str, list[Any] | None] = {}
+
+    def emb_bytes() -> Iterator[memoryview]:
+        written = 0
+        for blk in emb_blocks:
+            blk = np.ascontiguousarray(blk, dtype=np_dtype)
+            if blk.ndim != 2 or blk.shape[1] != dim:
+                raise ShapeError(f"embedding block of shape {blk.shape} does not have {dim} columns")
+            written += blk.shape[0]
+            yield blk.data.cast("B")
+        if written != n_new:
+            raise DatabaseError(f"internal error: appended {written} embeddings for {n_new} rows")
+
+    segs[EMBEDDINGS] = _append_bytes(root / EMBEDDINGS, old_bytes[EMBEDDINGS], emb_bytes())
+    ll = np.ascontiguousarray(latlon, dtype=np.float64).reshape(-1, 2)
+    segs[COORDS] = _append_bytes(root / COORDS, old_bytes[COORDS], [ll.data.cast("B")] if ll.shape[0] else [])
+    meta_start = old_bytes[META]
+    ends: array[int] = array("Q")
+    keys: array[int] = array("Q")
+    pos = meta_start
+
+    def meta_bytes() -> Iterator[bytes]:
+        nonlocal pos
+        for image, line in meta_lines:
+            b = line.encode("utf-8") + b"\n"
+            pos += len(b)
+            ends.append(pos)
+            keys.append(_image_key(image))
+            yield b
+
+    segs[META] = _append_bytes(root / META, meta_start, meta_bytes())
+    if len(ends) != n_new:
+        raise DatabaseError(f"internal error: appended {len(ends)} metadata lines for {n_new} rows")
+    segs[META_OFFSETS] = _append_bytes(root / META_OFFSETS, old_bytes[META_OFFSETS], [bytes(ends)] if n_new else [])
+    segs[META_KEYS] = _append_bytes(root / META_KEYS, old_bytes[META_KEYS], [bytes(keys)] if n_new else [])
+    segs[FAILED] = _append_bytes(
+        root / FAILED, old_bytes[FAILED], [_csv_text(failures, header=False).encode("utf-8")] if failures else []
+    )
+    new_m = {**old_m, "count": old_count + n_new}
+    for name, (shape, dt) in npy_layout(new_m).items():
+        _write_npy_header(root / name, shape, dt, int(files[name]["segments"][0][0]))
+    records = {name: dict(rec) for name, rec in files.items()}
+    for name in APPENDABLE:
+        rec = records[name]
+        rec.pop("sha256", None)
+        seg = segs.get(name)
+        rec["segments"] = list(rec["segments"]) + ([seg] if seg is not None else [])
+        rec["bytes"] = (root / name).stat().st_size
+        rec["sample_sha256"] = _sample_sha256(root / name)
+    if has_index:
+        faiss = _faiss()
+        index = faiss.read_index(str(root / INDEX_BACKUP))
+        emb = np.memmap(
+            root / EMBEDDINGS,
+            dtype=np_dtype,
+            mode="r",
+            offset=int(files[EMBEDDINGS]["segments"][0][0]),
+            shape=(old_count + n_new, dim),
+        )
+        _train_and_fill(index, emb, DEFAULT_TRAIN_SIZE, on_event, start=int(index.ntotal))
+        del emb
+        tmp = root / (INDEX + ".tmp")
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb") as fi:
+            os.fsync(fi.fileno())
+        os.replace(tmp, root / INDEX)
+        records[INDEX] = _file_record(root / INDEX)
+    _fsync_dir(root)
+    manifest = {
+        **old_m,
+        **{k: v for k, v in manifest_extra.items() if k != "created"},
+        "geofast_version": __version__,
+        "updated": _now(),
+        "count": old_count + n_new,
+        "files": records,
+    }
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    _fsync_dir(root)
+    (root / JOURNAL).unlink(missing_ok=True)
+    (root / INDEX_BACKUP).unlink(missing_ok=True)
+    _fsync_dir(root)
+
+
+def _recover_append(root: Path) -> None:
+    """Finish or roll back an interrupted in-place append (the caller holds the lock)."""
+    jpath = root / JOURNAL
+    if not jpath.is_file():
+        return
+    try:
+        journal = json.loads(jpath.read_text(encoding="utf-8"))
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        old_bytes = {str(k): int(v) for k, v in journal["bytes"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatabaseError(
+            f"database {root}: cannot read the journal of an interrupted add ({e})",
+            hint=f"rebuild the database: geofast db build SOURCE --out {root}",
+        ) from e
+    files = manifest.get("files", {})
+    committed = any(int(files.get(name, {}).get("bytes", -1)) != size for name, size in old_bytes.items())
+    backup = root / INDEX_BACKUP
+    if not committed:
+        for name, size in old_bytes.items():
+            with open(root / name, "r+b") as f:
+                f.truncate(size)
+                f.flush()
+                os.fsync(f.fileno())
+        for name, (shape, dt) in npy_layout(manifest).items():
+            _write_npy_header(root / name, shape, dt, int(files[name]["segments"][0][0]))
+        if backup.exists():
+            os.replace(backup, root / INDEX)
+    (root / (INDEX + ".tmp")).unlink(missing_ok=True)
+    backup.unlink(missing_ok=True)
+    _fsync_dir(root)
+    jpath.unlink()
+    _fsync_dir(root)
+
+
+def _recover_append_locked(root: Path) -> None:
+    """:func:`_recover_append` under the database's build lock (refused while an add runs)."""
+    with _Builder(root, mode="recover", on_event=None).locked():
+        _recover_append(root)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,10 +603,10 @@ class _Builder:
         duplicates = 0
         if base is not None:
             base.check_backbone(backbone)
-            known = set(base.images())
-            kept = [e for e in plan.entries if e.image not in known]
-            duplicates = len(plan.entries) - len(kept)
-            plan = SourcePlan(plan.source, plan.kind, kept, plan.rejected, plan.columns)
+            keep = base.missing_images(plan.images)
+            duplicates = len(plan) - int(keep.shape[0])
+            if duplicates:
+                plan = plan.subset(keep)
         n = len(plan.entries)
         n_chunks = (n + chunk_size - 1) // chunk_size
         digest = self._plan_digest(plan, chunk_size, dtype, dim, base)
@@ -455,16 +685,25 @@ class _Builder:
                 if emb.shape[0]:
                     yield emb
 
-        def meta_lines() -> Iterator[str]:
+        def new_meta_lines() -> Iterator[tuple[str, str]]:
+            for p in parts:
+                for r in p["rows"].tolist():
+                    yield plan.images[r], json.dumps({"image": plan.images[r], **plan.meta(r)}, ensure_ascii=False)
+
+        def meta_lines() -> Iterator[tuple[str, str]]:
             if base is not None:
                 with open(base.path / META, encoding="utf-8") as f:
                     for line in f:
                         if line.strip():
-                            yield line.rstrip("\n")
-            for p in parts:
-                for r in p["rows"].tolist():
-                    e = plan.entries[r]
-                    yield json.dumps({"image": e.image, **dict(e.meta)}, ensure_ascii=False)
+                            yield json.loads(line)["image"], line.rstrip("\n")
+            yield from new_meta_lines()
+
+        def new_emb_blocks() -> Iterator[np.ndarray]:
+            for c in range(n_chunks):
+                with np.load(self._chunk_path(c), allow_pickle=False) as z:
+                    emb = z["emb"]
+                if emb.shape[0]:
+                    yield emb
 
         src_record = {
             "source": plan.source,
@@ -485,6 +724,23 @@ class _Builder:
         }
         if base is not None:
             manifest_extra["created"] = base_m.get("created")
+            if _appendable(base, factory, dtype, new_count):
+                base._gallery = None
+                base._faiss_index = None
+                self._say(f"appending {new_count:,} rows to {self.root}")
+                _append(
+                    base,
+                    n_new=new_count,
+                    emb_blocks=new_emb_blocks(),
+                    latlon=latlon_new,
+                    meta_lines=new_meta_lines(),
+                    failures=failures,
+                    manifest_extra=manifest_extra,
+                    on_event=self._say,
+                )
+                self.discard()
+                report.seconds = time.perf_counter() - t_start
+                return report
         all_failures = (base.failures() if base is not None else []) + failures
         self.assemble(
             n_rows=base_count + new_count,
@@ -520,9 +776,8 @@ class _Builder:
             "base": hashlib.sha256((base.path / MANIFEST).read_bytes()).hexdigest() if base is not None else None,
         }
         h.update(json.dumps(head, sort_keys=True).encode())
-        for e in plan.entries:
-            h.update(json.dumps([e.image, e.lat, e.lon, list(e.meta)]).encode())
-            h.update(b"\n")
+        h.update(plan.digest.encode())  # the source's content (and the dedup selection of an add)
+        h.update(str(len(plan)).encode())
         return h.hexdigest()
 
     def _prepare_state(self, source: str, digest: str, probe: np.ndarray, n_chunks: int, chunk_size: int, n: int) -> set[int]:
@@ -684,7 +939,7 @@ class _Builder:
         factory: str,
         emb_blocks: Iterable[np.ndarray],
         latlon: np.ndarray,
-        meta_lines: Iterable[str],
+        meta_lines: Iterable[tuple[str, str]],
         failures: list[tuple[str, str]],
         manifest_extra: dict[str, Any],
         train_size: int,
@@ -700,20 +955,24 @@ class _Builder:
         # embeddings.npy, streamed
         path = self.staged / EMBEDDINGS
         written = 0
+        header = _npy_header((n_rows, dim), np_dtype)
+        data_h = hashlib.sha256()
         with open(path, "wb") as f:
             w = _HashingWriter(f)
-            w.write(_npy_header((n_rows, dim), np_dtype))
+            w.write(header)
             for blk in emb_blocks:
                 blk = np.ascontiguousarray(blk, dtype=np_dtype)
                 if blk.ndim != 2 or blk.shape[1] != dim:
                     raise ShapeError(f"embedding block of shape {blk.shape} does not have {dim} columns")
-                w.write(blk.data.cast("B"))
+                mv = blk.data.cast("B")
+                w.write(mv)
+                data_h.update(mv)
                 written += blk.shape[0]
             f.flush()
             os.fsync(f.fileno())
         if written != n_rows:
             raise DatabaseError(f"internal error: wrote {written} embeddings for {n_rows} rows")
-        records[EMBEDDINGS] = _file_record(path, w.h.hexdigest())
+        records[EMBEDDINGS] = _file_record(path, w.h.hexdigest(), [[len(header), w.size - len(header), data_h.hexdigest()]])
 
         # coords.npy
         ll = np.ascontiguousarray(latlon, dtype=np.float64)
@@ -721,30 +980,35 @@ class _Builder:
             raise DatabaseError(f"internal error: {ll.shape} coordinates for {n_rows} rows")
         path = self.staged / COORDS
         atomic_write(path, lambda f: np.save(f, ll, allow_pickle=False))
-        records[COORDS] = _file_record(path)
+        records[COORDS] = _npy_file_record(path)
 
-        # meta.jsonl
+        # meta.jsonl, with its row-offset and image-key indexes
         path = self.staged / META
-        lines = 0
+        ends: array[int] = array("Q")
+        keys: array[int] = array("Q")
         with open(path, "wb") as f:
             w = _HashingWriter(f)
-            for line in meta_lines:
+            for image, line in meta_lines:
                 w.write(line.encode("utf-8") + b"\n")
-                lines += 1
+                ends.append(w.size)
+                keys.append(_image_key(image))
             f.flush()
             os.fsync(f.fileno())
+        lines = len(ends)
         if lines != n_rows:
             raise DatabaseError(f"internal error: wrote {lines} metadata lines for {n_rows} rows")
-        records[META] = _file_record(path, w.h.hexdigest())
+        records[META] = _file_record(path, w.h.hexdigest(), [[0, w.size, w.h.hexdigest()]])
+        offsets = np.concatenate([np.zeros(1, np.uint64), np.frombuffer(ends, dtype=np.uint64)])
+        key_arr = np.frombuffer(keys, dtype=np.uint64) if lines else np.zeros(0, np.uint64)
+        for name, arr in ((META_OFFSETS, offsets), (META_KEYS, key_arr)):
+            _save_npy(self.staged / name, arr)
+            records[name] = _npy_file_record(self.staged / name)
 
         # failed.csv
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["image", "reason"])
-        writer.writerows(failures)
         path = self.staged / FAILED
-        atomic_write_text(path, buf.getvalue())
-        records[FAILED] = _file_record(path)
+        atomic_write_text(path, _csv_text(failures, header=True))
+        records[FAILED] = _file_record(path, segments=[])
+        records[FAILED]["segments"] = [[0, records[FAILED]["bytes"], records[FAILED]["sha256"]]]
 
         # index.faiss (non-flat)
         index_info: dict[str, Any] = {"factory": factory, "metric": "inner_product"}

@@ -6,9 +6,10 @@ import csv
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from geofast.db.builder import (
     Executor,
     _Builder,
     _check_build_args,
+    _recover_append,
+    _recover_append_locked,
     _recover_swap,
 )
 from geofast.db.encode import PROBE_MIN_COSINE, _probe_cosine, normalize_rows, probe_embedding
@@ -31,7 +34,10 @@ from geofast.db.format import (
     EMBEDDINGS,
     FAILED,
     INDEX,
+    JOURNAL,
     META,
+    META_KEYS,
+    META_OFFSETS,
     Event,
     Progress,
     _check_checksums,
@@ -40,9 +46,11 @@ from geofast.db.format import (
     _read_manifest,
     _read_npy_header,
     _rebuild_hint,
+    image_keys,
+    npy_layout,
 )
 from geofast.db.index import DEFAULT_TRAIN_SIZE, _apply_search_params, _faiss, _new_faiss_index
-from geofast.db.sources import plan_source
+from geofast.db.sources import PlanProgress, SourcePlan, plan_source
 from geofast.errors import DatabaseError, InputError, ParameterError, ShapeError
 
 if TYPE_CHECKING:
@@ -50,6 +58,23 @@ if TYPE_CHECKING:
 
 #: Shortlist factor for non-flat indexes: ``rerank · k`` candidates re-scored exactly.
 DEFAULT_RERANK = 4
+#: Great-circle radius of :meth:`Database.within` (the haversine kernel's default).
+EARTH_RADIUS_KM = 6371.0088
+#: Cell size of the spatial grid behind :meth:`Database.within` (degrees of latitude and longitude).
+GRID_DEG = 0.25
+_GRID_ROWS = int(round(180 / GRID_DEG))
+_GRID_COLS = int(round(360 / GRID_DEG))
+#: Rows gathered per block by :meth:`Database.search_rows` (65,536 × 768 f16 = 96 MiB).
+_GATHER_ROWS = 65_536
+
+
+def _grid_cell(deg: np.ndarray, cells: int, half: float) -> np.ndarray:
+    return np.clip(np.floor((np.asarray(deg, dtype=np.float64) + half) / GRID_DEG), 0, cells - 1).astype(np.int64)
+
+
+def _grid_keys(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    return _grid_cell(lat, _GRID_ROWS, 90.0) * _GRID_COLS + _grid_cell(lon, _GRID_COLS, 180.0)
+
 
 # ----------------------------------------------------------------------------------------------
 # The database
@@ -81,6 +106,7 @@ class Database:
         self._faiss_index: Any = None
         self._meta_offsets: np.ndarray | None = None
         self._search_params: str | None = None
+        self._grid_index: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- properties ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -130,6 +156,8 @@ class Database:
         (sizes, headers and counts are always checked). With ``backbone``, also check that it is
         the backbone the database was built with."""
         root = Path(path).expanduser()
+        if (root / JOURNAL).is_file():
+            _recover_append_locked(root)
         manifest = _read_manifest(root)
         hint = _rebuild_hint(root, manifest)
         files = manifest["files"]
@@ -143,8 +171,7 @@ class Database:
                 what = "truncated" if size < want else "longer than recorded"
                 raise DatabaseError(f"database {root}: {name} is {what} ({size:,} bytes, manifest says {want:,})", hint=hint)
         count, dim = int(manifest["count"]), int(manifest["dim"])
-        np_dtype = np.dtype(_DTYPES[manifest["dtype"]])
-        for name, shape, dt in ((EMBEDDINGS, (count, dim), np_dtype), (COORDS, (count, 2), np.dtype(np.float64))):
+        for name, (shape, dt) in npy_layout(manifest).items():
             try:
                 got_shape, got_dtype, fortran, offset = _read_npy_header(root / name)
             except (OSError, ValueError) as e:
@@ -165,7 +192,7 @@ class Database:
                 )
         total = sum(int(f["bytes"]) for f in files.values())
         full = verify if verify is not None else total <= _format.FULL_VERIFY_BYTES
-        _check_checksums(root, files, full=bool(full), hint=hint)
+        _check_checksums(root, files, full=bool(full), hint=hint, manifest=manifest)
         emb = np.load(root / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
         latlon = np.load(root / COORDS, mmap_mode="r", allow_pickle=False)
         lat_ok = np.isfinite(latlon).all(axis=1) & (np.abs(latlon[:, 0]) <= 90) & (np.abs(latlon[:, 1]) <= 180)
@@ -182,16 +209,20 @@ class Database:
     def verify(self) -> None:
         """Full check: every file's sha256 and the metadata line count."""
         hint = _rebuild_hint(self.path, self.manifest)
-        _check_checksums(self.path, self.manifest["files"], full=True, hint=hint)
+        _check_checksums(self.path, self.manifest["files"], full=True, hint=hint, manifest=self.manifest)
         self._check_meta_lines(hint)
 
     def _check_meta_lines(self, hint: str) -> None:
-        offsets = self._offsets()
-        if offsets.shape[0] != len(self):
+        """Count the lines of meta.jsonl (reads it) and compare with the manifest and the stored offsets."""
+        scanned = self._scan_offsets()
+        if scanned.shape[0] != len(self):
             raise DatabaseError(
-                f"database {self.path}: {META} has {offsets.shape[0]:,} lines but the manifest says {len(self):,} rows",
+                f"database {self.path}: {META} has {scanned.shape[0]:,} lines but the manifest says {len(self):,} rows",
                 hint=hint,
             )
+        stored = self._stored_offsets()
+        if stored is not None and not np.array_equal(stored[:-1], scanned.astype(np.uint64)):
+            raise DatabaseError(f"database {self.path}: {META_OFFSETS} does not match the lines of {META}", hint=hint)
 
     def check_backbone(self, backbone: Backbone) -> None:
         """Raise :class:`DatabaseError` unless ``backbone`` is the one the database was built with."""
@@ -314,33 +345,100 @@ class Database:
 
     def within(self, center_latlon: Sequence[float] | np.ndarray, radius_km: float) -> np.ndarray:
         """Row ids (ascending) of the photos within ``radius_km`` (great circle, R = 6371.0088 km)
-        of ``center_latlon`` = (lat, lon) degrees."""
+        of ``center_latlon`` = (lat, lon) degrees.
+
+        Uses the database's spatial grid (rows sorted by a ``GRID_DEG`` latitude/longitude cell,
+        built once per opened database in O(N log N)): only the rows of the cells that can touch
+        the circle are measured, with the same haversine kernel as a full scan."""
         from geofast._geofast import haversine
 
         if not (radius_km > 0 and math.isfinite(radius_km)):
             raise ParameterError(f"radius_km must be > 0, got {radius_km}")
         center = np.asarray(center_latlon, dtype=np.float64).reshape(1, 2)
-        dist = haversine(np.asarray(self.latlon), center)
-        return np.flatnonzero(dist <= radius_km).astype(np.int64)
+        cand = self._grid_candidates(float(center[0, 0]), float(center[0, 1]), float(radius_km))
+        if cand.shape[0] == 0:
+            return cand
+        dist = haversine(np.asarray(self.latlon[cand]), center)
+        return cand[dist <= radius_km]
+
+    def _grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row ids sorted by grid cell, their sorted cell keys), built on first use."""
+        if self._grid_index is None:
+            ll = np.asarray(self.latlon)
+            keys = _grid_keys(ll[:, 0], ll[:, 1])
+            order = np.argsort(keys, kind="stable")
+            self._grid_index = (order.astype(np.int64), keys[order])
+        return self._grid_index
+
+    def _grid_candidates(self, lat: float, lon: float, radius_km: float) -> np.ndarray:
+        """Sorted row ids of every grid cell that may hold a point within ``radius_km``."""
+        order, keys = self._grid()
+        r_rad = radius_km / EARTH_RADIUS_KM * (1.0 + 1e-9) + 1e-12
+        dlat = math.degrees(r_rad)
+        lat_lo, lat_hi = max(-90.0, lat - dlat), min(90.0, lat + dlat)
+        if lat_hi >= 90.0 or lat_lo <= -90.0 or r_rad >= math.pi / 2:
+            lon_ranges = [(-180.0, 180.0)]  # the cap holds a pole: every longitude
+        else:
+            dlon = math.degrees(math.asin(min(1.0, math.sin(r_rad) / math.cos(math.radians(lat)))))
+            lo, hi = lon - dlon, lon + dlon
+            if hi - lo >= 360.0:
+                lon_ranges = [(-180.0, 180.0)]
+            elif lo < -180.0:
+                lon_ranges = [(-180.0, hi), (lo + 360.0, 180.0)]
+            elif hi > 180.0:
+                lon_ranges = [(lo, 180.0), (-180.0, hi - 360.0)]
+            else:
+                lon_ranges = [(lo, hi)]
+        b_lo, b_hi = (int(v) for v in _grid_cell(np.array([lat_lo, lat_hi]), _GRID_ROWS, 90.0))
+        starts, stops = [], []
+        for lo, hi in lon_ranges:
+            c_lo, c_hi = (int(v) for v in _grid_cell(np.array([lo, hi]), _GRID_COLS, 180.0))
+            band = np.arange(b_lo, b_hi + 1, dtype=np.int64) * _GRID_COLS
+            starts.append(np.searchsorted(keys, band + c_lo, side="left"))
+            stops.append(np.searchsorted(keys, band + c_hi, side="right"))
+        st, sp = np.concatenate(starts), np.concatenate(stops)
+        parts = [order[a:b] for a, b in zip(st.tolist(), sp.tolist()) if b > a]
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate(parts))
 
     def search_rows(self, embedding: np.ndarray, rows: np.ndarray, k: int, *, normalize: bool = True) -> Neighbours:
         """Exact search of one query ``(D,)`` among the given row ids only (Search-within-Cell);
-        returns up to ``k`` neighbours as a batch of one (``(1, min(k, len(rows)))``)."""
+        returns up to ``k`` neighbours as a batch of one (``(1, min(k, len(rows)))``), sorted by
+        descending similarity, ties by lower row id. The rows are gathered in blocks and scanned
+        by the Rust top-k kernel (``gf.Gallery``), so memory stays bounded whatever the count."""
+        from geofast._geofast import Gallery
+
         q = self._queries(embedding, normalize)
         if q.shape[0] != 1:
             raise ShapeError(f"search_rows takes one query, got {q.shape[0]}")
         if k < 1:
             raise ParameterError(f"k must be >= 1, got {k}")
-        ids = np.unique(np.asarray(rows, dtype=np.int64).ravel())
+        ids = np.asarray(rows, dtype=np.int64).ravel()
+        if ids.shape[0] > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            ids = np.unique(ids)
         if ids.shape[0] and (ids[0] < 0 or ids[-1] >= len(self)):
             raise ParameterError(f"row ids must be within the database's {len(self):,} rows")
-        sims = np.empty(ids.shape[0], dtype=np.float32)
-        for s in range(0, ids.shape[0], 65536):
-            blk = ids[s : s + 65536]
-            sims[s : s + blk.shape[0]] = np.asarray(self.embeddings[blk], dtype=np.float32) @ q[0]
-        order = np.argsort(-sims, kind="stable")[: min(k, ids.shape[0])]
-        top = ids[order]
-        return Neighbours(sims[order][None, :], np.asarray(self.latlon[top]).reshape(1, -1, 2), top[None, :])
+        kk = min(int(k), ids.shape[0])
+        if kk == 0:
+            return Neighbours(np.zeros((1, 0), np.float32), np.zeros((1, 0, 2)), np.zeros((1, 0), np.int64))
+        best_s: list[np.ndarray] = []
+        best_i: list[np.ndarray] = []
+        dt: Literal["f16", "f32"] = "f16" if self.dtype == "f16" else "f32"
+        buf = np.empty((min(_GATHER_ROWS, ids.shape[0]), self.dim), dtype=self.embeddings.dtype)
+        for s0 in range(0, ids.shape[0], _GATHER_ROWS):
+            blk = ids[s0 : s0 + _GATHER_ROWS]
+            vecs = buf[: blk.shape[0]]
+            np.take(self.embeddings, blk, axis=0, out=vecs)
+            vecs.flags.writeable = False  # read-only: the Rust Gallery borrows it (no copy)
+            sims, loc = Gallery(vecs, dtype=dt).search(q, min(kk, blk.shape[0]))
+            del vecs
+            best_s.append(np.asarray(sims[0], dtype=np.float32))
+            best_i.append(blk[np.asarray(loc[0], dtype=np.int64)])
+        all_s, all_i = np.concatenate(best_s), np.concatenate(best_i)
+        order = np.lexsort((all_i, -all_s))[:kk]
+        top = all_i[order]
+        return Neighbours(all_s[order][None, :], np.asarray(self.latlon[top]).reshape(1, -1, 2), top[None, :])
 
     def farthest(self, embeddings: np.ndarray, k: int = 16, *, normalize: bool = True) -> Neighbours:
         """The ``k`` rows *least* similar to each query (nearest to the negated query, as Img2Loc
@@ -351,21 +449,33 @@ class Database:
         return Neighbours(-res.sims, res.latlon, res.ids)
 
     # -- metadata and info -----------------------------------------------------------------------
+    def _scan_offsets(self) -> np.ndarray:
+        """Start offsets of the lines of meta.jsonl, by reading it (databases without an offset index)."""
+        path = self.path / META
+        if path.stat().st_size == 0:
+            return np.zeros(0, dtype=np.int64)
+        data = np.fromfile(path, dtype=np.uint8)
+        ends = np.flatnonzero(data == 10)
+        if ends.shape[0] == 0 or ends[-1] != data.shape[0] - 1:
+            ends = np.append(ends, data.shape[0])
+        return np.concatenate([[0], ends + 1]).astype(np.int64)[:-1]
+
+    def _stored_offsets(self) -> np.ndarray | None:
+        """The memory-mapped row-offset index ``(N + 1,)`` uint64, or None for older databases."""
+        if META_OFFSETS not in self.manifest["files"]:
+            return None
+        return np.load(self.path / META_OFFSETS, mmap_mode="r", allow_pickle=False)
+
     def _offsets(self) -> np.ndarray:
+        """Line start offsets ``(N,)``: the stored index (memory-mapped) when present."""
         if self._meta_offsets is None:
-            path = self.path / META
-            if path.stat().st_size == 0:
-                self._meta_offsets = np.zeros(0, dtype=np.int64)
-            else:
-                data = np.fromfile(path, dtype=np.uint8)
-                ends = np.flatnonzero(data == 10)
-                if ends.shape[0] == 0 or ends[-1] != data.shape[0] - 1:
-                    ends = np.append(ends, data.shape[0])
-                self._meta_offsets = np.concatenate([[0], ends + 1]).astype(np.int64)[:-1]
+            stored = self._stored_offsets()
+            self._meta_offsets = stored[:-1] if stored is not None else self._scan_offsets()
         return self._meta_offsets
 
     def meta(self, ids: Iterable[int] | np.ndarray) -> list[dict[str, Any]]:
-        """The metadata objects (``{"image": path, ...extra columns}``) of the given row ids."""
+        """The metadata objects (``{"image": path, ...extra columns}``) of the given row ids
+        (reads only those lines, located by the row-offset index)."""
         offsets = self._offsets()
         out = []
         with open(self.path / META, "rb") as f:
@@ -375,6 +485,28 @@ class Database:
                 f.seek(int(offsets[i]))
                 out.append(json.loads(f.readline()))
         return out
+
+    def missing_images(self, images: Sequence[str]) -> np.ndarray:
+        """Indices (ascending) of the ``images`` paths that are not in the database yet. With the
+        key index (meta.keys.npy) only the rows whose 64-bit key matches are read to confirm."""
+        if META_KEYS not in self.manifest["files"]:
+            known = set(self.images())
+            return np.asarray([i for i, x in enumerate(images) if x not in known], dtype=np.int64)
+        keys = np.load(self.path / META_KEYS, mmap_mode="r", allow_pickle=False)
+        new_keys = image_keys(images)
+        if new_keys.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64)
+        probe = np.unique(new_keys)  # sorted; one pass over the stored keys: O(N log k), not a sort of N
+        rows_hit: list[np.ndarray] = []
+        for s0 in range(0, keys.shape[0], 1 << 20):
+            blk = np.asarray(keys[s0 : s0 + (1 << 20)])
+            pos = np.minimum(np.searchsorted(probe, blk), probe.shape[0] - 1)
+            rows_hit.append(s0 + np.flatnonzero(probe[pos] == blk))
+        rows = np.concatenate(rows_hit) if rows_hit else np.zeros(0, dtype=np.int64)
+        if rows.shape[0] == 0:
+            return np.arange(len(images), dtype=np.int64)
+        known = {m["image"] for m in self.meta(rows)}  # confirm the 64-bit key matches by path
+        return np.asarray([i for i, x in enumerate(images) if x not in known], dtype=np.int64)
 
     def images(self) -> list[str]:
         """The image path of every row, in row order."""
@@ -444,15 +576,17 @@ class Database:
         on_progress: Progress | None = None,
         on_event: Event | None = None,
         executor: Executor | None = None,
+        on_plan: PlanProgress | None = None,
     ) -> BuildReport:
         """Build (or rebuild, or resume building) the database ``out`` from ``source`` (a CSV or
         a folder of photos with EXIF GPS). ``out`` is replaced only once the new database is
         complete. The CLIP backbone is ``backbone`` or loaded from ``clip``/``device``.
         ``workers`` image-loading threads (default: 1 on CPU, where the encoder uses every core;
         up to 8 with a GPU) keep the encoder fed. ``executor`` replaces the local
-        loader threads + backbone (see :class:`geofast.db.builder.Executor`)."""
+        loader threads + backbone (see :class:`geofast.db.builder.Executor`); ``on_plan(bytes,
+        total)`` reports while the CSV is read."""
         _check_build_args(batch_size, chunk_size, dtype, workers)
-        plan = plan_source(source)
+        plan = _plan(source, on_plan, on_event)
         builder = _Builder(Path(out).expanduser(), mode="build", on_event=on_event)
         with builder.locked():
             _recover_swap(builder.root)
@@ -486,6 +620,7 @@ class Database:
         on_progress: Progress | None = None,
         on_event: Event | None = None,
         executor: Executor | None = None,
+        on_plan: PlanProgress | None = None,
     ) -> BuildReport:
         """Add the photos of ``source`` to the existing database ``path`` (photos already in it
         are skipped). Uses the database's backbone when ``clip`` is not given; a different backbone
@@ -493,10 +628,11 @@ class Database:
         replaces it."""
         _check_build_args(batch_size, chunk_size, DEFAULT_DTYPE, workers)
         root = Path(path).expanduser()
-        plan = plan_source(source)
+        plan = _plan(source, on_plan, on_event)
         builder = _Builder(root, mode="add", on_event=on_event)
         with builder.locked():
             _recover_swap(root)
+            _recover_append(root)
             base = cls.open(root, verify=False)
             if clip is None and backbone is None and not os.environ.get("GEOFAST_CLIP", "").strip():
                 clip = base.backbone_source
@@ -575,7 +711,7 @@ class Database:
                 factory=factory,
                 emb_blocks=blocks(),
                 latlon=ll,
-                meta_lines=(json.dumps(m, ensure_ascii=False) for m in metas),
+                meta_lines=((str(m.get("image", "")), json.dumps(m, ensure_ascii=False)) for m in metas),
                 failures=[],
                 manifest_extra=manifest_extra,
                 train_size=train_size,
@@ -583,3 +719,16 @@ class Database:
             )
             builder.install()
         return cls.open(root, verify=False)
+
+
+#: Sources at least this large get a one-line planning notice (time, rejected rows).
+_PLAN_NOTICE_ROWS = 100_000
+
+
+def _plan(source: str | os.PathLike[str], on_plan: PlanProgress | None, on_event: Event | None) -> SourcePlan:
+    t0 = time.perf_counter()
+    plan = plan_source(source, on_plan)
+    if on_event is not None and len(plan) + len(plan.rejected) >= _PLAN_NOTICE_ROWS:
+        rejected = f", {len(plan.rejected):,} rows rejected" if plan.rejected else ""
+        on_event(f"planned {len(plan):,} photos from {plan.source}{rejected} in {time.perf_counter() - t0:.1f} s")
+    return plan

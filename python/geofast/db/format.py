@@ -11,7 +11,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +30,15 @@ META = "meta.jsonl"
 FAILED = "failed.csv"
 INDEX = "index.faiss"
 STATE = "state.json"
+#: (N + 1,) uint64: byte offset of each line of meta.jsonl, then its size (row i = [o[i], o[i+1])).
+META_OFFSETS = "meta.offsets.npy"
+#: (N,) uint64: 64-bit BLAKE2b key of each row's image path (duplicate checks of ``add``).
+META_KEYS = "meta.keys.npy"
+#: Written before an in-place append touches any file, removed after the manifest commit.
+JOURNAL = "append.journal.json"
+INDEX_BACKUP = "index.faiss.bak"
+#: Files an ``add`` extends in place (each with one checksum per appended segment).
+APPENDABLE = ("embeddings.npy", "coords.npy", "meta.jsonl", "meta.offsets.npy", "meta.keys.npy", "failed.csv")
 
 #: Databases up to this size are fully checksummed on every open; larger ones get a sampled check.
 FULL_VERIFY_BYTES = 256 << 20
@@ -109,12 +118,64 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _file_record(path: Path, sha256: str | None = None) -> dict[str, Any]:
-    return {
+def _file_record(path: Path, sha256: str | None = None, segments: list[list[Any]] | None = None) -> dict[str, Any]:
+    """A manifest record: size, whole-file sha256, sampled sha256 and, for a file an ``add`` may
+    extend, ``segments`` ``[[offset, bytes, sha256], ...]`` tiling its data (after a ``.npy``
+    header, whose bytes follow from count/dim/dtype). After an append the whole-file sha256 is
+    dropped: the segments (one per build or add) are the checksums."""
+    rec: dict[str, Any] = {
         "bytes": path.stat().st_size,
         "sha256": sha256 if sha256 is not None else file_sha256(path),
         "sample_sha256": _sample_sha256(path),
     }
+    if segments is not None:
+        rec["segments"] = segments
+    return rec
+
+
+def _hash_region(path: Path, start: int, stop: int | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = (stop - start) if stop is not None else -1
+        while left != 0:
+            blk = f.read(1 << 22 if left < 0 else min(left, 1 << 22))
+            if not blk:
+                break
+            h.update(blk)
+            left -= len(blk) if left > 0 else 0
+    return h.hexdigest()
+
+
+def _npy_file_record(path: Path) -> dict[str, Any]:
+    """:func:`_file_record` of a ``.npy`` file with its data region as the first segment."""
+    _, _, _, offset = _read_npy_header(path)
+    size = path.stat().st_size
+    return _file_record(path, segments=[[offset, size - offset, _hash_region(path, offset)]])
+
+
+def image_keys(images: Iterable[str]) -> np.ndarray:
+    """64-bit BLAKE2b keys of image paths (:data:`META_KEYS`)."""
+    out = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(x.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little") for x in images),
+        dtype=np.uint64,
+    )
+    return out
+
+
+def npy_layout(manifest: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """The shape and dtype every ``.npy`` file of a database must have, from its manifest."""
+    count, dim = int(manifest["count"]), int(manifest["dim"])
+    out: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
+        EMBEDDINGS: ((count, dim), np.dtype(_DTYPES[manifest["dtype"]])),
+        COORDS: ((count, 2), np.dtype(np.float64)),
+    }
+    files = manifest.get("files", {})
+    if META_OFFSETS in files:
+        out[META_OFFSETS] = ((count + 1,), np.dtype(np.uint64))
+    if META_KEYS in files:
+        out[META_KEYS] = ((count,), np.dtype(np.uint64))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,14 +249,44 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_checksums(root: Path, files: dict[str, Any], *, full: bool, hint: str) -> None:
+def _check_checksums(root: Path, files: dict[str, Any], *, full: bool, hint: str, manifest: dict[str, Any] | None = None) -> None:
+    layout = npy_layout(manifest) if manifest is not None else {}
     for name, rec in files.items():
         path = root / name
-        if full:
-            got, want, what = file_sha256(path), rec.get("sha256"), "sha256"
-        else:
-            got, want, what = _sample_sha256(path), rec.get("sample_sha256"), "sampled sha256"
-        if got != want:
+        if not full:
+            if _sample_sha256(path) != rec.get("sample_sha256"):
+                raise DatabaseError(
+                    f"database {root}: {name} does not match its sampled sha256 in {MANIFEST} (file changed or corrupt)",
+                    hint=hint,
+                )
+            continue
+        if "sha256" in rec or "segments" not in rec:
+            if file_sha256(path) != rec.get("sha256"):
+                raise DatabaseError(
+                    f"database {root}: {name} does not match its sha256 in {MANIFEST} (file changed or corrupt)", hint=hint
+                )
+        if "segments" in rec:
+            _check_segments(root, name, rec, layout.get(name), hint)
+
+
+def _check_segments(
+    root: Path, name: str, rec: dict[str, Any], npy: tuple[tuple[int, ...], np.dtype[Any]] | None, hint: str
+) -> None:
+    path = root / name
+    segs = rec["segments"]
+    pos = int(segs[0][0]) if segs else 0
+    if npy is not None:
+        head = _npy_header(npy[0], npy[1])
+        with open(path, "rb") as f:
+            got = f.read(len(head))
+        if got != head or pos != len(head):
+            raise DatabaseError(f"database {root}: the .npy header of {name} does not match {MANIFEST}", hint=hint)
+    for off, length, sha in segs:
+        if int(off) != pos or _hash_region(path, int(off), int(off) + int(length)) != sha:
             raise DatabaseError(
-                f"database {root}: {name} does not match its {what} in {MANIFEST} (file changed or corrupt)", hint=hint
+                f"database {root}: {name} does not match its sha256 in {MANIFEST} (segment at byte {int(off):,}; file changed or corrupt)",
+                hint=hint,
             )
+        pos += int(length)
+    if pos != int(rec["bytes"]):
+        raise DatabaseError(f"database {root}: the checksummed segments of {name} do not cover the file", hint=hint)

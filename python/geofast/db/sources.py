@@ -9,12 +9,17 @@ a fix — counts as no GPS.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, overload
+
+import numpy as np
 
 from geofast.errors import InputError
 from geofast.gallery import find_column
@@ -27,6 +32,8 @@ _LAT_COLUMNS = ("lat", "latitude", "lat_deg")
 _LON_COLUMNS = ("lon", "lng", "long", "longitude", "lon_deg")
 _GPS_IFD = 0x8825
 NO_GPS_REASON = "no GPS position in EXIF"
+#: ``on_progress(bytes_read, total_bytes)`` while a source is planned.
+PlanProgress = Callable[[int, int], None]
 
 # ----------------------------------------------------------------------------------------------
 # Sources: CSV files and folders of photos with EXIF GPS
@@ -43,15 +50,80 @@ class Entry:
     meta: tuple[tuple[str, str], ...] = ()
 
 
+class _EntryView(Sequence[Entry]):
+    """The entries of a :class:`SourcePlan`, made on demand from its columns (1M entries would
+    otherwise cost ~0.5 GB of Python objects)."""
+
+    def __init__(self, plan: SourcePlan) -> None:
+        self._plan = plan
+
+    def __len__(self) -> int:
+        return len(self._plan.images)
+
+    @overload
+    def __getitem__(self, i: int) -> Entry: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Entry]: ...
+    def __getitem__(self, i: int | slice) -> Entry | list[Entry]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._plan.entry(int(i))
+
+
 @dataclass
 class SourcePlan:
-    """Everything a build will encode, in order, plus the rows rejected before encoding."""
+    """Everything a build will encode, in order, plus the rows rejected before encoding.
+
+    Stored by column: ``images`` (absolute paths), ``latlon`` ``(n, 2)`` float64 degrees (None for
+    a folder: positions come from EXIF GPS when encoded), ``values`` (the extra ``columns`` of
+    each row, or None). ``entries`` gives :class:`Entry` objects on demand. ``digest`` is a
+    sha256 of the source's content (CSV bytes, folder listing): resuming compares it instead of
+    hashing every entry again."""
 
     source: str
     kind: str  # "csv" | "folder"
-    entries: list[Entry]
+    images: list[str]
+    latlon: np.ndarray | None = None
+    values: list[tuple[str, ...]] | None = None
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
     columns: list[str] = field(default_factory=list)  # extra metadata columns (CSV)
+    digest: str = ""
+
+    @property
+    def entries(self) -> Sequence[Entry]:
+        return _EntryView(self)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def entry(self, i: int) -> Entry:
+        if self.latlon is None:
+            lat = lon = None
+        else:
+            lat, lon = float(self.latlon[i, 0]), float(self.latlon[i, 1])
+        meta = tuple(zip(self.columns, self.values[i])) if self.values is not None else ()
+        return Entry(image=self.images[i], lat=lat, lon=lon, meta=meta)
+
+    def meta(self, i: int) -> dict[str, str]:
+        """The metadata object stored for entry ``i`` (without the image path)."""
+        return dict(zip(self.columns, self.values[i])) if self.values is not None else {}
+
+    def subset(self, rows: np.ndarray) -> SourcePlan:
+        """The plan restricted to the given entry indices (ascending), same rejected rows; the
+        digest covers the selection."""
+        idx = np.asarray(rows, dtype=np.int64)
+        h = hashlib.sha256(self.digest.encode())
+        h.update(idx.tobytes())
+        return SourcePlan(
+            source=self.source,
+            kind=self.kind,
+            images=[self.images[i] for i in idx.tolist()],
+            latlon=None if self.latlon is None else self.latlon[idx],
+            values=None if self.values is None else [self.values[i] for i in idx.tolist()],
+            rejected=self.rejected,
+            columns=self.columns,
+            digest=h.hexdigest(),
+        )
 
 
 def _rational(value: Any) -> float:
@@ -126,53 +198,201 @@ def read_exif_gps(image: str | os.PathLike[str] | Image.Image) -> tuple[float, f
     return lat, lon
 
 
-def read_csv_source(path: str | os.PathLike[str]) -> SourcePlan:
+_BLOCK_BYTES = 4 << 20
+
+
+class _HashingReader(io.RawIOBase):
+    """A binary file whose bytes are hashed as they are read, reporting ``(read, total)``."""
+
+    def __init__(self, f: IO[bytes], h: Any, total: int, on_progress: PlanProgress | None) -> None:
+        self.f, self.h, self.total, self.on_progress = f, h, total, on_progress
+        self.done = 0
+        self._last = 0.0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = self.f.readinto(buf)  # type: ignore[attr-defined]
+        if n:
+            self.h.update(memoryview(buf)[:n])
+            self.done += n
+            if self.on_progress is not None and time.monotonic() - self._last > 0.1:
+                self._last = time.monotonic()
+                self.on_progress(self.done, self.total)
+        return int(n or 0)
+
+
+def _join_paths(names: Any, prefix: str, base: str) -> list[str]:
+    """``base/name`` for a pyarrow string array, normalised without touching the file system (no
+    per-row stat or realpath: a missing photo is found when the loader reads it and is listed in
+    failed.csv). Plain relative names are joined by one vectorised concatenation."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = pc.utf8_trim_whitespace(names)
+    odd = pc.or_(
+        pc.or_(pc.starts_with(names, "/"), pc.starts_with(names, ".")),
+        pc.or_(pc.starts_with(names, "~"), pc.match_substring_regex(names, r"/\.|//|\\\\")),
+    )
+    joined = pc.binary_join_element_wise(pa.scalar(prefix), names, "").to_pylist()
+    if pc.any(odd).as_py():
+        for i in np.flatnonzero(odd.to_numpy(zero_copy_only=False)).tolist():
+            name = os.path.expanduser(names[i].as_py())
+            joined[i] = os.path.normpath(name if os.path.isabs(name) else os.path.join(base, name))
+    return joined
+
+
+def read_csv_source(path: str | os.PathLike[str], on_progress: PlanProgress | None = None) -> SourcePlan:
     """Plan a build from a CSV with columns ``image,lat,lon`` (any order and case; ``path``,
     ``latitude``, ``longitude``, ``lng`` accepted too). Relative image paths are relative to the
-    CSV's folder; other columns are kept as metadata (strings). Rows with a missing path or an
-    invalid coordinate are rejected (listed in ``failed.csv``), never fatal."""
+    CSV's folder; other columns are kept as metadata (strings). Rows with a missing path, an
+    invalid coordinate or the wrong number of fields are rejected (listed in ``failed.csv``),
+    never fatal.
+
+    The file is streamed (pyarrow's CSV reader, 4 MiB blocks: memory holds the parsed columns,
+    not the text) and no image path is looked up on disk here. ``on_progress(bytes_read,
+    total_bytes)`` reports while it is read."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
     p = Path(path).expanduser().resolve()
+    hint = "pass a UTF-8 CSV with columns image,lat,lon"
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read CSV {p}: {e}", hint="pass a UTF-8 CSV with columns image,lat,lon") from e
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise InputError(f"CSV {p} is empty", hint="add a header line image,lat,lon and one row per photo") from None
-    header = [h.strip() for h in header]
-    img_col, lat_col, lon_col = (find_column(header, names) for names in (_IMAGE_COLUMNS, _LAT_COLUMNS, _LON_COLUMNS))
-    if img_col is None or lat_col is None or lon_col is None:
-        raise InputError(
-            f"CSV {p} needs columns image, lat and lon; found {', '.join(header[:8]) or 'none'}",
-            hint="name the columns image,lat,lon (paths relative to the CSV's folder)",
-        )
-    i_img, i_lat, i_lon = header.index(img_col), header.index(lat_col), header.index(lon_col)
-    extra = [(i, h) for i, h in enumerate(header) if i not in (i_img, i_lat, i_lon) and h]
-    base = p.parent
-    entries: list[Entry] = []
-    rejected: list[tuple[str, str]] = []
-    for line_no, row in enumerate(reader, start=2):
-        if not row or all(not c.strip() for c in row):
-            continue
-        row = row + [""] * (len(header) - len(row))
-        name = row[i_img].strip()
-        if not name:
-            rejected.append((f"{p.name}:{line_no}", "empty image path"))
-            continue
-        image = str((base / Path(name).expanduser()).resolve()) if not os.path.isabs(name) else str(Path(name))
+        f = open(p, "rb")
+    except OSError as e:
+        raise InputError(f"cannot read CSV {p}: {e}", hint=hint) from e
+    with f:
         try:
-            lat, lon = float(row[i_lat]), float(row[i_lon])
-        except ValueError:
-            rejected.append((image, f"line {line_no}: latitude/longitude {row[i_lat]!r}, {row[i_lon]!r} are not numbers"))
-            continue
-        if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
-            rejected.append((image, f"line {line_no}: coordinates ({lat}, {lon}) out of range (degrees, latitude first)"))
-            continue
-        meta = tuple((h, row[i]) for i, h in extra)
-        entries.append(Entry(image=image, lat=lat, lon=lon, meta=meta))
-    return SourcePlan(source=str(p), kind="csv", entries=entries, rejected=rejected, columns=[h for _, h in extra])
+            first = f.readline()
+            header = next(csv.reader([first.decode("utf-8-sig")]), [])
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise InputError(f"cannot read CSV {p}: {e}", hint=hint) from e
+        if not header:
+            raise InputError(f"CSV {p} is empty", hint="add a header line image,lat,lon and one row per photo")
+        header = [c.strip() for c in header]
+        img_col, lat_col, lon_col = (find_column(header, names) for names in (_IMAGE_COLUMNS, _LAT_COLUMNS, _LON_COLUMNS))
+        if img_col is None or lat_col is None or lon_col is None:
+            raise InputError(
+                f"CSV {p} needs columns image, lat and lon; found {', '.join(header[:8]) or 'none'}",
+                hint="name the columns image,lat,lon (paths relative to the CSV's folder)",
+            )
+        i_img, i_lat, i_lon = header.index(img_col), header.index(lat_col), header.index(lon_col)
+        extra = [(i, c) for i, c in enumerate(header) if i not in (i_img, i_lat, i_lon) and c]
+        names = [f"c{i}" for i in range(len(header))]
+        base = str(p.parent)
+        prefix = base.rstrip(os.sep) + os.sep
+        h = hashlib.sha256(b"csv\0" + base.encode("utf-8", "surrogateescape") + b"\0")
+        h.update(first)
+        total = os.fstat(f.fileno()).st_size
+        rejected: list[tuple[str, str]] = []
+
+        def bad_row(row: Any) -> str:
+            where = f"{p.name}:{row.number}" if row.number is not None else p.name
+            text = (row.text or "")[:120]
+            rejected.append((where, f"{row.actual_columns} fields where the header has {row.expected_columns}: {text!r}"))
+            return "skip"
+
+        images: list[str] = []
+        latlon_parts: list[np.ndarray] = []
+        values: list[tuple[str, ...]] = []
+        data_row = 0  # data rows seen (for line numbers: exact without blank lines or multi-line fields)
+        reader_src = io.BufferedReader(_HashingReader(f, h, total, on_progress), buffer_size=_BLOCK_BYTES)
+        try:
+            reader = pacsv.open_csv(
+                reader_src,
+                read_options=pacsv.ReadOptions(column_names=names, block_size=_BLOCK_BYTES, encoding="utf8"),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=bad_row),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
+                ),
+            )
+            for batch in reader:
+                n = batch.num_rows
+                cols = [batch.column(i) for i in range(len(names))]
+                img = pc.utf8_trim_whitespace(cols[i_img])
+                lat_s, lon_s = cols[i_lat], cols[i_lon]
+                try:
+                    lat = pc.cast(pc.utf8_trim_whitespace(lat_s), pa.float64()).to_numpy(zero_copy_only=False)
+                    lon = pc.cast(pc.utf8_trim_whitespace(lon_s), pa.float64()).to_numpy(zero_copy_only=False)
+                    numeric = np.ones(n, dtype=bool)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    lat, lon, numeric = _floats_slow(lat_s, lon_s)
+                empty = pc.equal(pc.utf8_length(img), 0).to_numpy(zero_copy_only=False)
+                in_range = numeric & np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
+                ok = ~empty & in_range
+                joined = _join_paths(img, prefix, base)
+                if not ok.all():
+                    for i in np.flatnonzero(~ok).tolist():
+                        line_no = data_row + i + 2
+                        if empty[i]:
+                            if all(not str(c[i].as_py()).strip() for c in cols):
+                                continue  # a blank row
+                            rejected.append((f"{p.name}:{line_no}", "empty image path"))
+                        elif not numeric[i]:
+                            rejected.append(
+                                (
+                                    joined[i],
+                                    f"line {line_no}: latitude/longitude {lat_s[i].as_py()!r}, {lon_s[i].as_py()!r} are not numbers",
+                                )
+                            )
+                        else:
+                            rejected.append(
+                                (
+                                    joined[i],
+                                    f"line {line_no}: coordinates ({lat[i]}, {lon[i]}) out of range (degrees, latitude first)",
+                                )
+                            )
+                    keep = np.flatnonzero(ok)
+                    images.extend(joined[i] for i in keep.tolist())
+                    latlon_parts.append(np.column_stack([lat[keep], lon[keep]]))
+                    if extra:
+                        vals = [cols[i].take(pa.array(keep)).to_pylist() for i, _ in extra]
+                        values.extend(zip(*vals))
+                else:
+                    images.extend(joined)
+                    latlon_parts.append(np.column_stack([lat, lon]))
+                    if extra:
+                        values.extend(zip(*(cols[i].to_pylist() for i, _ in extra)))
+                data_row += n
+        except pa.ArrowInvalid as e:
+            raise InputError(f"cannot read CSV {p}: {str(e).strip().splitlines()[0]}", hint=hint) from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read CSV {p}: {e}", hint=hint) from e
+    if on_progress is not None:
+        on_progress(total, total)
+    latlon = np.concatenate(latlon_parts) if latlon_parts else np.zeros((0, 2))
+    return SourcePlan(
+        source=str(p),
+        kind="csv",
+        images=images,
+        latlon=np.ascontiguousarray(latlon, dtype=np.float64),
+        values=values if extra else None,
+        rejected=rejected,
+        columns=[c for _, c in extra],
+        digest=h.hexdigest(),
+    )
+
+
+_NUMBER = r"(?i)^\s*[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|inf|infinity|nan)\s*$"
+
+
+def _floats_slow(lat_s: Any, lon_s: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float parsing of a block that holds a non-number: the number-shaped cells are cast, the
+    others flagged (vectorised; accepts what Python's float() accepts but digit underscores)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = []
+    numeric = None
+    for col in (lat_s, lon_s):
+        ok = pc.match_substring_regex(col, _NUMBER)
+        out.append(pc.cast(pc.utf8_trim_whitespace(pc.if_else(ok, col, "nan")), pa.float64()).to_numpy(zero_copy_only=False))
+        m = ok.to_numpy(zero_copy_only=False)
+        numeric = m if numeric is None else numeric & m
+    assert numeric is not None
+    return out[0], out[1], numeric
 
 
 def scan_folder_source(path: str | os.PathLike[str]) -> SourcePlan:
@@ -181,17 +401,19 @@ def scan_folder_source(path: str | os.PathLike[str]) -> SourcePlan:
     from geofast.images import expand_images
 
     p = Path(path).expanduser().resolve()
-    images = expand_images([p])
-    return SourcePlan(
-        source=str(p), kind="folder", entries=[Entry(image=str(Path(x).resolve()), lat=None, lon=None) for x in images]
-    )
+    images = [os.path.normpath(os.path.join(str(p), x)) for x in expand_images([p])]
+    h = hashlib.sha256(b"folder\0")
+    for x in images:
+        h.update(x.encode("utf-8", "surrogateescape") + b"\0")
+    return SourcePlan(source=str(p), kind="folder", images=images, digest=h.hexdigest())
 
 
-def plan_source(source: str | os.PathLike[str]) -> SourcePlan:
-    """A CSV file or a folder of photos → :class:`SourcePlan`."""
+def plan_source(source: str | os.PathLike[str], on_progress: PlanProgress | None = None) -> SourcePlan:
+    """A CSV file or a folder of photos → :class:`SourcePlan` (``on_progress(bytes, total)``
+    while a CSV is read)."""
     p = Path(source).expanduser()
     if p.is_dir():
         return scan_folder_source(p)
     if p.is_file():
-        return read_csv_source(p)
+        return read_csv_source(p, on_progress)
     raise InputError(f"source {source} does not exist", hint="pass a CSV (image,lat,lon) or a folder of photos with EXIF GPS")

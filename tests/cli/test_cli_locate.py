@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import geofast as gf
+from browser_support import embedded_data
 from conftest import make_photo
 
 
@@ -99,7 +100,8 @@ def test_table_geojson_map_region_gallery_and_swc(geolocator, tiny_clip_dir, cac
     feats = json.loads(gj.read_text())["features"]
     lib = geolocator.predict([str(img)], top_k=5)[0]
     assert feats[0]["geometry"]["coordinates"] == [lib.lon, lib.lat]
-    assert "leaflet" in html.read_text().lower()
+    embedded = embedded_data(html.read_text())["results"][0]["predictions"]
+    assert [[x["lat"], x["lon"]] for x in embedded] == [[c.lat, c.lon] for c in lib.candidates]
 
     # --region: every candidate inside the box.
     r = run_cli(img, "--clip", tiny_clip_dir, "--json", "--region", "35,-10,60,30", "--top-k", "10", cache_dir=cache_dir)

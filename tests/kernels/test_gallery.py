@@ -120,10 +120,36 @@ def test_read_only_memmap_is_borrowed_zero_copy(tmp_path):
     assert g.nbytes == 0
     for got, want in zip(g.search(q, 10, lse_scale=20.0), copied):
         np.testing.assert_array_equal(got, want)
-    # A read-only in-memory array is borrowed as well.
+    # A read-only in-memory array is copied: its flag can be switched back and it can be
+    # written afterwards (or through another view), which must not change the gallery.
     ro = x.copy()
     ro.flags.writeable = False
-    assert gf.Gallery(ro).nbytes == 0
+    g_ro = gf.Gallery(ro)
+    assert g_ro.nbytes == x.nbytes
+    ro.flags.writeable = True
+    ro[:] = -ro
+    for got, want in zip(g_ro.search(q, 10, lse_scale=20.0), copied):
+        np.testing.assert_array_equal(got, want)
+    view = x.copy()
+    ro_view = view[:]
+    ro_view.flags.writeable = False
+    g_view = gf.Gallery(ro_view)
+    assert g_view.nbytes == x.nbytes
+    view[:] = 0.0
+    for got, want in zip(g_view.search(q, 10, lse_scale=20.0), copied):
+        np.testing.assert_array_equal(got, want)
+    # Immutable bytes are borrowed like a read-only memory map.
+    b = gf.Gallery(np.frombuffer(x.tobytes(), dtype=np.float32).reshape(x.shape))
+    assert b.nbytes == 0
+    for got, want in zip(b.search(q, 10, lse_scale=20.0), copied):
+        np.testing.assert_array_equal(got, want)
+    # A read-only view of writable memory (bytearray) is not immutable: copied.
+    ba = bytearray(x.tobytes())
+    c = gf.Gallery(np.frombuffer(memoryview(ba).toreadonly(), dtype=np.float32).reshape(x.shape))
+    assert c.nbytes == x.nbytes
+    ba[:] = bytes(len(ba))
+    for got, want in zip(c.search(q, 10, lse_scale=20.0), copied):
+        np.testing.assert_array_equal(got, want)
     # float16 memmap with f16 storage: the halves are the data, borrowed.
     h = gf.Gallery(m16, dtype="f16")
     assert h.nbytes == 0
