@@ -99,8 +99,9 @@ def test_merged_topk_equals_numpy_reference(geolocator, photo_dir, top_k):
         # The raw list is the reference's: the top-k rows of the full softmax.
         raw_p = np.array([c.prob for c in raw[i].candidates])
         np.testing.assert_allclose(raw_p, np.sort(probs[i])[::-1][:top_k], rtol=1e-4, atol=PROB_TOL)
-        # Summing never loses probability: merged top-k mass ≥ raw top-k mass, both ≤ 1.
-        assert raw_p.sum() - PROB_TOL <= sum(c.prob for c in merged[i].candidates) <= 1 + PROB_TOL
+        # Summing never loses probability: merged top-k mass ≥ raw top-k mass, both ≤ 1 (up to
+        # the float32 scores' rounding, ~1e-7 × logit scale 100 relative).
+        assert raw_p.sum() - PROB_TOL <= sum(c.prob for c in merged[i].candidates) <= 1 + 1e-4
         # PD_25 around the reported top-1 (numpy), unchanged by merging when the top-1 place is the same.
         for p in (merged[i], raw[i]):
             near = np_haversine(np.array([[p.lat, p.lon]]), g.latlon)[0] <= 25.0
