@@ -91,10 +91,15 @@ def merge_exact(
     single = groups.size[rows] == 1
     all_rows = np.concatenate([rows[single], groups.multi])
     all_vals = np.concatenate([vals[single], multi_probs])
+    if all_rows.shape[0] < want:
+        return None
+    if all_rows.shape[0] > want:  # the best ``want`` without sorting them all
+        top = np.argpartition(-all_vals, want - 1)[:want]
+        all_rows, all_vals = all_rows[top], all_vals[top]
     order = np.lexsort((all_rows, -all_vals))
     all_rows, all_vals = all_rows[order], all_vals[order]
-    if all_rows.shape[0] >= want and all_vals[want - 1] >= p_last:
-        return all_rows[:want], all_vals[:want]
+    if all_vals[want - 1] >= p_last:
+        return all_rows, all_vals
     return None
 
 
