@@ -84,6 +84,10 @@ def is_url(text: object) -> bool:
     return len(scheme) > 1 and scheme.isascii() and scheme.isalpha()  # "C://" is a Windows path
 
 
+class PixelLimitError(ImageError):
+    """An image has more pixels than allowed (a possible decompression bomb), found before decoding."""
+
+
 def max_pixels() -> int:
     raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if raw:
@@ -169,13 +173,19 @@ def load_image(image: ImageInput, *, limit_pixels: int | None = None) -> Image.I
     return _decode(_open_bytes(data, name), name, limit)
 
 
-def _open_bytes(data: bytes, name: str) -> Image.Image:
+def _open_bytes(data: bytes, name: str, formats: Sequence[str] | None = None) -> Image.Image:
+    allowed: list[str] | None = None
+    if formats is not None:
+        Image.init()  # register every plugin: PIL loads the rarer ones (MPO, ...) lazily
+        allowed = [f.upper() for f in formats if f.upper() in Image.OPEN]
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=allowed)
     except UnidentifiedImageError as e:
+        if formats is not None:
+            raise ImageError(f"{name}: not an image in an accepted format ({', '.join(formats)})") from e
         raise ImageError(f"{name}: not an image PIL can read") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(
+        raise PixelLimitError(
             f"{name}: too many pixels (possible decompression bomb)",
             hint=f"raise the limit with {MAX_PIXELS_ENV}=<pixels> if the file is trusted",
         ) from e
@@ -183,11 +193,28 @@ def _open_bytes(data: bytes, name: str) -> Image.Image:
         raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
 
 
+def open_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Open an encoded image held in memory *without decoding its pixels* (PIL reads the header
+    only): the result's ``format``, ``width`` and ``height`` can be checked before any decoding."""
+    if len(data) == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    return _open_bytes(data, name)
+
+
+def load_image_bytes(data: bytes | Image.Image, name: str, *, limit_pixels: int | None = None) -> Image.Image:
+    """:func:`load_image` for an encoded image held in memory (an upload, a download), or for
+    the not-yet-decoded result of :func:`open_image_bytes`: the same checks, messages and pixels
+    as reading the same bytes from a file."""
+    limit = max_pixels() if limit_pixels is None else limit_pixels
+    im = data if isinstance(data, Image.Image) else open_image_bytes(data, name)
+    return _decode(im, name, limit)
+
+
 def _decode(im: Image.Image, name: str, limit: int) -> Image.Image:
     try:
         pixels = im.width * im.height
         if pixels > limit:
-            raise ImageError(
+            raise PixelLimitError(
                 f"{name}: {im.width}×{im.height} = {pixels:,} pixels exceeds the limit of {limit:,} "
                 "(possible decompression bomb)",
                 hint=f"raise the limit with {MAX_PIXELS_ENV}=<pixels> if the file is trusted",
@@ -203,7 +230,7 @@ def _decode(im: Image.Image, name: str, limit: int) -> Image.Image:
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: too many pixels (possible decompression bomb)") from e
+        raise PixelLimitError(f"{name}: too many pixels (possible decompression bomb)") from e
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         detail = str(e) or type(e).__name__
         if "truncated" in detail.lower():
@@ -268,8 +295,11 @@ def load_url(
     timeout_s: float = DEFAULT_URL_TIMEOUT_S,
     allow_private: bool = False,
     limit_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
 ) -> Image.Image:
     """Fetch an image over http(s) and open it like :func:`load_image`.
+
+    ``formats`` (PIL format names) restricts the decoders tried on the fetched bytes.
 
     At most ``max_bytes`` are read (a larger body is refused, whether announced by
     ``Content-Length`` or not); the whole fetch, redirects included, must finish within
@@ -313,7 +343,7 @@ def load_url(
                 raise ImageError(f"{url}: cannot fetch ({detail})", hint="check the URL and the network") from e
             if not data:
                 raise ImageError(f"{url}: empty response (0 bytes)")
-            return _decode(_open_bytes(data, url), url, limit)
+            return _decode(_open_bytes(data, url, formats), url, limit)
     raise ImageError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
@@ -418,6 +448,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageInput",
     "ImageURL",
+    "PixelLimitError",
     "address_refused",
     "is_url",
     "load_url",
@@ -426,5 +457,7 @@ __all__ = [
     "image_name",
     "iter_loaded",
     "load_image",
+    "load_image_bytes",
     "max_pixels",
+    "open_image_bytes",
 ]

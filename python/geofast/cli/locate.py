@@ -51,7 +51,9 @@ def locate(
     places: bool = typer.Option(True, "--places/--no-places", help="Name the nearest GeoNames place of each candidate."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON array to stdout."),
     geojson: Path | None = typer.Option(None, "--geojson", metavar="FILE", help="Also write the top-1 points as GeoJSON."),
-    map_file: Path | None = typer.Option(None, "--map", metavar="FILE.html", help="Also write an interactive map (folium)."),
+    map_file: Path | None = typer.Option(
+        None, "--map", metavar="FILE.html", help="Also write an interactive map (self-contained HTML, works offline)."
+    ),
     llm_base_url: o.LlmBaseUrl = None,
     llm_model: o.LlmModel = None,
     llm_recipe: o.LlmRecipe = "g3",

@@ -16,7 +16,7 @@ from geofast.errors import InputError, ParameterError
 from geofast.predict.types import Predictor
 
 if TYPE_CHECKING:
-    from geofast.database import Database
+    from geofast.db import Database
     from geofast.llm import LLMConfig
 
 METHODS = ("geoclip", "swc", "geoclip+swc", "rag")
@@ -45,19 +45,27 @@ class MethodOptions:
         from geofast.gallery import parse_region
 
         if self.method not in METHODS:
-            raise InputError(f"unknown --method {self.method!r}", hint=f"choose one of: {', '.join(METHODS)}")
+            raise InputError(f"unknown method {self.method!r}", hint=f"choose one of: {', '.join(METHODS)}", params=("method",))
         if self.eps_km <= 0:
-            raise ParameterError(f"--eps-km must be > 0, got {self.eps_km}")
+            raise ParameterError(f"eps_km must be > 0, got {self.eps_km}", params=("eps_km",))
         if self.cell_km <= 0:
-            raise ParameterError(f"--cell-km must be > 0, got {self.cell_km}")
+            raise ParameterError(f"cell_km must be > 0, got {self.cell_km}", params=("cell_km",))
         if self.db is None and self.method == "geoclip+swc":
             raise InputError(
-                "--method geoclip+swc needs an image database", hint="pass --db DIR (build one with geofast db build)"
+                "method geoclip+swc needs an image database",
+                hint="pass db, a database folder made with `geofast db build`",
+                params=("method", "db"),
             )
         if self.db is not None and self.method == "geoclip":
-            raise InputError("--db is used by --method swc, geoclip+swc or rag", hint="add --method swc (or geoclip+swc, rag)")
+            raise InputError(
+                "db is used by method swc, geoclip+swc or rag",
+                hint="set method swc (or geoclip+swc, rag)",
+                params=("db", "method"),
+            )
         if self.method == "geoclip+swc" and not self.confidence:
-            raise InputError("--method geoclip+swc needs GeoCLIP's heads", hint="drop --no-confidence")
+            raise InputError(
+                "method geoclip+swc needs GeoCLIP's heads", hint="turn confidence on", params=("method", "confidence")
+            )
         if self.method == "rag":
             from geofast.llm import LLMConfig
             from geofast.llm.client import resolve_api_key
@@ -68,7 +76,7 @@ class MethodOptions:
         parse_region(self.region)
         if self.db is None:
             return None
-        from geofast.database import Database
+        from geofast.db import Database
 
         return Database.open(self.db)
 

@@ -527,7 +527,8 @@ def build_gallery(
         if not mask.any():
             raise InputError(
                 f"no gallery point lies inside the region {box}",
-                hint="widen --region, or build a regional gallery with gf.fibonacci_lattice",
+                hint="widen region, or build a regional gallery with gf.fibonacci_lattice",
+                params=("region",),
             )
         latlon = latlon[mask]
         emb = np.ascontiguousarray(emb[mask])
