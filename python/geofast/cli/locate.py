@@ -17,7 +17,7 @@ from geofast.cli import app
 @app.command("locate")
 def locate(
     images: list[str] | None = typer.Argument(
-        None, metavar="[IMAGE|URL]...", help="Image files, folders (searched recursively), glob patterns or http(s) URLs."
+        None, metavar="IMAGE|URL", help="Image files, folders (searched recursively), glob patterns or http(s) URLs."
     ),
     texts: list[str] | None = typer.Option(
         None,

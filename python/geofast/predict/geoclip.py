@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +22,7 @@ import numpy as np
 import geofast as gf
 from geofast.errors import InputError
 from geofast.images import ImageInput, ImageURL, expand_images, iter_loaded, load_image
-from geofast.predict.duplicates import MERGE_MARGIN, DuplicateGroups, merge_row
+from geofast.predict.duplicates import MERGE_MARGIN, DuplicateGroups, merge_exact, merge_scanned
 from geofast.predict.types import Candidate, Prediction
 
 if TYPE_CHECKING:
@@ -219,8 +218,9 @@ class Geolocator:
         return idx, probs, pd, lse
 
     def _search_merged(self, emb: np.ndarray, top_k: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Merged top-k (see :mod:`geofast.predict.duplicates`): scan top_k + margin, merge, and
-        rescan deeper only the queries whose merged list is not yet provably complete."""
+        """Merged top-k (see :mod:`geofast.predict.duplicates`): scan top_k + margin and merge;
+        queries whose merged list is not yet provably complete get the exact sums of every
+        multi-row group (one matrix product for all of them), and a deeper scan if still needed."""
         groups = self.gallery.duplicates
         n = self.gallery.latlon.shape[0]
         want = min(top_k, groups.n_distinct)
@@ -233,23 +233,33 @@ class Geolocator:
         while todo.size:
             scores, idx, row_lse = self.gallery.search.search(emb[todo], k, lse_scale=scale)
             probs = np.exp(scale * scores.astype(np.float64) - row_lse[:, None])
-            retry: list[int] = []
+            lse[todo] = row_lse
+            pending: list[tuple[int, np.ndarray, np.ndarray, float]] = []
             for j, q in enumerate(todo.tolist()):
-                lse[q] = row_lse[j]
-                merged = merge_row(idx[j], probs[j], groups, top_k, k >= n, partial(self._multi_probs, emb[q], float(row_lse[j])))
-                if merged is None:
-                    retry.append(q)
+                rows, vals, certain = merge_scanned(idx[j], probs[j], groups, top_k, k >= n)
+                if certain:
+                    out_idx[q], out_prob[q] = rows[:want], vals[:want]
                 else:
-                    out_idx[q], out_prob[q] = merged
+                    pending.append((q, rows, vals, float(probs[j, -1])))
+            retry: list[int] = []
+            if pending:
+                queries = np.asarray([q for q, *_ in pending], dtype=np.int64)
+                multi = self._multi_probs(emb[queries], lse[queries])
+                for (q, rows, vals, p_last), mp in zip(pending, multi):
+                    merged = merge_exact(rows, vals, p_last, groups, top_k, mp)
+                    if merged is None:
+                        retry.append(q)
+                    else:
+                        out_idx[q], out_prob[q] = merged
             todo = np.asarray(retry, dtype=np.int64)
             k = min(n, k * 4)
         return out_idx, out_prob, lse
 
-    def _multi_probs(self, query: np.ndarray, lse: float) -> np.ndarray:
-        """Exact summed probability of every multi-row duplicate group for one query."""
+    def _multi_probs(self, queries: np.ndarray, lse: np.ndarray) -> np.ndarray:
+        """Exact summed probability ``(B, M)`` of every multi-row duplicate group for each query."""
         groups = self.gallery.duplicates
-        s = (self.gallery.multi_embeddings @ query.astype(np.float32)).astype(np.float64)
-        return np.exp(self.logit_scale * s - lse) * groups.size[groups.multi]
+        s = (queries.astype(np.float32) @ self.gallery.multi_embeddings.T).astype(np.float64)
+        return np.exp(self.logit_scale * s - lse[:, None]) * groups.size[groups.multi][None, :]
 
     def predict(
         self,
