@@ -53,12 +53,7 @@ def error_line(message: str, hint: str | None = None) -> None:
 
 
 def progress(label: str, *, unit: str | None = None, transient: bool = True) -> Any:
-    """A rich progress bar on stderr: label, bar, done/total (unit), elapsed, eta."""
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """A rich progress bar on the CLI's stderr console: label, bar, done/total (unit), elapsed, eta."""
+    from geofast._progress import progress_bar
 
-    columns = [TextColumn(f"[bold]{escape(label)}"), BarColumn(), MofNCompleteColumn()]
-    if unit:
-        columns.append(TextColumn(unit))
-    columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    return Progress(*columns, console=err, transient=transient)
+    return progress_bar(label, unit=unit, transient=transient, console=err)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geofast import __version__
+from geofast._geofast import __version__
 from geofast._io import atomic_write, atomic_write_text, file_sha256
 from geofast.cache import cache_root
 from geofast.errors import CacheError, CoordinateError, InputError, ShapeError
@@ -241,8 +241,8 @@ def _encode_with_progress(
 ) -> np.ndarray:
     if not show:
         return encode(latlon, lambda _n: None)
-    from geofast._console import progress
+    from geofast._progress import progress_bar
 
-    with progress(f"encoding gallery {label} (once; cached)", unit="points", transient=False) as bar:
+    with progress_bar(f"encoding gallery {label} (once; cached)", unit="points", transient=False) as bar:
         task = bar.add_task("encode", total=int(latlon.shape[0]))
         return encode(latlon, lambda n: bar.advance(task, n))
