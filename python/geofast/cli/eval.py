@@ -74,6 +74,8 @@ def evaluate(
     llm_cache: o.LlmCache = True,
 ) -> None:
     """Evaluate geolocation accuracy: accuracy at radii, median/mean error, GeoScore, PD split."""
+    import numpy as np
+
     import geofast as gf
     from geofast import evaluate as ev
 
@@ -114,12 +116,12 @@ def evaluate(
             raise gf.InputError(f"--images {images} is not a folder")
         data = ev.read_dataset(dataset)
         log = ev.PredictionLog.open(out)
-        todo = sum(1 for name in data.images if name not in log.done)
+        todo = int(np.count_nonzero(~log.done.contains_many(data.images)))
         if todo:
             with _console.err.status(f"loading {model} ...", spinner="dots"):
                 predictor = make_predictor(opts, database)
             _predict_all(data, images, predictor, log, batch_size, method)
-        scored = _subset(ev.read_predictions(out), set(data.images))
+        scored = ev.read_predictions(out).subset(data.images)
         title = f"{dataset.name} ({method}, {model})"
 
     metrics = ev.score(scored.truth, scored.pred, radii=radii_km, distance=distance, strict=strict, confidence=scored.confidence)
@@ -137,16 +139,6 @@ def evaluate(
         _console.err.print(f"[yellow]skipped[/] {image}: {error}")
     if len(scored.failed) > 10:
         _console.err.print(f"... and {len(scored.failed) - 10} more (see --json)")
-
-
-def _subset(scored: Any, names: set[str]) -> Any:
-    from geofast.evaluate import ScoredFile
-
-    keep = [i for i, name in enumerate(scored.images) if name in names]
-    conf = scored.confidence[keep] if scored.confidence is not None else None
-    return ScoredFile(
-        scored.truth[keep], scored.pred[keep], conf, [scored.images[i] for i in keep], [f for f in scored.failed if f[0] in names]
-    )
 
 
 def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: int, method: str) -> None:
