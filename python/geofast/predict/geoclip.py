@@ -45,6 +45,10 @@ class GalleryData:
     built: bool = False
 
 
+#: Memory budget of one block of the query × gallery distance matrix in :func:`prediction_density`.
+PD_BLOCK_BYTES = 32 << 20
+
+
 def prediction_density(
     query: np.ndarray,
     top1_latlon: np.ndarray,
@@ -52,16 +56,28 @@ def prediction_density(
     scale: float,
     lse: np.ndarray,
     radius_km: float = PD_RADIUS_KM,
+    *,
+    block_bytes: int = PD_BLOCK_BYTES,
 ) -> np.ndarray:
-    """PD_r for each query: softmax mass of gallery points within ``radius_km`` of its top-1."""
-    if query.shape[0] == 0:
+    """PD_r for each query: softmax mass of gallery points within ``radius_km`` of its top-1.
+
+    The distances are computed for blocks of queries (``block_bytes`` of float64 per block, at
+    least one query), so memory does not depend on how many queries are passed at once; each
+    query's value is the same whatever the block size."""
+    n = int(query.shape[0])
+    if n == 0:
         return np.zeros(0)
-    dist = gf.haversine_matrix(top1_latlon, gallery.latlon)
-    out = np.empty(query.shape[0])
-    for b in range(query.shape[0]):
-        near = np.flatnonzero(dist[b] <= radius_km)
-        s = np.asarray(gallery.embeddings[near], dtype=np.float32) @ query[b].astype(np.float32)
-        out[b] = float(np.exp(scale * s.astype(np.float64) - lse[b]).sum())
+    n_gallery = int(gallery.latlon.shape[0])
+    rows = max(1, int(block_bytes) // max(1, 8 * n_gallery))
+    out = np.empty(n)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        dist = gf.haversine_matrix(top1_latlon[start:stop], gallery.latlon)
+        for b in range(start, stop):
+            near = np.flatnonzero(dist[b - start] <= radius_km)
+            s = np.asarray(gallery.embeddings[near], dtype=np.float32) @ query[b].astype(np.float32)
+            out[b] = float(np.exp(scale * s.astype(np.float64) - lse[b]).sum())
+        del dist
     return np.minimum(out, 1.0)
 
 

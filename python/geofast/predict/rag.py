@@ -55,6 +55,7 @@ __all__ = [
     "predict_rag",
     "run_rag",
     "total_usage",
+    "verify_scores",
 ]
 
 #: Called after each image's LLM stage with (images done, images in total).
@@ -219,11 +220,14 @@ def geo_verify(image_embedding: np.ndarray, latlon: np.ndarray, encoder: Locatio
     latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
     if latlon.shape[0] == 0:
         return np.zeros(0)
-    return _cosines(np.asarray(encoder.encode_locations(latlon), dtype=np.float64), np.asarray(image_embedding, dtype=np.float64))
+    return _cosines(np.asarray(encoder.encode_locations(latlon), dtype=np.float32), np.asarray(image_embedding, dtype=np.float32))
 
 
 def _cosines(loc: np.ndarray, img: np.ndarray) -> np.ndarray:
-    img = img.reshape(-1)
+    """Cosine of each row of ``loc`` with ``img``, computed in float32 and returned as float64;
+    -1 for a zero vector."""
+    loc = np.asarray(loc, dtype=np.float32)
+    img = np.asarray(img, dtype=np.float32).reshape(-1)
     if loc.ndim != 2 or loc.shape[1] != img.shape[0]:
         raise ShapeError(
             f"location embeddings of shape {loc.shape} do not match an image embedding of size {img.shape[0]}",
@@ -232,7 +236,7 @@ def _cosines(loc: np.ndarray, img: np.ndarray) -> np.ndarray:
     denom = np.linalg.norm(loc, axis=1) * np.linalg.norm(img)
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = (loc @ img) / denom
-    return np.where(denom > 0, cos, -1.0)
+    return np.where(denom > 0, cos, np.float32(-1.0)).astype(np.float64)
 
 
 def _haversine_rad(latlon: np.ndarray) -> np.ndarray:
@@ -428,24 +432,58 @@ async def arun_rag(
             hint=f"check {OPTION_NAMES['base_url']}, {OPTION_NAMES['model']} and that the model accepts images",
         )
 
-    # Verification: one encode_locations call for the candidates of all images.
     per_image: list[list[Candidate]] = [
         o.llm + inp.retrieval if o.error is None else [] for inp, o in zip(inputs, outcomes, strict=True)
     ]
     scores: list[np.ndarray | None] = [None] * len(inputs)
     if encoder is not None:
-        flat = [(c.lat, c.lon) for cands in per_image for c in cands]
-        if flat:
-            loc = np.asarray(encoder.encode_locations(np.asarray(flat, dtype=np.float64)), dtype=np.float64)
-            if loc.ndim != 2 or loc.shape[0] != len(flat):
-                raise ShapeError(f"encode_locations returned {loc.shape} for {len(flat)} locations")
-            start = 0
-            for i, (inp, cands) in enumerate(zip(inputs, per_image, strict=True)):
-                if cands:
-                    assert inp.embedding is not None
-                    scores[i] = _cosines(loc[start : start + len(cands)], np.asarray(inp.embedding, dtype=np.float64))
-                    start += len(cands)
+        scores = verify_scores(inputs, per_image, encoder)
     return [_finish(inp, o, s, llm.model) for inp, o, s in zip(inputs, outcomes, scores, strict=True)]
+
+
+#: Locations encoded per ``encode_locations`` call in verification (bounds its memory).
+VERIFY_BLOCK = 4096
+
+
+def verify_scores(
+    inputs: Sequence[RagInput],
+    per_image: Sequence[Sequence[Candidate]],
+    encoder: LocationEncoder,
+    *,
+    block: int = VERIFY_BLOCK,
+) -> list[np.ndarray | None]:
+    """Geo-verification scores of every image's candidates, in float32, encoding the candidates
+    of consecutive images together up to ``block`` locations per call (one image's candidates are
+    never split), so memory is bounded whatever the number of images. None for an image without
+    candidates."""
+    scores: list[np.ndarray | None] = [None] * len(inputs)
+    i = 0
+    while i < len(inputs):
+        j, count = i, 0
+        while j < len(inputs) and (count == 0 or count + len(per_image[j]) <= block):
+            count += len(per_image[j])
+            j += 1
+        if count:
+            flat = np.empty((count, 2), dtype=np.float64)
+            pos = 0
+            for cands in per_image[i:j]:
+                for c in cands:
+                    flat[pos] = (c.lat, c.lon)
+                    pos += 1
+            loc = np.asarray(encoder.encode_locations(flat), dtype=np.float32)
+            if loc.ndim != 2 or loc.shape[0] != count:
+                raise ShapeError(f"encode_locations returned {loc.shape} for {count} locations")
+            start = 0
+            for k in range(i, j):
+                n = len(per_image[k])
+                if n:
+                    emb = inputs[k].embedding
+                    assert emb is not None
+                    scores[k] = _cosines(loc[start : start + n], np.asarray(emb, dtype=np.float32))
+                    start += n
+            del loc, flat
+        i = j
+    return scores
 
 
 def total_usage(predictions: Sequence[Prediction]) -> Usage:
