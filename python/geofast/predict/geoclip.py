@@ -21,7 +21,7 @@ import numpy as np
 
 import geofast as gf
 from geofast.errors import InputError
-from geofast.images import ImageInput, expand_images, iter_loaded, load_image
+from geofast.images import ImageInput, expand_images, iter_loaded_batches, load_image
 from geofast.predict.types import Candidate, Prediction
 
 if TYPE_CHECKING:
@@ -309,18 +309,25 @@ def predict_in_batches(
     method: str,
     predict: Callable[[list[str], list[Any]], list[Prediction]],
     on_progress: Callable[[int], None] | None = None,
+    *,
+    loader_threads: int | None = None,
 ) -> list[Prediction]:
     """Load ``items`` batch by batch and call ``predict(names, rgb_images)`` on the readable ones;
-    an unreadable image becomes a Prediction carrying its error, in its place."""
+    an unreadable image becomes a Prediction carrying its error, in its place.
+
+    The next batch is decoded in background threads (:func:`geofast.images.iter_loaded_batches`)
+    while ``predict`` runs on the current one; at most two batches of images are held."""
     results: list[Prediction] = []
-    for start in range(0, len(items), max(1, batch_size)):
-        loaded = list(iter_loaded(items[start : start + batch_size]))
+    for loaded in iter_loaded_batches(items, batch_size, threads=loader_threads):
         good = [(name, im) for _, name, im, _ in loaded if im is not None]
         located = iter(predict([n for n, _ in good], [im for _, im in good]) if good else [])
+        del good
         for _, name, im, err in loaded:
             results.append(next(located) if im is not None else Prediction(image=name, method=method, error=str(err)))
+        n = len(loaded)
+        del loaded
         if on_progress is not None:
-            on_progress(len(loaded))
+            on_progress(n)
     return results
 
 
