@@ -50,8 +50,9 @@ def error_line(message: str, hint: str | None = None) -> None:
         err.print(f"[dim]hint:[/] {hint}", markup=True, highlight=False, soft_wrap=True)
 
 
-def progress(label: str, *, unit: str | None = None, transient: bool = True) -> Any:
-    """A rich progress bar on stderr: label, bar, done/total (unit), elapsed, eta."""
+def progress(label: str, *, unit: str | None = None, transient: bool = True, info: bool = False) -> Any:
+    """A rich progress bar on stderr: label, bar, done/total (unit), elapsed, eta; with ``info``
+    a last column showing each task's ``info`` field (add tasks with ``info=""``)."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -59,4 +60,6 @@ def progress(label: str, *, unit: str | None = None, transient: bool = True) -> 
     if unit:
         columns.append(TextColumn(unit))
     columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    if info:
+        columns.append(TextColumn("{task.fields[info]}"))
     return Progress(*columns, console=err, transient=transient)

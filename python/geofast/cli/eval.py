@@ -72,6 +72,7 @@ def evaluate(
     llm_image_size: o.LlmImageSize = 512,
     llm_max_tokens: o.LlmMaxTokens = 256,
     llm_cache: o.LlmCache = True,
+    llm_deadline: o.LlmDeadline = 180.0,
 ) -> None:
     """Evaluate geolocation accuracy: accuracy at radii, median/mean error, GeoScore, PD split."""
     import numpy as np
@@ -142,10 +143,14 @@ def evaluate(
 
 
 def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: int, method: str) -> None:
+    from geofast.cli import _llm
     from geofast.evaluate import run_predictions
 
-    with _console.progress("evaluating", unit="images") as bar:
-        task = bar.add_task("eval", total=len(data.images))
+    rag = method == "rag"
+    with _console.progress("evaluating", unit="images", info=rag) as bar:
+        task = bar.add_task("eval", total=len(data.images), info="")
+        if rag:
+            _llm.attach(predictor, bar, task, count_images=False)
         run_predictions(
             data,
             images,

@@ -287,11 +287,20 @@ async def _ask_image(inp: RagInput, llm: LLMClient, cfg: LLMConfig, slots: async
             out.error = str(e)
             return out
         jobs: list[tuple[str, asyncio.Task]] = []  # type: ignore[type-arg]
-        async with asyncio.TaskGroup() as tg:
-            for spec in _plan(inp, cfg):
-                for s in range(cfg.samples):
-                    jobs.append((f"llm:p{spec.n_refs}s{s}", tg.create_task(llm.ask(spec.text, enc, s))))
+        try:
+            async with asyncio.timeout(cfg.deadline_s):
+                async with asyncio.TaskGroup() as tg:
+                    for spec in _plan(inp, cfg):
+                        for s in range(cfg.samples):
+                            jobs.append((f"llm:p{spec.n_refs}s{s}", tg.create_task(llm.ask(spec.text, enc, s))))
+        except TimeoutError:
+            late = sum(1 for _, t in jobs if t.cancelled())
+            out.errors.append(f"deadline of {cfg.deadline_s:g} s exceeded ({late} of {len(jobs)} requests unanswered)")
+            out.usage = out.usage + Usage(failed=late)
+            llm.cancelled(late)
     for source, task in jobs:
+        if task.cancelled():
+            continue
         answer = task.result()
         out.usage = out.usage + answer.usage
         if answer.content is None:
@@ -323,7 +332,10 @@ def _first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-
 async def _llm_stage(inputs: Sequence[RagInput], llm: LLMClient, cfg: LLMConfig, progress: Progress | None) -> list[_Outcome]:
     # Images being prepared or waiting for answers at once: enough to keep every request slot
     # busy, few enough that 10k images do not all sit in memory as JPEGs.
-    slots = asyncio.Semaphore(max(4, 2 * cfg.concurrency))
+    # With G3's 8 requests per image, 2 × concurrency requests queued keep every slot busy
+    # without making an image's deadline run out while it waits behind the others.
+    per_image = max(1, len(cfg.references) * cfg.samples)
+    slots = asyncio.Semaphore(max(2, math.ceil(2 * cfg.concurrency / per_image)))
     done = 0
 
     async def one(inp: RagInput) -> _Outcome:
@@ -384,7 +396,12 @@ def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str)
     fallback = not best.source.startswith("llm")
     reason = None
     if fallback:
-        reason = "no usable LLM answer" if not out.llm else "a retrieval candidate verified better"
+        if out.llm:
+            reason = "a retrieval candidate verified better"
+        elif out.errors:
+            reason = f"no usable LLM answer ({out.errors[-1]})"
+        else:
+            reason = "no usable LLM answer"
     return Prediction(
         image=inp.name,
         lat=best.lat,
@@ -425,7 +442,8 @@ async def arun_rag(
     outcomes = await _llm_stage(inputs, llm, cfg, progress) if inputs else []
 
     total = Usage.total(o.usage for o in outcomes)
-    if total.failed > 0 and total.requests == 0 and total.cached == 0:
+    run = llm.stats  # the whole run's totals: a batch hit by a short outage does not stop a run that worked
+    if total.failed > 0 and run.requests == 0 and run.cached == 0:
         last = next((e for o in reversed(outcomes) for e in reversed(o.errors)), "unknown error")
         raise LLMError(
             f"all {total.failed} requests to {llm.base_url} failed; last error: {last}",
@@ -591,7 +609,10 @@ class RagPredictor:
         self.geolocator = geolocator
         self.database = database
         self.config = config if config is not None else LLMConfig()
-        self.client = client
+        #: One client for the whole run (every batch): one circuit breaker, one set of totals.
+        self.client = client if client is not None else LLMClient(self.config)
+        #: Called with (images done, images in this call) during the LLM stage, when set.
+        self.llm_progress: Progress | None = None
 
     def predict(
         self,
@@ -633,7 +654,7 @@ class RagPredictor:
             encoder=self.geolocator,
             names=[results[i].image for i in keep],
             client=self.client,
-            progress=llm_progress,
+            progress=llm_progress if llm_progress is not None else self.llm_progress,
         )
         if places:
             self._name_places(preds)
