@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import make_photo
-from geofast.database import MANIFEST, Database
+from geofast.db import MANIFEST, Database
 
 
 def run_cli(*args, cache_dir=None, extra_env=None):

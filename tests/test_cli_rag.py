@@ -117,7 +117,7 @@ def test_cli_rag_json_cache_fallback_and_database(geolocator, tiny_clip_dir, cac
         assert g["fallback"] is True and all(not c["source"].startswith("llm") for c in g["candidates"])
 
         # With an image database the prompt holds the nearest database photos' coordinates.
-        from geofast.database import Database
+        from geofast.db import Database
 
         rows = "\n".join(f"{p.name},{10 + i},{20 + i}" for i, p in enumerate(images[:8]))
         (photo_dir / "db.csv").write_text("image,lat,lon\n" + rows + "\n")

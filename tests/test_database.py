@@ -23,7 +23,7 @@ from PIL.TiffImagePlugin import IFDRational
 
 import geofast as gf
 from conftest import make_photo, make_tiny_clip
-from geofast.database import (
+from geofast.db import (
     COORDS,
     EMBEDDINGS,
     FAILED,
@@ -526,7 +526,7 @@ def test_interrupted_install_is_finished_by_the_next_run(built, dataset, backbon
 
 
 def test_concurrent_build_is_refused(dataset, backbone, tmp_path):
-    from geofast.database import _Builder
+    from geofast.db.builder import _Builder
 
     out = tmp_path / "db"
     holder = _Builder(out, mode="build", on_event=None)
@@ -702,7 +702,7 @@ def test_flipped_byte_detected_full_and_sampled(copy_db, monkeypatch):
     data[-5] ^= 0x40
     (copy_db / EMBEDDINGS).write_bytes(bytes(data))
     _expect_damage(copy_db, "does not match its sha256")
-    import geofast.database as dbmod
+    import geofast.db.format as dbmod
 
     monkeypatch.setattr(dbmod, "FULL_VERIFY_BYTES", 0)  # large-database mode: sampled blocks
     _expect_damage(copy_db, "sampled sha256")
@@ -714,7 +714,7 @@ def test_meta_line_count_mismatch(copy_db):
     # One line too many, with size and checksums updated: only the line count can catch it.
     with open(copy_db / META, "ab") as f:
         f.write(b'{"image": "extra"}\n')
-    from geofast.database import _file_record
+    from geofast.db.format import _file_record
 
     m = json.loads((copy_db / MANIFEST).read_text())
     m["files"][META] = _file_record(copy_db / META)

@@ -12,7 +12,7 @@ import pytest
 from sklearn.cluster import DBSCAN
 
 from conftest import make_photo, make_tiny_clip
-from geofast.database import Database
+from geofast.db import Database
 from geofast.errors import DatabaseError, InputError, ParameterError
 from geofast.predict.swc import SwcPredictor
 

@@ -1,4 +1,4 @@
-"""Benchmark workloads of the image database (``geofast.database``) and the SwC predictor.
+"""Benchmark workloads of the image database (``geofast.db``) and the SwC predictor.
 
 * **flat search + SwC, 1M × 768 f16** (full mode only): random L2-normalised vectors stored f16
   in a database under a temporary folder (never the repository), memory-mapped; one query
@@ -58,7 +58,7 @@ def _random_latlon(n: int, seed: int) -> np.ndarray:
 
 def _large_db(index: str = "Flat") -> Any:
     """The 1M × 768 f16 database (generated once per process; IVF built from the same vectors)."""
-    from geofast.database import Database
+    from geofast.db import Database
 
     root = _tmp_root()
     flat_dir = root / "flat1m"
@@ -119,7 +119,7 @@ _RSS_SCRIPT = r"""
 import json, resource, sys, time
 import numpy as np
 import geofast as gf
-from geofast.database import Database
+from geofast.db import Database
 db = Database.open(sys.argv[1])
 q = np.load(sys.argv[2])
 t0 = time.perf_counter()
@@ -256,7 +256,7 @@ def _build_setup(n_images: int, n_anchor: int) -> dict[str, Any]:
 
 
 def _build_run(state: dict[str, Any]) -> Any:
-    from geofast.database import Database
+    from geofast.db import Database
 
     state["runs"] += 1
     out = state["root"] / f"db{state['runs']}"

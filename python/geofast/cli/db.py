@@ -24,6 +24,30 @@ app.add_typer(db_app, name="db")
 
 
 @contextlib.contextmanager
+def _plan_progress(enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """``on_plan(bytes, total)``: a transient bar while the source CSV is read."""
+    bar = _console.progress("reading the source", unit="bytes", transient=True)
+    state: dict[str, object] = {}
+
+    def advance(done: int, total: int) -> None:
+        if not enabled or "stopped" in state:
+            return
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task("reading the source", total=total, completed=done)
+        bar.update(state["task"], completed=done, total=total)  # type: ignore[arg-type]
+        if done >= total:
+            bar.stop()
+            state["stopped"] = True
+
+    try:
+        yield advance
+    finally:
+        if "task" in state and "stopped" not in state:
+            bar.stop()
+
+
+@contextlib.contextmanager
 def _progress(enabled: bool, label: str) -> Iterator[tuple[Callable[[int, int], None], Callable[[str], None]]]:
     """(on_progress, on_event) callbacks drawing a rich bar with ETA on stderr. The bar appears
     with the first progress report, so argument errors and model loading print no empty bar."""
@@ -97,9 +121,9 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print only the build report as JSON."),
 ) -> None:
     """Build an image database from geotagged photos (resumes an interrupted build of the same SOURCE)."""
-    from geofast.database import Database
+    from geofast.db import Database
 
-    with _progress(progress, "encoding") as (advance, event):
+    with _plan_progress(progress) as on_plan, _progress(progress, "encoding") as (advance, event):
         report = Database.build(
             source,
             out,
@@ -112,6 +136,7 @@ def build(
             workers=workers,
             on_progress=advance,
             on_event=event,
+            on_plan=on_plan,
         )
     _report(report, as_json, "built")
 
@@ -133,9 +158,9 @@ def add(
     as_json: bool = typer.Option(False, "--json", help="Print only the report as JSON."),
 ) -> None:
     """Add photos to a database (photos already in it are skipped; the old database stays valid until the new one is complete)."""
-    from geofast.database import Database
+    from geofast.db import Database
 
-    with _progress(progress, "encoding") as (advance, event):
+    with _plan_progress(progress) as on_plan, _progress(progress, "encoding") as (advance, event):
         report = Database.add(
             directory,
             source,
@@ -146,6 +171,7 @@ def add(
             workers=workers,
             on_progress=advance,
             on_event=event,
+            on_plan=on_plan,
         )
     _report(report, as_json, "updated")
 
@@ -160,7 +186,7 @@ def info(
     """Counts, sizes, backbone, index and coverage of a database."""
     from rich.table import Table
 
-    from geofast.database import Database
+    from geofast.db import Database
 
     db = Database.open(directory, verify=True if verify else None)
     data = db.info()
@@ -204,7 +230,7 @@ def info(
 
 
 def _full_verify_bytes() -> int:
-    from geofast.database import FULL_VERIFY_BYTES
+    from geofast.db import FULL_VERIFY_BYTES
 
     return FULL_VERIFY_BYTES
 

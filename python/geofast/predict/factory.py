@@ -16,7 +16,7 @@ from geofast.errors import InputError, ParameterError
 from geofast.predict.types import Predictor
 
 if TYPE_CHECKING:
-    from geofast.database import Database
+    from geofast.db import Database
     from geofast.llm import LLMConfig
 
 METHODS = ("geoclip", "swc", "geoclip+swc", "rag")
@@ -67,7 +67,7 @@ class MethodOptions:
         parse_region(self.region)
         if self.db is None:
             return None
-        from geofast.database import Database
+        from geofast.db import Database
 
         return Database.open(self.db)
 

@@ -1,7 +1,7 @@
 """Search-within-Cell over an image database (Müller-Budack et al., visloc ICMR 2021 / MMM 2022).
 
 ``swc`` (the visloc predictor): the photo's L2-normalised CLIP embedding is searched in a
-:class:`~geofast.database.Database`; its ``k`` = 10 nearest neighbours (inner product) are
+:class:`~geofast.db.Database`; its ``k`` = 10 nearest neighbours (inner product) are
 clustered by ``gf.swc_batch`` — DBSCAN with eps = 1 km, min_samples = 1, haversine on R = 6371 km
 — and the answer is the spherical centroid (re-normalised mean of unit vectors, weights
 ``similarity ** weight_exponent``, default equal weights) of the largest cluster (ties: the
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import geofast as gf
-from geofast.database import Database, Neighbours, normalize_rows
+from geofast.db import Database, Neighbours, normalize_rows
 from geofast.errors import InputError, ParameterError
 from geofast.images import ImageInput
 from geofast.predict.geoclip import LOCALIZABLE_THRESHOLD, _as_items, predict_in_batches, prediction_density
