@@ -62,16 +62,16 @@ class FakeGeolocator:
 def test_stalled_image_hits_the_deadline_and_falls_back_flagged(server):
     def script(req):
         _, size = jpeg_size(req.image_bytes())
-        return StubReply(GOOD, delay_s=30.0) if size == (50, 50) else StubReply(GOOD)
+        return StubReply(GOOD, delay_s=100.0) if size == (50, 50) else StubReply(GOOD)
 
     server.set_script(script)
     images = [noise_image(40, 30), noise_image(50, 50), noise_image(60, 30)]
     t0 = time.monotonic()
-    # The request timeout (20 s) is far longer than the deadline: the deadline decides.
+    # The request timeout (60 s) and the stall (100 s) are far longer than the deadline: it decides.
     preds = predict_rag(
-        images, config=cfg(server, timeout_s=20.0, deadline_s=0.8, concurrency=2), geoclip=[geoclip_prediction(f"i{i}", [(10.0, 20.0)]) for i in range(3)]
+        images, config=cfg(server, timeout_s=60.0, deadline_s=0.8, concurrency=2), geoclip=[geoclip_prediction(f"i{i}", [(10.0, 20.0)]) for i in range(3)]
     )  # fmt: skip
-    assert time.monotonic() - t0 < 8.0
+    assert time.monotonic() - t0 < 40.0  # generous: the test machine may be loaded
     assert [p.fallback for p in preds] == [False, True, False]
     assert "deadline of 0.8 s exceeded" in (preds[1].fallback_reason or "")
     assert (preds[1].lat, preds[1].lon) == (10.0, 20.0) and preds[1].error is None
@@ -173,13 +173,11 @@ def test_cli_deadline_fallback_and_dead_endpoint(tmp_path, tiny_clip_dir, cache_
     photos = sorted(photo_dir.iterdir())[:3]
     # The second request stalls (one request per image with img2loc): its image hits the deadline.
     with StubChatServer(lambda req: StubReply(GOOD, delay_s=30.0) if req.index == 1 else StubReply(GOOD)) as server:
-        t0 = time.monotonic()
         r = _geofast(
             "locate", *photos, "--method", "rag", "--clip", tiny_clip_dir, "--json", "--no-places",
             "--llm-base-url", server.base_url, "--llm-recipe", "img2loc", "--llm-deadline", "1.5",
             "--llm-timeout", "60", "--llm-concurrency", "1", "--no-llm-cache", cache_dir=cache_dir,
         )  # fmt: skip
-        assert time.monotonic() - t0 < 60
     assert r.returncode == 0, r.stderr
     preds = json.loads(r.stdout)
     late = [p for p in preds if "deadline of 1.5 s exceeded" in (p.get("fallback_reason") or "")]
@@ -211,3 +209,19 @@ def test_cli_deadline_fallback_and_dead_endpoint(tmp_path, tiny_clip_dir, cache_
     assert r.returncode == 1 and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot connect" in errors[0]
+
+
+def test_rag_predictor_in_chunks_gives_the_same_predictions(server, tmp_path):
+    server.set_script(lambda req: f'{{"latitude": {jpeg_size(req.image_bytes())[1][0] - 40}.5, "longitude": 2.5}}')
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    images = [noise_image(20 + i, 20) for i in range(7)] + [str(tmp_path / "bad.jpg")]
+    whole = RagPredictor(FakeGeolocator(), config=cfg(server))
+    ref = whole.predict(images, batch_size=2, places=False)
+    chunked = RagPredictor(FakeGeolocator(), config=cfg(server))
+    chunked.chunk = 3
+    done = []
+    got = chunked.predict(images, batch_size=2, places=False, on_progress=done.append)
+    strip = lambda ps: [(p.image, p.lat, p.lon, p.fallback, p.error, [(c.lat, c.lon, c.score) for c in p.candidates]) for p in ps]  # noqa: E731
+    assert strip(got) == strip(ref)
+    assert got[-1].error is not None and sum(done) == len(images)
+    assert [p.lat for p in got[:7]] == [float(f"{i - 20}.5") for i in range(7)]

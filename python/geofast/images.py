@@ -212,13 +212,15 @@ def iter_loaded_batches(
     batch_size: int,
     *,
     threads: int | None = None,
+    first_index: int = 0,
 ) -> Iterator[list[Loaded]]:
     """Yield the inputs batch by batch as ``(index, name, image or None, error or None)`` lists, in
     order, never raising for a bad file (as :func:`iter_loaded`).
 
     The next batch is decoded by a small thread pool (PIL releases the GIL) while the caller
     works on the current one, so at most two batches of decoded images exist at a time. Stopping
-    the iteration early cancels the decoding not yet started."""
+    the iteration early cancels the decoding not yet started. Indices (and the names of
+    in-memory images, ``<image N>``) count from ``first_index``."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     size = max(1, int(batch_size))
@@ -228,7 +230,7 @@ def iter_loaded_batches(
     pool = ThreadPoolExecutor(max_workers=threads or default_loader_threads(), thread_name_prefix="geofast-decode")
 
     def submit(start: int) -> list[Future[Loaded]]:
-        return [pool.submit(_load_one, i, images[i]) for i in range(start, min(len(images), start + size))]
+        return [pool.submit(_load_one, first_index + i, images[i]) for i in range(start, min(len(images), start + size))]
 
     try:
         ahead = submit(starts[0])

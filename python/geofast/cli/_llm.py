@@ -16,21 +16,14 @@ def llm_status(client: Any) -> str:
     return ", ".join(parts)
 
 
-def attach(predictor: Any, bar: Any, task: Any, *, count_images: bool) -> None:
-    """Show the LLM stage of a ``rag`` predictor on ``bar``: the run's totals in ``task``'s info
-    field and, with ``count_images``, ``task`` restarted to count the images of the LLM stage
-    (for a single call whose first stage has already filled the bar)."""
+def attach(predictor: Any, bar: Any, task: Any) -> None:
+    """Show the run's LLM totals (requests, requests/s, tokens, failures) in ``task``'s info field
+    of ``bar`` as each image's LLM stage finishes (``predictor`` is a ``rag`` predictor)."""
     client = getattr(predictor, "client", None)
     if client is None or not hasattr(predictor, "llm_progress"):
         return
-    started = [False]
 
     def on_llm(done: int, total: int) -> None:
-        if count_images:
-            if not started[0]:
-                bar.reset(task, total=total, completed=0)
-                started[0] = True
-            bar.update(task, completed=done)
         bar.update(task, info=llm_status(client))
 
     predictor.llm_progress = on_llm

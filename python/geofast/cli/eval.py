@@ -150,7 +150,7 @@ def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: 
     with _console.progress("evaluating", unit="images", info=rag) as bar:
         task = bar.add_task("eval", total=len(data.images), info="")
         if rag:
-            _llm.attach(predictor, bar, task, count_images=False)
+            _llm.attach(predictor, bar, task)
         run_predictions(
             data,
             images,

@@ -144,7 +144,7 @@ def _with_progress(
     with _console.progress("locating", unit="images", info=llm_predictor is not None) as bar:
         task = bar.add_task("locate", total=len(items), info="")
         if llm_predictor is not None:
-            _llm.attach(llm_predictor, bar, task, count_images=True)
+            _llm.attach(llm_predictor, bar, task)
         return run(items, lambda n: bar.advance(task, n))
 
 

@@ -311,6 +311,7 @@ def predict_in_batches(
     on_progress: Callable[[int], None] | None = None,
     *,
     loader_threads: int | None = None,
+    first_index: int = 0,
 ) -> list[Prediction]:
     """Load ``items`` batch by batch and call ``predict(names, rgb_images)`` on the readable ones;
     an unreadable image becomes a Prediction carrying its error, in its place.
@@ -318,7 +319,7 @@ def predict_in_batches(
     The next batch is decoded in background threads (:func:`geofast.images.iter_loaded_batches`)
     while ``predict`` runs on the current one; at most two batches of images are held."""
     results: list[Prediction] = []
-    for loaded in iter_loaded_batches(items, batch_size, threads=loader_threads):
+    for loaded in iter_loaded_batches(items, batch_size, threads=loader_threads, first_index=first_index):
         good = [(name, im) for _, name, im, _ in loaded if im is not None]
         located = iter(predict([n for n, _ in good], [im for _, im in good]) if good else [])
         del good

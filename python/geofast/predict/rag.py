@@ -624,10 +624,44 @@ class RagPredictor:
         on_progress: Callable[[int], None] | None = None,
         llm_progress: Progress | None = None,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per image (``method="rag"``); unreadable images carry ``error``."""
-        from geofast.predict.geoclip import _as_items, predict_in_batches
+        """One :class:`Prediction` per image (``method="rag"``); unreadable images carry ``error``.
+
+        Images are handled in chunks of :attr:`chunk` (retrieval, then the LLM stage of the
+        chunk's images concurrently), so memory does not grow with the number of images beyond
+        the predictions themselves. ``on_progress(n)`` counts images finished (LLM stage done or
+        unreadable); ``llm_progress(done, total)`` (default :attr:`llm_progress`) is called per
+        image of a chunk's LLM stage."""
+        from geofast.predict.geoclip import _as_items
 
         items = _as_items(images)
+        results: list[Prediction] = []
+        for start in range(0, len(items), max(1, self.chunk)):
+            results += self._predict_chunk(
+                items[start : start + self.chunk],
+                start,
+                top_k,
+                batch_size,
+                places,
+                on_progress,
+                llm_progress or self.llm_progress,
+            )
+        return results
+
+    #: Images whose LLM stage runs together (their requests share the concurrency limit).
+    chunk = 512
+
+    def _predict_chunk(
+        self,
+        items: list[Any],
+        first_index: int,
+        top_k: int,
+        batch_size: int,
+        places: bool,
+        on_progress: Callable[[int], None] | None,
+        llm_progress: Progress | None,
+    ) -> list[Prediction]:
+        from geofast.predict.geoclip import predict_in_batches
+
         geo_emb: list[np.ndarray] = []
         db_emb: list[np.ndarray] = []
 
@@ -639,11 +673,20 @@ class RagPredictor:
             return self.geolocator.predict_embeddings(g, names, top_k, places=False)
 
         # Stage 1, batch by batch: one CLIP forward per image, GeoCLIP's candidates.
-        results = predict_in_batches(items, batch_size, "rag", retrieval, on_progress)
+        results = predict_in_batches(items, batch_size, "rag", retrieval, first_index=first_index)
         keep = [i for i, p in enumerate(results) if p.error is None]
+        if on_progress is not None and len(keep) < len(results):
+            on_progress(len(results) - len(keep))
         if not keep:
             return results
-        # Stage 2, all images at once: the LLM requests run concurrently up to the limit.
+
+        def progress(done: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(1)
+            if llm_progress is not None:
+                llm_progress(done, total)
+
+        # Stage 2, the chunk's images at once: the LLM requests run concurrently up to the limit.
         preds = predict_rag(
             [items[i] for i in keep],
             config=self.config,
@@ -654,7 +697,7 @@ class RagPredictor:
             encoder=self.geolocator,
             names=[results[i].image for i in keep],
             client=self.client,
-            progress=llm_progress if llm_progress is not None else self.llm_progress,
+            progress=progress,
         )
         if places:
             self._name_places(preds)
