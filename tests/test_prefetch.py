@@ -98,7 +98,7 @@ def test_decoding_overlaps_the_model(monkeypatch):
     wall = time.perf_counter() - t0
     assert [p.lat for p in out] == [float(np.asarray(im).mean()) for im in items]
     # Sequential: 6 × (0.2 decode + 0.2 model) = 2.4 s; overlapped: about 0.2 + 6 × 0.2 = 1.4 s.
-    assert wall < 2.0
+    assert wall < 2.25  # below the 2.4 s that sequential sleeps alone would take
 
 
 def test_early_stop_cancels_pending_decoding(tmp_path):
