@@ -181,7 +181,12 @@ def test_cli_deadline_fallback_and_dead_endpoint(tmp_path, tiny_clip_dir, cache_
     assert r.returncode == 0, r.stderr
     preds = json.loads(r.stdout)
     late = [p for p in preds if "deadline of 1.5 s exceeded" in (p.get("fallback_reason") or "")]
-    assert len(late) == 1 and late[0]["fallback"] is True and late[0]["predictions"][0]["lat"] is not None and late[0].get("error") is None
+    assert (
+        len(late) == 1
+        and late[0]["fallback"] is True
+        and late[0]["predictions"][0]["lat"] is not None
+        and late[0].get("error") is None
+    )
     others = [p for p in preds if p is not late[0]]
     assert all(p["fallback_reason"] in (None, "a retrieval candidate verified better") for p in others)
 
