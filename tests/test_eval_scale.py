@@ -188,3 +188,11 @@ def test_prediction_log_keeps_names_only_and_resumes(tmp_path):
     (tmp_path / "q.csv").write_text("image,la")
     ev.PredictionLog.open(tmp_path / "q.csv")
     assert (tmp_path / "q.csv").read_text() == ",".join(ev.PREDICTION_FIELDS) + "\n"
+
+
+def test_reader_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes(b"\xef\xbb\xbfimage,lat,lon,pred_lat,pred_lon\na,1,2,1.5,2.5\n")
+    sf = ev.read_predictions(path)
+    assert sf.images.tolist() == ["a"] and sf.truth.tolist() == [[1.0, 2.0]] and sf.pred.tolist() == [[1.5, 2.5]]
+    assert ev.read_dataset(path).images == ["a"]

@@ -134,7 +134,7 @@ def _read_text_table(p: Path, what: str, hint: str | None = None) -> Any:
     import pyarrow.csv as pacsv
 
     try:
-        with open(p, newline="", encoding="utf-8") as f:
+        with open(p, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), None)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"cannot read {what} CSV {p}: {e}") from e
