@@ -36,7 +36,7 @@ def reference_read(path):
     for i, r in enumerate(rows):
         name = r[img] if img else str(i)
         e = r[err] if err else ""
-        if e or not r[plat].strip() or not r[plon].strip():
+        if e or r[plat] == "" or r[plon] == "":
             failed.append((name, e or "no prediction"))
             continue
         truth.append((float(r[lat]), float(r[lon])))
@@ -196,3 +196,17 @@ def test_reader_accepts_a_byte_order_mark(tmp_path):
     sf = ev.read_predictions(path)
     assert sf.images.tolist() == ["a"] and sf.truth.tolist() == [[1.0, 2.0]] and sf.pred.tolist() == [[1.5, 2.5]]
     assert ev.read_dataset(path).images == ["a"]
+
+
+def test_blank_and_spaced_cells(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("image,lat,lon,pred_lat,pred_lon,confidence\na, 1 ,2,3, 4,\nb,1,2,3,4, 0.5\n")
+    sf = ev.read_predictions(path)
+    assert sf.truth.tolist() == [[1.0, 2.0]] * 2 and sf.pred.tolist() == [[3.0, 4.0]] * 2
+    assert np.isnan(sf.confidence[0]) and sf.confidence[1] == 0.5
+    path.write_text("image,lat,lon,pred_lat,pred_lon,confidence\na,1,2,3,4,high\n")
+    with pytest.raises(gf.InputError, match="non-numeric value 'high' in row 0"):
+        ev.read_predictions(path)
+    path.write_text("image,lat,lon,pred_lat,pred_lon\na,1,2, ,4\n")
+    with pytest.raises(gf.InputError, match="non-numeric value ' ' in row 0"):
+        ev.read_predictions(path)

@@ -154,11 +154,8 @@ def _read_text_table(p: Path, what: str, hint: str | None = None) -> Any:
 
 
 def _strings(table: Any, column: str) -> Any:
-    """One column as a single (unchunked) trimmed pyarrow string array."""
-    import pyarrow.compute as pc
-
-    col = table.column(column).combine_chunks()
-    return pc.utf8_trim_whitespace(col)
+    """One column as a single (unchunked) pyarrow string array."""
+    return table.column(column).combine_chunks()
 
 
 def _floats(col: Any, where: str, *, blank_is_nan: bool = False, rows: np.ndarray | None = None) -> np.ndarray:
@@ -168,12 +165,20 @@ def _floats(col: Any, where: str, *, blank_is_nan: bool = False, rows: np.ndarra
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if blank_is_nan:
-        col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+    def blanks_to_null(c: Any) -> Any:
+        return pc.if_else(pc.equal(c, ""), pa.scalar(None, pa.string()), c) if blank_is_nan else c
+
     try:
-        out = pc.cast(col, pa.float64())
+        out = pc.cast(blanks_to_null(col), pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        i, value = _first_non_numeric(col.to_pylist())
+        out = None
+    if out is None:  # surrounding spaces (" 1.5") are accepted, as float() accepts them
+        try:
+            out = pc.cast(blanks_to_null(pc.utf8_trim_whitespace(col)), pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            out = None
+    if out is None:
+        i, value = _first_non_numeric(col.to_pylist(), blank_ok=blank_is_nan)
         row = int(rows[i]) if rows is not None and i >= 0 else i
         raise InputError(
             f"{where}: non-numeric value {value!r} in row {row}", hint="coordinates must be decimal degrees"
@@ -181,9 +186,9 @@ def _floats(col: Any, where: str, *, blank_is_nan: bool = False, rows: np.ndarra
     return out.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
 
 
-def _first_non_numeric(values: list[str | None]) -> tuple[int, str]:
+def _first_non_numeric(values: list[str | None], *, blank_ok: bool) -> tuple[int, str]:
     for i, v in enumerate(values):
-        if v is None:
+        if v is None or (blank_ok and v == ""):
             continue
         try:
             float(v)
@@ -223,30 +228,47 @@ def _parse_coords(lats: Sequence[str], lons: Sequence[str], where: str) -> np.nd
     return check_latlon_array(arr.reshape(-1, 2), where)
 
 
-@dataclass
 class ScoredFile:
-    """The scorable rows of a predictions file (``images``: a numpy array of names) and the
-    failed ones as ``(image, error)``."""
+    """The scorable rows of a predictions file and the failed ones as ``(image, error)``.
 
-    truth: np.ndarray
-    pred: np.ndarray
-    confidence: np.ndarray | None
-    images: np.ndarray
-    failed: list[tuple[str, str]]
+    ``names`` holds the scored rows' image names as a pyarrow string array (no Python object per
+    row); :attr:`images` gives them as a numpy array when asked."""
+
+    def __init__(
+        self,
+        truth: np.ndarray,
+        pred: np.ndarray,
+        confidence: np.ndarray | None,
+        names: Any,
+        failed: list[tuple[str, str]],
+    ) -> None:
+        import pyarrow as pa
+
+        self.truth, self.pred, self.confidence, self.failed = truth, pred, confidence, failed
+        if isinstance(names, pa.ChunkedArray):
+            names = names.combine_chunks()
+        self.names = names if isinstance(names, pa.Array) else pa.array([str(x) for x in names], pa.string())
+
+    @property
+    def images(self) -> np.ndarray:
+        """The scored rows' image names (numpy object array)."""
+        return np.asarray(self.names.to_pylist(), dtype=object)
 
     def subset(self, names: Sequence[str] | np.ndarray) -> ScoredFile:
-        """The rows (scored and failed) whose image is one of ``names``: a hash join, linear in
-        both sizes."""
-        import pandas as pd
+        """The rows (scored and failed) whose image is one of ``names``: a hash join (pyarrow
+        ``is_in``), linear in both sizes."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-        wanted = pd.Index(np.asarray(names, dtype=object))
-        keep = np.asarray(pd.Index(self.images).isin(wanted))
+        wanted = pa.array([str(x) for x in names], pa.string())
+        keep = np.asarray(pc.is_in(self.names, value_set=wanted).to_numpy(zero_copy_only=False), dtype=bool)
         conf = self.confidence[keep] if self.confidence is not None else None
-        failed_names = pd.Index(np.asarray([f[0] for f in self.failed], dtype=object))
-        fkeep = np.asarray(failed_names.isin(wanted)) if len(self.failed) else np.zeros(0, dtype=bool)
-        return ScoredFile(
-            self.truth[keep], self.pred[keep], conf, self.images[keep], [f for f, k in zip(self.failed, fkeep) if k]
-        )
+        failed: list[tuple[str, str]] = []
+        if self.failed:
+            fnames = pa.array([f[0] for f in self.failed], pa.string())
+            fkeep = pc.is_in(fnames, value_set=wanted).to_pylist()
+            failed = [f for f, k in zip(self.failed, fkeep) if k]
+        return ScoredFile(self.truth[keep], self.pred[keep], conf, self.names.filter(pa.array(keep)), failed)
 
 
 def read_predictions(path: str | os.PathLike[str]) -> ScoredFile:
@@ -268,21 +290,20 @@ def read_predictions(path: str | os.PathLike[str]) -> ScoredFile:
     img = find_column(cols, _IMAGE_COLUMNS)
     conf_col = find_column(cols, ("confidence", "pd25", "pd_25"))
     err_col = find_column(cols, ("error",))
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     n = table.num_rows
-    images = (
-        np.asarray(table.column(img).to_numpy(zero_copy_only=False), dtype=object)
-        if img
-        else np.arange(n).astype(str).astype(object)
-    )
-    errors = table.column(err_col).to_numpy(zero_copy_only=False) if err_col else None
+    names = _strings(table, img) if img else pc.cast(pa.array(np.arange(n)), pa.string())
+    errors = _strings(table, err_col) if err_col else None
     plat_s, plon_s = _strings(table, plat), _strings(table, plon)
     pred_missing = _is_blank(plat_s) | _is_blank(plon_s)
-    has_error = (np.asarray(errors, dtype=object) != "") if errors is not None else np.zeros(n, dtype=bool)
+    has_error = ~_is_blank(errors) if errors is not None else np.zeros(n, dtype=bool)
     ok = ~(has_error | pred_missing)
     bad_rows = np.flatnonzero(~ok)
-    failed = [(str(images[i]), str(errors[i]) if errors is not None and errors[i] else "no prediction") for i in bad_rows]
-
-    import pyarrow as pa
+    bad_names = names.take(pa.array(bad_rows)).to_pylist()
+    bad_errors = errors.take(pa.array(bad_rows)).to_pylist() if errors is not None else [""] * len(bad_rows)
+    failed = [(str(a), str(e) if e else "no prediction") for a, e in zip(bad_names, bad_errors)]
 
     sel = pa.array(ok)
     where_t, where_p = f"{p.name} (truth)", f"{p.name} (predictions)"
@@ -300,7 +321,7 @@ def read_predictions(path: str | os.PathLike[str]) -> ScoredFile:
     conf = None
     if conf_col:
         conf = _floats(_strings(table, conf_col).filter(sel), f"{p.name} (confidence)", blank_is_nan=True, rows=rows)
-    return ScoredFile(truth, pred, conf, images[ok], failed)
+    return ScoredFile(truth, pred, conf, names.filter(sel), failed)
 
 
 def _is_blank(col: Any) -> np.ndarray:
