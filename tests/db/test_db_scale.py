@@ -307,3 +307,30 @@ def test_interrupted_add_rolls_back_or_completes(photos, backbone, tmp_path, mon
     else:
         assert len(db) == 36
     Database.open(db_dir, verify=True).verify()
+
+
+def test_database_of_the_previous_layout_still_opens_and_grows(photos, backbone, tmp_path):
+    """A database written before the offset/key indexes and segment checksums (simulated by
+    removing them): opened with the old line scan, grown by a full rewrite, equal to a rebuild."""
+    import json
+
+    db_dir = tmp_path / "db"
+    Database.build(photos["a"], db_dir, backbone=backbone, chunk_size=8)
+    m = json.loads((db_dir / "manifest.json").read_text())
+    for name in ("meta.offsets.npy", "meta.keys.npy"):
+        del m["files"][name]
+        (db_dir / name).unlink()
+    for rec in m["files"].values():
+        rec.pop("segments", None)
+    (db_dir / "manifest.json").write_text(json.dumps(m))
+    old = Database.open(db_dir, verify=True)
+    lines = (db_dir / "meta.jsonl").read_text().splitlines()
+    assert old.meta([19, 2]) == [json.loads(lines[19]), json.loads(lines[2])]
+    report = Database.add(db_dir, photos["b"], backbone=backbone, chunk_size=8)
+    assert (report.added, report.duplicates) == (16, 1)
+    ref_dir = tmp_path / "ref"
+    Database.build(photos["all"], ref_dir, backbone=backbone, chunk_size=8)
+    db, ref = Database.open(db_dir, verify=True), Database.open(ref_dir, verify=True)
+    assert _meta_lines(db) == _meta_lines(ref)
+    np.testing.assert_array_equal(np.asarray(db.latlon), np.asarray(ref.latlon))
+    assert (db_dir / "meta.offsets.npy").is_file()  # the rewrite brings the new layout

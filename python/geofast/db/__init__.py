@@ -21,7 +21,9 @@ The package, one concern per module (imports point down):
 * :mod:`geofast.db.sources` — CSV files, folders of photos, EXIF GPS → :class:`SourcePlan`;
 * :mod:`geofast.db.encode` — L2 normalisation, CLIP encoding, the backbone probe;
 * :mod:`geofast.db.index` — FAISS index factory, parameters, training;
-* :mod:`geofast.db.builder` — the resumable chunked builder and its executors;
+* :mod:`geofast.db.builder` — the resumable chunked builder and its executors (:class:`Executor`:
+  ``encode(jobs)`` yields one :class:`EncodedBatch` per :class:`BatchJob`, in order;
+  :class:`LocalExecutor` is this machine's loader threads + backbone);
 * :mod:`geofast.db.database` — :class:`Database` (open, check, search, metadata, build/add).
 
 **Search.** Flat databases (the default, FAISS ``IndexFlatIP`` semantics: exact maximum inner
@@ -45,7 +47,16 @@ a :class:`~geofast.errors.DatabaseError` whose hint says how to repair.
 
 from __future__ import annotations
 
-from geofast.db.builder import BuildReport
+from geofast.db.builder import (
+    BatchJob,
+    BuildReport,
+    EncodedBatch,
+    Executor,
+    LocalExecutor,
+    PreparedBatch,
+    encode_prepared,
+    prepare_batch,
+)
 from geofast.db.database import Database, Neighbours
 from geofast.db.encode import PROBE_MIN_COSINE, encode_pil, normalize_rows, probe_embedding, probe_image
 from geofast.db.format import COORDS, EMBEDDINGS, FAILED, FULL_VERIFY_BYTES, INDEX, MANIFEST, META
@@ -70,7 +81,14 @@ __all__ = [
     "META",
     "NO_GPS_REASON",
     "PROBE_MIN_COSINE",
+    "BatchJob",
     "BuildReport",
+    "EncodedBatch",
+    "Executor",
+    "LocalExecutor",
+    "PreparedBatch",
+    "encode_prepared",
+    "prepare_batch",
     "Database",
     "Entry",
     "Neighbours",

@@ -414,7 +414,9 @@ class Database:
             raise ShapeError(f"search_rows takes one query, got {q.shape[0]}")
         if k < 1:
             raise ParameterError(f"k must be >= 1, got {k}")
-        ids = np.unique(np.asarray(rows, dtype=np.int64).ravel())
+        ids = np.asarray(rows, dtype=np.int64).ravel()
+        if ids.shape[0] > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            ids = np.unique(ids)
         if ids.shape[0] and (ids[0] < 0 or ids[-1] >= len(self)):
             raise ParameterError(f"row ids must be within the database's {len(self):,} rows")
         kk = min(int(k), ids.shape[0])
@@ -423,10 +425,14 @@ class Database:
         best_s: list[np.ndarray] = []
         best_i: list[np.ndarray] = []
         dt: Literal["f16", "f32"] = "f16" if self.dtype == "f16" else "f32"
+        buf = np.empty((min(_GATHER_ROWS, ids.shape[0]), self.dim), dtype=self.embeddings.dtype)
         for s0 in range(0, ids.shape[0], _GATHER_ROWS):
             blk = ids[s0 : s0 + _GATHER_ROWS]
-            vecs = np.ascontiguousarray(self.embeddings[blk])
+            vecs = buf[: blk.shape[0]]
+            np.take(self.embeddings, blk, axis=0, out=vecs)
+            vecs.flags.writeable = False  # read-only: the Rust Gallery borrows it (no copy)
             sims, loc = Gallery(vecs, dtype=dt).search(q, min(kk, blk.shape[0]))
+            del vecs
             best_s.append(np.asarray(sims[0], dtype=np.float32))
             best_i.append(blk[np.asarray(loc[0], dtype=np.int64)])
         all_s, all_i = np.concatenate(best_s), np.concatenate(best_i)
@@ -488,13 +494,19 @@ class Database:
             return np.asarray([i for i, x in enumerate(images) if x not in known], dtype=np.int64)
         keys = np.load(self.path / META_KEYS, mmap_mode="r", allow_pickle=False)
         new_keys = image_keys(images)
-        hit = np.isin(new_keys, keys)
-        if not hit.any():
+        if new_keys.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64)
+        probe = np.unique(new_keys)  # sorted; one pass over the stored keys: O(N log k), not a sort of N
+        rows_hit: list[np.ndarray] = []
+        for s0 in range(0, keys.shape[0], 1 << 20):
+            blk = np.asarray(keys[s0 : s0 + (1 << 20)])
+            pos = np.minimum(np.searchsorted(probe, blk), probe.shape[0] - 1)
+            rows_hit.append(s0 + np.flatnonzero(probe[pos] == blk))
+        rows = np.concatenate(rows_hit) if rows_hit else np.zeros(0, dtype=np.int64)
+        if rows.shape[0] == 0:
             return np.arange(len(images), dtype=np.int64)
-        rows = np.flatnonzero(np.isin(keys, new_keys[hit]))
-        known = {m["image"] for m in self.meta(rows)}
-        dup = np.asarray([bool(h) and images[i] in known for i, h in enumerate(hit.tolist())], dtype=bool)
-        return np.flatnonzero(~dup).astype(np.int64)
+        known = {m["image"] for m in self.meta(rows)}  # confirm the 64-bit key matches by path
+        return np.asarray([i for i, x in enumerate(images) if x not in known], dtype=np.int64)
 
     def images(self) -> list[str]:
         """The image path of every row, in row order."""
@@ -709,10 +721,14 @@ class Database:
         return cls.open(root, verify=False)
 
 
+#: Sources at least this large get a one-line planning notice (time, rejected rows).
+_PLAN_NOTICE_ROWS = 100_000
+
+
 def _plan(source: str | os.PathLike[str], on_plan: PlanProgress | None, on_event: Event | None) -> SourcePlan:
     t0 = time.perf_counter()
     plan = plan_source(source, on_plan)
-    if on_event is not None:
+    if on_event is not None and len(plan) + len(plan.rejected) >= _PLAN_NOTICE_ROWS:
         rejected = f", {len(plan.rejected):,} rows rejected" if plan.rejected else ""
         on_event(f"planned {len(plan):,} photos from {plan.source}{rejected} in {time.perf_counter() - t0:.1f} s")
     return plan
