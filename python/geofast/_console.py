@@ -52,8 +52,9 @@ def error_line(message: str, hint: str | None = None) -> None:
         err.print(f"[dim]hint:[/] {escape(hint)}", markup=True, highlight=False, soft_wrap=True)
 
 
-def progress(label: str, *, unit: str | None = None, transient: bool = True) -> Any:
-    """A rich progress bar on the CLI's stderr console: label, bar, done/total (unit), elapsed, eta."""
+def progress(label: str, *, unit: str | None = None, transient: bool = True, info: bool = False) -> Any:
+    """A rich progress bar on the CLI's stderr console: label, bar, done/total (unit), elapsed, eta;
+    with ``info`` a last column showing each task's ``info`` field (add tasks with ``info=""``)."""
     from geofast._progress import progress_bar
 
-    return progress_bar(label, unit=unit, transient=transient, console=err)
+    return progress_bar(label, unit=unit, transient=transient, console=err, info=info)

@@ -117,6 +117,15 @@ LlmRetries = Annotated[
         "--llm-retries", min=0, rich_help_panel=_LLM, help="Retries on 429/5xx/connection errors (exponential backoff)."
     ),
 ]
+LlmDeadline = Annotated[
+    float,
+    typer.Option(
+        "--llm-deadline",
+        min=0.1,
+        rich_help_panel=_LLM,
+        help="Seconds one image may spend in the LLM stage; past it the retrieval answer is used, flagged as a fallback.",
+    ),
+]
 LlmImageSize = Annotated[
     int, typer.Option("--llm-image-size", min=16, rich_help_panel=_LLM, help="Longest side (px) of the image sent to the model.")
 ]
@@ -149,6 +158,7 @@ def llm_config(
     image_size: int,
     max_tokens: int,
     cache: bool,
+    deadline: float | None = None,
 ) -> Any:
     """The :class:`~geofast.llm.LLMConfig` of the ``--llm-*`` options."""
     from geofast.errors import InputError
@@ -166,6 +176,8 @@ def llm_config(
         max_tokens=max_tokens,
         cache=cache,
     )
+    if deadline is not None:
+        overrides["deadline_s"] = deadline
     if references is not None:
         try:
             overrides["references"] = tuple(int(x) for x in references.split(",") if x.strip())

@@ -75,6 +75,7 @@ def evaluate(
     llm_image_size: o.LlmImageSize = 512,
     llm_max_tokens: o.LlmMaxTokens = 256,
     llm_cache: o.LlmCache = True,
+    llm_deadline: o.LlmDeadline = 180.0,
     ray: o.Ray = None,
     ray_actors: o.RayActors = None,
     ray_gpus_per_actor: o.RayGpusPerActor = None,
@@ -84,6 +85,8 @@ def evaluate(
     GeoCLIP's top-1 is the best place after merging gallery points listed more than once
     (probabilities summed), which can differ from the reference's argmax; --raw-candidates scores
     the reference's raw argmax (the published numbers). Use a fresh --out when switching."""
+    import numpy as np
+
     import geofast as gf
     from geofast import evaluate as ev
 
@@ -129,13 +132,13 @@ def evaluate(
         data = ev.read_dataset(dataset)
         created = not out.exists()
         log = ev.PredictionLog.open(out)
-        todo = sum(1 for name in data.images if name not in log.done)
+        todo = int(np.count_nonzero(~log.done.contains_many(data.images)))
         if todo:
             with _console.err.status(f"loading {model} ...", spinner="dots"):
                 predictor = make_predictor(opts, database)
             with _on_ray(predictor, ray_opts, out if created else None):
                 _predict_all(data, images, predictor, log, batch_size, method)
-        scored = _subset(ev.read_predictions(out), set(data.images))
+        scored = ev.read_predictions(out).subset(data.images)
         title = f"{dataset.name} ({method}, {model})"
 
     metrics = ev.score(scored.truth, scored.pred, radii=radii_km, distance=distance, strict=strict, confidence=scored.confidence)
@@ -176,21 +179,15 @@ def _on_ray(predictor: Any, ray_opts: Any, created: Path | None) -> Iterator[Non
         yield
 
 
-def _subset(scored: Any, names: set[str]) -> Any:
-    from geofast.evaluate import ScoredFile
-
-    keep = [i for i, name in enumerate(scored.images) if name in names]
-    conf = scored.confidence[keep] if scored.confidence is not None else None
-    return ScoredFile(
-        scored.truth[keep], scored.pred[keep], conf, [scored.images[i] for i in keep], [f for f in scored.failed if f[0] in names]
-    )
-
-
 def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: int, method: str) -> None:
+    from geofast.cli import _llm
     from geofast.evaluate import run_predictions
 
-    with _console.progress("evaluating", unit="images") as bar:
-        task = bar.add_task("eval", total=len(data.images))
+    rag = method == "rag"
+    with _console.progress("evaluating", unit="images", info=rag) as bar:
+        task = bar.add_task("eval", total=len(data.images), info="")
+        if rag:
+            _llm.attach(predictor, bar, task)
         run_predictions(
             data,
             images,

@@ -21,7 +21,7 @@ import numpy as np
 
 import geofast as gf
 from geofast.errors import InputError
-from geofast.images import ImageInput, ImageURL, expand_images, iter_loaded, load_image
+from geofast.images import ImageInput, ImageURL, expand_images, iter_loaded_batches, load_image
 from geofast.predict.duplicates import MERGE_MARGIN, DuplicateGroups, merge_exact, merge_scanned
 from geofast.predict.types import Candidate, Prediction
 
@@ -64,6 +64,10 @@ class GalleryData:
         return self._multi_embeddings
 
 
+#: Memory budget of one block of the query × gallery distance matrix in :func:`prediction_density`.
+PD_BLOCK_BYTES = 32 << 20
+
+
 def prediction_density(
     query: np.ndarray,
     top1_latlon: np.ndarray,
@@ -71,16 +75,28 @@ def prediction_density(
     scale: float,
     lse: np.ndarray,
     radius_km: float = PD_RADIUS_KM,
+    *,
+    block_bytes: int = PD_BLOCK_BYTES,
 ) -> np.ndarray:
-    """PD_r for each query: softmax mass of gallery points within ``radius_km`` of its top-1."""
-    if query.shape[0] == 0:
+    """PD_r for each query: softmax mass of gallery points within ``radius_km`` of its top-1.
+
+    The distances are computed for blocks of queries (``block_bytes`` of float64 per block, at
+    least one query), so memory does not depend on how many queries are passed at once; each
+    query's value is the same whatever the block size."""
+    n = int(query.shape[0])
+    if n == 0:
         return np.zeros(0)
-    dist = gf.haversine_matrix(top1_latlon, gallery.latlon)
-    out = np.empty(query.shape[0])
-    for b in range(query.shape[0]):
-        near = np.flatnonzero(dist[b] <= radius_km)
-        s = np.asarray(gallery.embeddings[near], dtype=np.float32) @ query[b].astype(np.float32)
-        out[b] = float(np.exp(scale * s.astype(np.float64) - lse[b]).sum())
+    n_gallery = int(gallery.latlon.shape[0])
+    rows = max(1, int(block_bytes) // max(1, 8 * n_gallery))
+    out = np.empty(n)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        dist = gf.haversine_matrix(top1_latlon[start:stop], gallery.latlon)
+        for b in range(start, stop):
+            near = np.flatnonzero(dist[b - start] <= radius_km)
+            s = np.asarray(gallery.embeddings[near], dtype=np.float32) @ query[b].astype(np.float32)
+            out[b] = float(np.exp(scale * s.astype(np.float64) - lse[b]).sum())
+        del dist
     return np.minimum(out, 1.0)
 
 
@@ -455,18 +471,26 @@ def predict_in_batches(
     method: str,
     predict: Callable[[list[str], list[Any]], list[Prediction]],
     on_progress: Callable[[int], None] | None = None,
+    *,
+    loader_threads: int | None = None,
+    first_index: int = 0,
 ) -> list[Prediction]:
     """Load ``items`` batch by batch and call ``predict(names, rgb_images)`` on the readable ones;
-    an unreadable image becomes a Prediction carrying its error, in its place."""
+    an unreadable image becomes a Prediction carrying its error, in its place.
+
+    The next batch is decoded in background threads (:func:`geofast.images.iter_loaded_batches`)
+    while ``predict`` runs on the current one; at most two batches of images are held."""
     results: list[Prediction] = []
-    for start in range(0, len(items), max(1, batch_size)):
-        loaded = list(iter_loaded(items[start : start + batch_size]))
+    for loaded in iter_loaded_batches(items, batch_size, threads=loader_threads, first_index=first_index):
         good = [(name, im) for _, name, im, _ in loaded if im is not None]
         located = iter(predict([n for n, _ in good], [im for _, im in good]) if good else [])
+        del good
         for _, name, im, err in loaded:
             results.append(next(located) if im is not None else Prediction(image=name, method=method, error=str(err)))
+        n = len(loaded)
+        del loaded
         if on_progress is not None:
-            on_progress(len(loaded))
+            on_progress(n)
     return results
 
 
