@@ -45,12 +45,12 @@ _PRED_LON = ("pred_lon", "predicted_lon", "lon_pred")
 
 def distances_km(truth: np.ndarray, pred: np.ndarray, distance: str = "geodesic") -> np.ndarray:
     """Error of each prediction in km: WGS-84 geodesic, or haversine with R = 6371 km."""
-    import geofast as gf
+    from geofast._geofast import geodesic, haversine
 
     if distance == "geodesic":
-        return gf.geodesic(truth, pred)
+        return geodesic(truth, pred)
     if distance == "haversine":
-        return gf.haversine(truth, pred, radius_km=HAVERSINE_RADIUS_KM)
+        return haversine(truth, pred, radius_km=HAVERSINE_RADIUS_KM)
     raise InputError(f"unknown distance {distance!r}", hint="use geodesic or haversine")
 
 

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geofast import __version__
+from geofast._geofast import __version__
 from geofast.errors import ClusterError, GeofastError
 
 if TYPE_CHECKING:
@@ -295,7 +295,7 @@ def _set_threads(cpus: float) -> None:
 
 def _load_checked(plan: _Plan) -> tuple[Backbone | None, str]:
     """A worker's backbone, or the one-line reason it must not encode (version, backbone, load)."""
-    from geofast import __version__ as mine
+    from geofast._geofast import __version__ as mine
     from geofast.db.encode import PROBE_MIN_COSINE, _probe_cosine, probe_embedding
     from geofast.models.clip import load_backbone
 

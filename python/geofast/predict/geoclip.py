@@ -1,7 +1,7 @@
 """GeoCLIP / GeoMapCLIP prediction: image → ranked GPS candidates with probabilities.
 
 The image embedding (CLIP ViT-L/14 → GeoCLIP MLP → L2 norm) is scored against every gallery
-location embedding (cached once, see :mod:`geofast.gallery`) by ``gf.Gallery``; the same scan
+location embedding (cached once, see :mod:`geofast.gallery`) by ``Gallery``; the same scan
 returns the log-sum-exp of ``logit_scale · score`` over the whole gallery, so the top-k softmax
 probabilities are ``exp(logit_scale · s − lse)`` without a second pass.
 
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import geofast as gf
-from geofast.errors import InputError
+from geofast._geofast import Gallery, haversine_matrix, swc
+from geofast.errors import EmptyInputError, InputError, ParameterError, ShapeError
 from geofast.images import ImageInput, ImageURL, expand_images, iter_loaded_batches, load_image
 from geofast.predict.duplicates import MERGE_MARGIN, DuplicateGroups, merge_exact, merge_scanned
 from geofast.predict.types import Candidate, Prediction
@@ -44,7 +44,7 @@ class GalleryData:
     latlon: np.ndarray  # (N, 2) float64
     embeddings: np.ndarray  # (N, 512) float32/float16, L2-normalised
     label: str
-    search: Any = field(repr=False)  # gf.Gallery
+    search: Any = field(repr=False)  # Gallery
     built: bool = False
     _duplicates: DuplicateGroups | None = field(default=None, repr=False)
     _multi_embeddings: np.ndarray | None = field(default=None, repr=False)
@@ -91,7 +91,7 @@ def prediction_density(
     out = np.empty(n)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        dist = gf.haversine_matrix(top1_latlon[start:stop], gallery.latlon)
+        dist = haversine_matrix(top1_latlon[start:stop], gallery.latlon)
         for b in range(start, stop):
             near = np.flatnonzero(dist[b - start] <= radius_km)
             s = np.asarray(gallery.embeddings[near], dtype=np.float32) @ query[b].astype(np.float32)
@@ -300,7 +300,7 @@ class Geolocator:
         if method not in ("geoclip", "swc"):
             raise InputError(f"unknown method {method!r} for Geolocator.predict", hint="use geoclip or swc")
         if top_k < 1:
-            raise gf.ParameterError(f"top_k must be >= 1, got {top_k}")
+            raise ParameterError(f"top_k must be >= 1, got {top_k}")
         return predict_in_batches(
             _as_items(images),
             batch_size,
@@ -359,11 +359,11 @@ class Geolocator:
         ``encode_texts``)."""
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(names):
-            raise gf.ShapeError(f"embeddings must have shape ({len(names)}, 512) for {len(names)} names, got {emb.shape}")
+            raise ShapeError(f"embeddings must have shape ({len(names)}, 512) for {len(names)} names, got {emb.shape}")
         if emb.shape[0] == 0:
             return []
         if top_k < 1:
-            raise gf.ParameterError(f"top_k must be >= 1, got {top_k}")
+            raise ParameterError(f"top_k must be >= 1, got {top_k}")
         idx, probs, pd, _ = self.search_embeddings(emb, top_k, merge_duplicates=merge_duplicates)
         return [
             self._prediction(name, idx[k], probs[k], float(pd[k]), method, swc_eps_km, places) for k, name in enumerate(names)
@@ -398,7 +398,7 @@ class Geolocator:
             method=method,
         )
         if method == "swc":
-            lat, lon, members = gf.swc(latlon, probs, eps_km=swc_eps_km, weight_exponent=1.0)
+            lat, lon, members = swc(latlon, probs, eps_km=swc_eps_km, weight_exponent=1.0)
             pred.lat, pred.lon = float(lat), float(lon)
             pred.prob = float(probs[members].sum())
             pred.members = [int(m) for m in members]
@@ -518,7 +518,7 @@ def build_gallery(
     cache_dtype: str = "f32",
     progress: bool = True,
 ) -> GalleryData:
-    """Coordinates + cached embeddings + a ``gf.Gallery`` for a model's gallery choice."""
+    """Coordinates + cached embeddings + a ``Gallery`` for a model's gallery choice."""
     from geofast.gallery import EmbeddingCache, check_latlon_array, parse_region, read_gallery_file, region_mask
 
     if gallery is None:
@@ -531,7 +531,7 @@ def build_gallery(
         latlon = read_gallery_file(gallery)
         label = os.fspath(gallery)
     if latlon.shape[0] == 0:
-        raise gf.EmptyInputError("the gallery is empty")
+        raise EmptyInputError("the gallery is empty")
     # GeoCLIP holds its gallery as float32; encode exactly those coordinates.
     enc_latlon = latlon.astype(np.float32).astype(np.float64)
     cache = EmbeddingCache.default(cache_dir)
@@ -557,5 +557,5 @@ def build_gallery(
         latlon = latlon[mask]
         emb = np.ascontiguousarray(emb[mask])
         emb.setflags(write=False)
-    search = gf.Gallery(emb, dtype="f16" if emb.dtype == np.float16 else "f32")
+    search = Gallery(emb, dtype="f16" if emb.dtype == np.float16 else "f32")
     return GalleryData(latlon=latlon, embeddings=emb, label=label, search=search, built=built)
