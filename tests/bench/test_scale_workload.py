@@ -4,9 +4,10 @@ themselves run under ``geofast bench --area scale``)."""
 from __future__ import annotations
 
 import numpy as np
+from benches.harness import DEFAULT_AREAS
+from benches.workloads import scale
 
 from geofast import evaluate as ev
-from geofast.bench import DEFAULT_AREAS, scale
 
 
 def test_synthetic_data_is_deterministic_clustered_and_normalised():
