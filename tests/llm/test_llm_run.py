@@ -16,7 +16,7 @@ import pytest
 
 from geofast.errors import LLMError
 from geofast.llm import LLMClient, LLMConfig
-from geofast.llm.stub import StubChatServer, StubReply
+from geofast.testing.openai_stub import StubChatServer, StubReply
 from geofast.predict.rag import RagPredictor, predict_rag
 from llm_support import SphereEncoder, geoclip_prediction, jpeg_size, noise_image
 
