@@ -28,17 +28,19 @@ from typing import Any
 
 import numpy as np
 
+from geofast.constants import (
+    GEOSCORE_SCALE_KM,
+    HAVERSINE_RADIUS_KM,
+    IMAGE_COLUMNS,
+    LAT_COLUMNS,
+    LOCALIZABLE_THRESHOLD,
+    LON_COLUMNS,
+)
+from geofast.coords import find_column
 from geofast.errors import InputError
-from geofast.gallery import find_column
 
 DEFAULT_RADII_KM: tuple[float, ...] = (1.0, 25.0, 200.0, 750.0, 2500.0)
-GEOSCORE_SCALE_KM = 1492.7
-HAVERSINE_RADIUS_KM = 6371.0  # visloc / OSV-5M convention
-LOCALIZABLE_THRESHOLD = 0.2
 
-_IMAGE_COLUMNS = ("image", "img_id", "img", "image_id", "filename", "file", "path", "id")
-_LAT_COLUMNS = ("lat", "latitude", "gps_lat")
-_LON_COLUMNS = ("lon", "lng", "long", "longitude", "gps_lon")
 _PRED_LAT = ("pred_lat", "predicted_lat", "lat_pred")
 _PRED_LON = ("pred_lon", "predicted_lon", "lon_pred")
 
@@ -204,7 +206,7 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise InputError(f"dataset {p} does not exist", hint="pass the metadata CSV (e.g. im2gps3k_places365.csv)")
     table = _read_text_table(p, "dataset")
     cols = list(table.column_names)
-    img, lat, lon = find_column(cols, _IMAGE_COLUMNS), find_column(cols, _LAT_COLUMNS), find_column(cols, _LON_COLUMNS)
+    img, lat, lon = find_column(cols, IMAGE_COLUMNS), find_column(cols, LAT_COLUMNS), find_column(cols, LON_COLUMNS)
     if img is None or lat is None or lon is None:
         raise InputError(
             f"dataset {p} needs an image column and latitude/longitude columns, found {cols[:8]}",
@@ -283,11 +285,11 @@ def read_predictions(path: str | os.PathLike[str]) -> ScoredFile:
     hint = "write it with `geofast eval DATASET --images DIR --out FILE`"
     table = _read_text_table(p, "predictions", hint)
     cols = list(table.column_names)
-    lat, lon = find_column(cols, _LAT_COLUMNS), find_column(cols, _LON_COLUMNS)
+    lat, lon = find_column(cols, LAT_COLUMNS), find_column(cols, LON_COLUMNS)
     plat, plon = find_column(cols, _PRED_LAT), find_column(cols, _PRED_LON)
     if lat is None or lon is None or plat is None or plon is None:
         raise InputError(f"predictions file {p} needs lat,lon and pred_lat,pred_lon columns, found {cols[:8]}", hint=hint)
-    img = find_column(cols, _IMAGE_COLUMNS)
+    img = find_column(cols, IMAGE_COLUMNS)
     conf_col = find_column(cols, ("confidence", "pd25", "pd_25"))
     err_col = find_column(cols, ("error",))
     import pyarrow as pa

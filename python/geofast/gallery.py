@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +31,12 @@ import numpy as np
 from geofast._geofast import __version__
 from geofast._io import atomic_write, atomic_write_text, file_sha256
 from geofast.cache import cache_root
+from geofast.constants import LAT_COLUMNS, LON_COLUMNS
+from geofast.coords import find_column
 from geofast.errors import CacheError, CoordinateError, InputError, ShapeError
 
 #: Bumped whenever the location-embedding computation changes (invalidates caches).
 ENCODER_VERSION = "1"
-_LAT_NAMES = ("lat", "latitude", "gps_lat", "lat_deg")
-_LON_NAMES = ("lon", "lng", "long", "longitude", "gps_lon", "lon_deg")
 
 
 def check_latlon_array(latlon: np.ndarray, name: str) -> np.ndarray:
@@ -53,15 +53,6 @@ def check_latlon_array(latlon: np.ndarray, name: str) -> np.ndarray:
         row = int(np.argmax(bad))
         raise CoordinateError(f"{name} row {row} is out of range ({arr[row].tolist()}); coordinates are degrees, latitude first")
     return np.ascontiguousarray(arr)
-
-
-def find_column(columns: Sequence[str], names: Iterable[str]) -> str | None:
-    """The first of ``columns`` whose stripped, lower-cased name is in ``names`` (in ``names`` order)."""
-    lowered = {c.strip().lower(): c for c in columns}
-    for n in names:
-        if n in lowered:
-            return lowered[n]
-    return None
 
 
 def read_gallery_file(path: str | os.PathLike[str]) -> np.ndarray:
@@ -82,8 +73,8 @@ def read_gallery_file(path: str | os.PathLike[str]) -> np.ndarray:
         frame = pd.read_csv(p)
     except Exception as e:
         raise InputError(f"cannot read gallery CSV {p}: {e}") from e
-    lat_col = find_column(list(frame.columns), _LAT_NAMES)
-    lon_col = find_column(list(frame.columns), _LON_NAMES)
+    lat_col = find_column(list(frame.columns), LAT_COLUMNS)
+    lon_col = find_column(list(frame.columns), LON_COLUMNS)
     if lat_col is None or lon_col is None:
         raise InputError(
             f"gallery CSV {p} needs latitude and longitude columns, found {list(frame.columns)[:6]}",

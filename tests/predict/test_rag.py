@@ -5,6 +5,7 @@ consensus ranking without an encoder, fallbacks and per-image errors."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -323,3 +324,30 @@ def test_a_failing_progress_callback_surfaces_as_its_own_error(server):
     cfg = LLMConfig(base_url=server.base_url, model="m", references=(0,), samples=1)
     with pytest.raises(KeyError, match="progress broke"):
         predict_rag([noise_image(32, 32)], config=cfg, geoclip=[geoclip_prediction("a", [(1.5, 2.5)])], progress=boom)
+
+
+def test_rag_reads_and_decodes_each_image_once(geolocator, photo_dir, monkeypatch):
+    """One read per image for both stages: the JPEG the LLM receives is made from the decode
+    that fed CLIP, and equals encode_image of the file read on its own."""
+    import geofast.images as images_mod
+    from geofast.llm.image import encode_image
+    from geofast.predict.rag import RagPredictor
+
+    paths = [str(p) for p in sorted(photo_dir.iterdir())[:3]]
+    expected = {p: encode_image(p, 512).jpeg for p in paths}  # before counting: an independent read
+    loads: list[str] = []
+    real_load = images_mod.load_image
+
+    def counting_load(image, *args, **kwargs):
+        if isinstance(image, (str, os.PathLike)):  # a file read; PIL images are already decoded
+            loads.append(str(image))
+        return real_load(image, *args, **kwargs)
+
+    monkeypatch.setattr(images_mod, "load_image", counting_load)
+    with StubChatServer(lambda req: '{"latitude": 10.0, "longitude": 20.0}') as server:
+        cfg = LLMConfig(base_url=server.base_url, model="stub", references=(0,), samples=1, cache=False, image_max_side=512)
+        preds = RagPredictor(geolocator, config=cfg).predict(paths, top_k=3)
+        sent = [r.image_bytes(0) for r in server.requests]
+    assert [p.error for p in preds] == [None, None, None]
+    assert sorted(loads) == sorted(paths)  # each file opened and decoded exactly once
+    assert sorted(sent) == sorted(expected.values())

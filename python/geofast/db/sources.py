@@ -21,15 +21,13 @@ from typing import IO, TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from geofast.constants import IMAGE_COLUMNS, LAT_COLUMNS, LON_COLUMNS
+from geofast.coords import find_column
 from geofast.errors import InputError
-from geofast.gallery import find_column
 
 if TYPE_CHECKING:
     from PIL import Image
 
-_IMAGE_COLUMNS = ("image", "path", "file", "filename", "img", "image_path")
-_LAT_COLUMNS = ("lat", "latitude", "lat_deg")
-_LON_COLUMNS = ("lon", "lng", "long", "longitude", "lon_deg")
 _GPS_IFD = 0x8825
 NO_GPS_REASON = "no GPS position in EXIF"
 #: ``on_progress(bytes_read, total_bytes)`` while a source is planned.
@@ -272,7 +270,7 @@ def read_csv_source(path: str | os.PathLike[str], on_progress: PlanProgress | No
         if not header:
             raise InputError(f"CSV {p} is empty", hint="add a header line image,lat,lon and one row per photo")
         header = [c.strip() for c in header]
-        img_col, lat_col, lon_col = (find_column(header, names) for names in (_IMAGE_COLUMNS, _LAT_COLUMNS, _LON_COLUMNS))
+        img_col, lat_col, lon_col = (find_column(header, names) for names in (IMAGE_COLUMNS, LAT_COLUMNS, LON_COLUMNS))
         if img_col is None or lat_col is None or lon_col is None:
             raise InputError(
                 f"CSV {p} needs columns image, lat and lon; found {', '.join(header[:8]) or 'none'}",

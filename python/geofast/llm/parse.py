@@ -27,6 +27,8 @@ import math
 import re
 from typing import Any
 
+from geofast.coords import valid_latlon as _valid_coordinate
+
 __all__ = ["parse_latlon", "parse_coordinate", "valid_latlon"]
 
 LatLon = tuple[float, float]
@@ -74,12 +76,9 @@ _PAIR = re.compile(r"(?<![\d.\w])(?P<lat>[-+]?\d{1,2}\.\d+)\s*°?\s*(?:,|;|/|\s)
 
 
 def valid_latlon(lat: float, lon: float) -> bool:
-    """True when (lat, lon) are finite degrees within range and not the (0, 0) placeholder."""
-    if not (math.isfinite(lat) and math.isfinite(lon)):
-        return False
-    if abs(lat) > 90.0 or abs(lon) > 180.0:
-        return False
-    return not (lat == 0.0 and lon == 0.0)
+    """True when (lat, lon) is a valid coordinate (:func:`geofast.coords.valid_latlon`) and not
+    the (0, 0) placeholder models answer when they do not know."""
+    return _valid_coordinate(lat, lon) and not (lat == 0.0 and lon == 0.0)
 
 
 def _dms(deg: str, minutes: str | None, seconds: str | None) -> float:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geofast._geofast import Gallery, haversine_matrix, swc
+from geofast.constants import LOCALIZABLE_THRESHOLD, PD_RADIUS_KM
 from geofast.errors import EmptyInputError, InputError, ParameterError, ShapeError
 from geofast.images import ImageInput, ImageURL, expand_images, iter_loaded_batches, load_image
 from geofast.predict.duplicates import MERGE_MARGIN, DuplicateGroups, merge_exact, merge_scanned
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from geofast.models.heads import Heads
     from geofast.places import PlaceIndex
 
-PD_RADIUS_KM = 25.0
-LOCALIZABLE_THRESHOLD = 0.2
 DEFAULT_BATCH_SIZE = 16
 #: ``Prediction.image`` of a text query is the query behind this prefix.
 TEXT_PREFIX = "text: "

@@ -36,9 +36,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from geofast.coords import valid_latlon
 from geofast.errors import ImageError, LLMError, ParameterError, ShapeError
 from geofast.llm.client import OPTION_NAMES, LLMClient, LLMConfig, Usage, run_sync
-from geofast.llm.image import ImageLike, encode_image, image_name
+from geofast.llm.image import EncodedImage, ImageLike, encode_image, image_name
 from geofast.llm.parse import parse_latlon
 from geofast.llm.prompts import PromptSpec, Reference, ReferenceKind, plan_prompts
 from geofast.predict.types import Candidate, LLMTrace, Prediction
@@ -85,7 +86,7 @@ class NeighbourSource(Protocol):
 class RagInput:
     """Everything the LLM stage needs about one image; built by :func:`build_inputs`."""
 
-    image: ImageLike
+    image: ImageLike | EncodedImage
     name: str
     embedding: np.ndarray | None = None
     nearest: list[Reference] = field(default_factory=list)
@@ -119,7 +120,7 @@ def _references(sims: np.ndarray, latlon: np.ndarray, ids: np.ndarray | None) ->
         lat, lon = float(latlon[j, 0]), float(latlon[j, 1])
         if ids is not None and int(ids[j]) < 0:
             continue  # faiss pads missing neighbours with id -1
-        if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
+        if not valid_latlon(lat, lon):
             continue
         refs.append(Reference(lat, lon, float(sims[j])))
     return refs
@@ -282,7 +283,11 @@ async def _ask_image(inp: RagInput, llm: LLMClient, cfg: LLMConfig, slots: async
         return out
     async with slots:
         try:
-            enc = await asyncio.to_thread(encode_image, inp.image, cfg.image_max_side)
+            enc = (
+                inp.image
+                if isinstance(inp.image, EncodedImage)
+                else await asyncio.to_thread(encode_image, inp.image, cfg.image_max_side)
+            )
         except ImageError as e:
             out.error = str(e)
             return out
@@ -663,16 +668,16 @@ class RagPredictor:
         on_progress: Callable[[int], None] | None,
         llm_progress: Progress | None,
     ) -> list[Prediction]:
-        from geofast.images import ImageURL, is_url
         from geofast.predict.geoclip import predict_in_batches
 
         geo_emb: list[np.ndarray] = []
         db_emb: list[np.ndarray] = []
-        urls = {str(x) for x in items if isinstance(x, ImageURL) or is_url(x)}
-        fetched: dict[str, Any] = {}  # URL images, kept so that the LLM stage does not fetch them again
+        # Each image is read and decoded once: the LLM's downscaled JPEG is made here from the
+        # decode that feeds CLIP (a path is not read again, a URL not fetched again).
+        encoded: dict[str, EncodedImage] = {}
 
         def retrieval(names: list[str], ims: list[Any]) -> list[Prediction]:
-            fetched.update((n, im) for n, im in zip(names, ims) if n in urls)
+            encoded.update((n, encode_image(im, self.config.image_max_side)) for n, im in zip(names, ims))
             g, q = self.geolocator.embed_pil(ims, with_clip=self.database is not None)
             geo_emb.append(g)
             if q is not None:
@@ -695,7 +700,7 @@ class RagPredictor:
 
         # Stage 2, the chunk's images at once: the LLM requests run concurrently up to the limit.
         preds = predict_rag(
-            [fetched.get(results[i].image, items[i]) for i in keep],
+            [encoded.get(results[i].image, items[i]) for i in keep],
             config=self.config,
             image_embeddings=np.concatenate(geo_emb),
             database=self.database,

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geofast._geofast import swc, swc_batch
+from geofast.constants import HAVERSINE_RADIUS_KM
 from geofast.db import Database, Neighbours, normalize_rows
 from geofast.errors import InputError, ParameterError
 from geofast.images import ImageInput
@@ -48,7 +49,6 @@ DEFAULT_K = 10
 DEFAULT_EPS_KM = 1.0
 DEFAULT_CELL_KM = 25.0
 #: Haversine radius of SwC's DBSCAN (visloc uses R = 6371 km).
-SWC_RADIUS_KM = 6371.0
 METHODS = ("swc", "geoclip+swc")
 
 
@@ -206,7 +206,7 @@ class SwcPredictor:
             eps_km=self.eps_km,
             min_samples=self.min_samples,
             weight_exponent=self.weight_exponent,
-            radius_km=SWC_RADIUS_KM,
+            radius_km=HAVERSINE_RADIUS_KM,
         )
         answer = np.column_stack([lat, lon])
         pd = self._pd(geo_query, answer, geo)
@@ -251,7 +251,7 @@ class SwcPredictor:
                 eps_km=self.eps_km,
                 min_samples=self.min_samples,
                 weight_exponent=self.weight_exponent,
-                radius_km=SWC_RADIUS_KM,
+                radius_km=HAVERSINE_RADIUS_KM,
             )
             answers[i] = (lat, lon)
             found.append((nb, np.asarray(members, dtype=np.int64)))
