@@ -9,6 +9,8 @@ gives the location — holding one L2-normalised CLIP image embedding per photo:
                           sources, and for every file its size, sha256 and sampled sha256.
     DIR/embeddings.npy    (N, D) float16 (default) or float32, C order: memory-mapped on open.
     DIR/coords.npy        (N, 2) float64 latitude, longitude in degrees.
+    DIR/norms.npy         (N,) float32 L2 norm of each photo's CLIP feature before normalisation:
+                          row × norm is the raw feature GeoCLIP's image MLP takes (training).
     DIR/meta.jsonl        one JSON object per row: {"image": absolute path, <extra CSV columns>}.
     DIR/failed.csv        image,reason — unreadable photos, photos without GPS, bad CSV rows.
     DIR/index.faiss       only for non-flat FAISS indexes (``index="IVF4096,SQ8"``, ``"HNSW32"``).
@@ -83,6 +85,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 COORDS = "coords.npy"
+NORMS = "norms.npy"
 META = "meta.jsonl"
 FAILED = "failed.csv"
 INDEX = "index.faiss"
@@ -538,11 +541,15 @@ class Database:
     >>> sims, latlon, ids = db.search(query_embeddings, k=10)  # doctest: +SKIP
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], embeddings: np.ndarray, latlon: np.ndarray) -> None:
+    def __init__(
+        self, path: Path, manifest: dict[str, Any], embeddings: np.ndarray, latlon: np.ndarray, norms: np.ndarray | None = None
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.embeddings = embeddings  # read-only memmap (N, D) float16/float32
         self.latlon = latlon  # (N, 2) float64
+        #: (N,) float32 norms of the raw CLIP features (None for rows stored as given, unnormalised)
+        self.norms = norms
         self._gallery: Any = None
         self._faiss_index: Any = None
         self._meta_offsets: np.ndarray | None = None
@@ -610,7 +617,10 @@ class Database:
                 raise DatabaseError(f"database {root}: {name} is {what} ({size:,} bytes, manifest says {want:,})", hint=hint)
         count, dim = int(manifest["count"]), int(manifest["dim"])
         np_dtype = np.dtype(_DTYPES[manifest["dtype"]])
-        for name, shape, dt in ((EMBEDDINGS, (count, dim), np_dtype), (COORDS, (count, 2), np.dtype(np.float64))):
+        arrays = [(EMBEDDINGS, (count, dim), np_dtype), (COORDS, (count, 2), np.dtype(np.float64))]
+        if NORMS in files:
+            arrays.append((NORMS, (count,), np.dtype(np.float32)))
+        for name, shape, dt in arrays:
             try:
                 got_shape, got_dtype, fortran, offset = _read_npy_header(root / name)
             except (OSError, ValueError) as e:
@@ -638,7 +648,8 @@ class Database:
         if not lat_ok.all():
             row = int(np.argmin(lat_ok))
             raise DatabaseError(f"database {root}: coordinates of row {row} are invalid ({latlon[row].tolist()})", hint=hint)
-        db = cls(root, manifest, emb, latlon)
+        norms = np.load(root / NORMS, mmap_mode="r", allow_pickle=False) if NORMS in files else None
+        db = cls(root, manifest, emb, latlon, norms)
         if full:
             db._check_meta_lines(hint)
         if backbone is not None:
@@ -1014,10 +1025,15 @@ class Database:
                 _new_faiss_index(factory, embeddings.shape[1])
             np_dtype = _DTYPES[dtype]
 
+            norms = np.empty(ll.shape[0], dtype=np.float32) if normalize else None
+
             def blocks() -> Iterator[np.ndarray]:
                 for s in range(0, embeddings.shape[0], 65536):
                     blk = np.asarray(embeddings[s : s + 65536], dtype=np.float32)
-                    blk = normalize_rows(blk) if normalize else blk
+                    if norms is not None:
+                        unit = normalize_rows(blk)
+                        norms[s : s + blk.shape[0]] = np.linalg.norm(blk.astype(np.float64), axis=1)
+                        blk = unit
                     yield blk.astype(np_dtype)
 
             metas = meta if meta is not None else [{"image": f"row{i}"} for i in range(ll.shape[0])]
@@ -1036,6 +1052,7 @@ class Database:
                 factory=factory,
                 emb_blocks=blocks(),
                 latlon=ll,
+                norms=lambda: norms,
                 meta_lines=(json.dumps(m, ensure_ascii=False) for m in metas),
                 failures=[],
                 manifest_extra=manifest_extra,
@@ -1181,6 +1198,7 @@ class _Prepared:
 class _ChunkAccumulator:
     rows: list[int] = field(default_factory=list)
     emb: list[np.ndarray] = field(default_factory=list)
+    norms: list[np.ndarray] = field(default_factory=list)
     latlon: list[tuple[float, float]] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)
     no_gps: list[int] = field(default_factory=list)
@@ -1330,6 +1348,12 @@ class _Builder:
         latlon_new = np.concatenate([p["latlon"] for p in parts]) if parts else np.zeros((0, 2))
         latlon = latlon_new if base is None else np.concatenate([np.asarray(base.latlon), latlon_new])
 
+        def all_norms() -> np.ndarray | None:
+            new = np.concatenate([p["norms"] for p in parts]) if parts else np.zeros(0, dtype=np.float32)
+            if base is None:
+                return new
+            return None if base.norms is None else np.concatenate([np.asarray(base.norms), new])
+
         def emb_blocks() -> Iterator[np.ndarray]:
             if base is not None:
                 for s in range(0, base_count, 65536):
@@ -1378,6 +1402,7 @@ class _Builder:
             factory=factory,
             emb_blocks=emb_blocks(),
             latlon=latlon,
+            norms=all_norms,
             meta_lines=meta_lines(),
             failures=all_failures,
             manifest_extra=manifest_extra,
@@ -1469,12 +1494,16 @@ class _Builder:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["digest"]) != digest:
                     return None
-                part = {k: z[k] for k in ("rows", "latlon", "fail_rows", "fail_reasons", "nogps_rows")}
+                part = {k: z[k] for k in ("rows", "latlon", "norms", "fail_rows", "fail_reasons", "nogps_rows")}
         except (OSError, ValueError, KeyError, EOFError):
             return None
         lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
         rows = part["rows"]
-        ok = part["latlon"].shape == (rows.shape[0], 2) and bool(((rows >= lo) & (rows < hi)).all())
+        ok = (
+            part["latlon"].shape == (rows.shape[0], 2)
+            and part["norms"].shape == (rows.shape[0],)
+            and bool(((rows >= lo) & (rows < hi)).all())
+        )
         return part if ok else None
 
     def _write_chunk(self, c: int, digest: str, acc: _ChunkAccumulator, dim: int, dtype: str) -> None:
@@ -1487,6 +1516,7 @@ class _Builder:
             "digest": np.array(digest),
             "rows": rows[order],
             "emb": emb,
+            "norms": (np.concatenate(acc.norms) if acc.norms else np.zeros(0, dtype=np.float32))[order],
             "latlon": np.asarray(acc.latlon, dtype=np.float64).reshape(-1, 2)[order],
             "fail_rows": np.asarray([r for r, _ in failures], dtype=np.int64),
             "fail_reasons": np.asarray([s for _, s in failures], dtype=np.str_) if failures else np.zeros(0, dtype="<U1"),
@@ -1556,6 +1586,7 @@ class _Builder:
                     sel = np.flatnonzero(good)
                     if sel.shape[0]:
                         acc.emb.append((feats[sel] / norms[sel, None]).astype(np.float32))
+                        acc.norms.append(norms[sel].astype(np.float32))
                         acc.rows.extend(batch.rows[i] for i in sel)
                         acc.latlon.extend(batch.latlon[i] for i in sel)
                 acc.failures.extend(batch.failures)
@@ -1580,6 +1611,7 @@ class _Builder:
         factory: str,
         emb_blocks: Iterable[np.ndarray],
         latlon: np.ndarray,
+        norms: Callable[[], np.ndarray | None],
         meta_lines: Iterable[str],
         failures: list[tuple[str, str]],
         manifest_extra: dict[str, Any],
@@ -1618,6 +1650,16 @@ class _Builder:
         path = self.staged / COORDS
         atomic_write(path, lambda f: np.save(f, ll, allow_pickle=False))
         records[COORDS] = _file_record(path)
+
+        # norms.npy (known once every embedding block has been written)
+        nv = norms()
+        if nv is not None:
+            nv = np.ascontiguousarray(nv, dtype=np.float32)
+            if nv.shape != (n_rows,):
+                raise DatabaseError(f"internal error: {nv.shape} norms for {n_rows} rows")
+            path = self.staged / NORMS
+            atomic_write(path, lambda f: np.save(f, nv, allow_pickle=False))
+            records[NORMS] = _file_record(path)
 
         # meta.jsonl
         path = self.staged / META
