@@ -45,7 +45,9 @@ def _register_commands() -> None:
         bench,
         db,
         eval,
+        export,
         locate,
+        train,
     )
 
 
