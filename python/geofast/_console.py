@@ -43,11 +43,14 @@ def print_json(payload: Any) -> None:
 
 
 def error_line(message: str, hint: str | None = None) -> None:
-    """Print ``error: message`` (one line) and an optional ``hint:`` line to stderr."""
+    """Print ``error: message`` (one line) and an optional ``hint:`` line to stderr (their text is
+    printed as is: ``pip install 'geofast[train]'`` is not rich markup)."""
+    from rich.markup import escape
+
     first = " ".join(str(message).split())
-    err.print(f"[bold red]error:[/] {first}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(first)}", markup=True, highlight=False, soft_wrap=True)
     if hint:
-        err.print(f"[dim]hint:[/] {hint}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[dim]hint:[/] {escape(hint)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def progress(label: str, *, unit: str | None = None, transient: bool = True) -> Any:

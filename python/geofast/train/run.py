@@ -395,6 +395,7 @@ def train(
     start_epoch, start_batch, global_step = 0, 0, 0
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
+    queue_digests: list[str] = []
     carry = {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
     if ckpt is not None:
         try:
@@ -437,6 +438,7 @@ def train(
             "epochs_done": len(history),
             "global_step": global_step,
             "best": best,
+            "queue_sha256_per_rank": queue_digests,
             "model": "model" if run.model.is_dir() else None,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -510,7 +512,7 @@ def train(
                 checkpoint(epoch, b + 1)
                 last_ckpt = time.monotonic()
         scheduler.step()
-        _check_queues(fabric, queue, world)
+        queue_digests = _queue_digests(fabric, queue, world)
 
         if rank0:
             val = (
@@ -584,14 +586,16 @@ def _check_trajectory(ckpt: dict[str, Any], config: TrainConfig, run: RunDir) ->
         )
 
 
-def _check_queues(fabric: Any, queue: GPSQueue, world: int) -> None:
-    """Every rank must hold the same queue (the gathered batches of every rank)."""
+def _queue_digests(fabric: Any, queue: GPSQueue, world: int) -> list[str]:
+    """Every rank's queue digest (rank order); they must all be equal: each rank's queue holds
+    the gathered batches of every rank."""
     if world == 1:
-        return
+        return [queue.digest()]
     digest = torch.tensor(np.frombuffer(bytes.fromhex(queue.digest()), dtype=np.uint8).astype(np.int64))
-    everyone = _all_gather(digest, fabric.device)
-    if not all(torch.equal(d, everyone[0]) for d in everyone):
+    everyone = [bytes(d.to(torch.uint8).tolist()).hex() for d in _all_gather(digest, fabric.device)]
+    if len(set(everyone)) != 1:
         raise TrainingError("the GPS queues of the ranks differ (a bug in geofast: please report it)")
+    return everyone
 
 
 def _save_model(
