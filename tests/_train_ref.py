@@ -101,4 +101,4 @@ def reference_step(model: RefModel, queue: SimpleNamespace, opt: torch.optim.Opt
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     opt.step()
-    return float(loss), grads
+    return float(loss.detach()), grads

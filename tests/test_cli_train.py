@@ -33,7 +33,10 @@ def test_train_export_locate_eval_from_the_command_line(small_db, tmp_path, tiny
     r = run_cli("export", run, "--out", tmp_path / "release", "--backbone", "openai/clip-vit-large-patch14@abc123", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    assert report["gallery_points"] == 100 and report["backbone"] == {"repo_id": "openai/clip-vit-large-patch14", "revision": "abc123"}
+    assert report["gallery_points"] == 100 and report["backbone"] == {
+        "repo_id": "openai/clip-vit-large-patch14",
+        "revision": "abc123",
+    }
     config = json.loads((tmp_path / "release" / "config.json").read_text())
     assert config["backbone"]["revision"] == "abc123"
 

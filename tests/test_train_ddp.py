@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 
-import geofast as gf
 from geofast.train import TrainConfig, synthetic, train
 from geofast.train.data import epoch_order, global_batch, load_data
 

@@ -47,14 +47,20 @@ def _compare_predictions(ref, ours, paths, k=5):
             assert match.size, f"rank {r}: {our_ll[r]} not in the reference top-{k}"
             assert match[0] == r or abs(prob[match[0]] - prob[r]) <= tol[r], (r, prob)
     gps, prob = ref.predict(paths[0], top_k=k)  # and geoclip's own predict() path
-    np.testing.assert_allclose(np.array([[c.lat, c.lon] for c in ours.predict(paths[:1], top_k=k, places=False)[0].candidates])[:1], gps.numpy()[:1], atol=1e-4)
+    np.testing.assert_allclose(
+        np.array([[c.lat, c.lon] for c in ours.predict(paths[:1], top_k=k, places=False)[0].candidates])[:1],
+        gps.numpy()[:1],
+        atol=1e-4,
+    )
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     synthetic.make_database(root / "db", synthetic.sample_points(300, 1), seed=2)
-    return train(db=root / "db", out=root / "run", init="geoclip", epochs=1, batch_size=100, queue_size=64, lr=1e-3, val_fraction=0.0)
+    return train(
+        db=root / "db", out=root / "run", init="geoclip", epochs=1, batch_size=100, queue_size=64, lr=1e-3, val_fraction=0.0
+    )
 
 
 def test_export_loads_in_geoclip_and_predicts_what_geofast_predicts(trained_run, tiny_clip_dir, photo_dir, tmp_path, monkeypatch):
@@ -165,7 +171,9 @@ def test_geomapclip_location_encoder(monkeypatch):
     ref = MapLocation().double().eval()
     with torch.no_grad():
         raw = ref(torch.from_numpy(pts)).numpy()
-    np.testing.assert_allclose(gf.LocationEncoder.from_pretrained("geomapclip").encode(pts, normalize=False), raw, atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        gf.LocationEncoder.from_pretrained("geomapclip").encode(pts, normalize=False), raw, atol=2e-4, rtol=1e-4
+    )
 
 
 def test_model_folder_errors(tmp_path, trained_run):

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests._train_ref import RefModel
 
 import geofast as gf
 from geofast.train import TrainConfig, synthetic, train
 from geofast.train.data import load_data
 from geofast.train.module import TrainableHeads, initial_model
 from geofast.train.run import evaluate
-from tests._train_ref import RefModel
 
 EUROPE = (35.0, -10.0, 60.0, 30.0)
 WORLD = synthetic.World(seed=7)
@@ -114,11 +114,23 @@ def test_fine_tuning_geoclip_on_a_region_beats_untrained_geoclip(tmp_path):
     train_db = make_db(tmp_path / "train.db", world_ll, 21)
     val_db = make_db(tmp_path / "val.db", synthetic.sample_points(300, 5, region=EUROPE), 22)
     result = train(
-        db=train_db, val=val_db, out=tmp_path / "run", init="geoclip", region=EUROPE, epochs=3, batch_size=64, queue_size=64, lr=2e-4
+        db=train_db,
+        val=val_db,
+        out=tmp_path / "run",
+        init="geoclip",
+        region=EUROPE,
+        epochs=3,
+        batch_size=64,
+        queue_size=64,
+        lr=2e-4,
     )
     data = load_data(TrainConfig(db=train_db, val=val_db, out=tmp_path / "x", region=EUROPE))
     lat, lon = world_ll[:, 0], world_ll[:, 1]
-    assert len(data.train) == result.data["train_rows"] == int(np.count_nonzero((lat >= 35) & (lat <= 60) & (lon >= -10) & (lon <= 30)))
+    assert (
+        len(data.train)
+        == result.data["train_rows"]
+        == int(np.count_nonzero((lat >= 35) & (lat <= 60) & (lon >= -10) & (lon <= 30)))
+    )
     gallery = data.gallery
     assert np.all((gallery[:, 0] >= 35) & (gallery[:, 0] <= 60) & (gallery[:, 1] >= -10) & (gallery[:, 1] <= 30))
     feats = data.val.features(np.arange(len(data.val)))
@@ -165,7 +177,17 @@ def test_new_capsules_start_silent_and_frozen_parts_stay_fixed(world_dbs, tmp_pa
 
 
 def _run(out: Path, db: Path, **extra):
-    cfg = dict(db=db, out=out, init="geoclip", epochs=2, batch_size=100, queue_size=150, lr=1e-4, val_fraction=0.1, checkpoint_every_steps=2)
+    cfg = dict(
+        db=db,
+        out=out,
+        init="geoclip",
+        epochs=2,
+        batch_size=100,
+        queue_size=150,
+        lr=1e-4,
+        val_fraction=0.1,
+        checkpoint_every_steps=2,
+    )
     cfg.update(extra)
     return train(**cfg)
 
@@ -253,7 +275,15 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(world_dbs, tmp_path):
 def small_run(world_dbs, tmp_path_factory):
     out = tmp_path_factory.mktemp("small") / "run"
     result = train(
-        db=world_dbs["small"], val=world_dbs["val"], out=out, init="geoclip", epochs=2, batch_size=160, queue_size=32, lr=1e-4, gallery_size=400
+        db=world_dbs["small"],
+        val=world_dbs["val"],
+        out=out,
+        init="geoclip",
+        epochs=2,
+        batch_size=160,
+        queue_size=32,
+        lr=1e-4,
+        gallery_size=400,
     )
     return result
 
@@ -291,13 +321,17 @@ def test_the_run_is_a_model_for_locate_and_location_encoding(small_run, tiny_cli
         expected = torch.nn.functional.normalize(ref.location(torch.from_numpy(pts)), dim=1).numpy()
     enc = gf.LocationEncoder.from_pretrained(run)
     np.testing.assert_allclose(enc.encode(pts), expected, atol=2e-5)
-    np.testing.assert_allclose(enc.encode(pts, normalize=False), ref.location(torch.from_numpy(pts)).detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        enc.encode(pts, normalize=False), ref.location(torch.from_numpy(pts)).detach().numpy(), rtol=1e-4, atol=1e-4
+    )
 
     loc = gf.Geolocator.from_pretrained(run, clip=tiny_clip_dir, cache_dir=tmp_path / "cache", progress=False)
     gallery = np.loadtxt(run / "model" / "gallery.csv", delimiter=",", skiprows=1)
     paths = sorted(str(p) for p in photo_dir.iterdir())[:4]
     preds = loc.predict(paths, top_k=3, places=False)
-    emb = loc.backbone.encode(loc.backbone.preprocess([__import__("PIL.Image", fromlist=["Image"]).open(p).convert("RGB") for p in paths]))
+    emb = loc.backbone.encode(
+        loc.backbone.preprocess([__import__("PIL.Image", fromlist=["Image"]).open(p).convert("RGB") for p in paths])
+    )
     with torch.no_grad():
         logits = ref(emb, torch.from_numpy(gallery))
     top = logits.softmax(dim=1).topk(3, dim=1)
@@ -353,7 +387,9 @@ def test_coordinates_out_of_range_are_refused(tmp_path):
     manifest = json.loads((tmp_path / "db" / "manifest.json").read_text())
     data = (tmp_path / "db" / "coords.npy").read_bytes()
     rec = manifest["files"]["coords.npy"]
-    rec.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), sample_sha256=_sample_sha256(tmp_path / "db" / "coords.npy"))
+    rec.update(
+        bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), sample_sha256=_sample_sha256(tmp_path / "db" / "coords.npy")
+    )
     (tmp_path / "db" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(gf.DatabaseError, match="coordinates of row 4 are invalid"):
         train(**_cfg(tmp_path / "db", tmp_path / "run"))

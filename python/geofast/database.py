@@ -617,7 +617,10 @@ class Database:
                 raise DatabaseError(f"database {root}: {name} is {what} ({size:,} bytes, manifest says {want:,})", hint=hint)
         count, dim = int(manifest["count"]), int(manifest["dim"])
         np_dtype = np.dtype(_DTYPES[manifest["dtype"]])
-        arrays = [(EMBEDDINGS, (count, dim), np_dtype), (COORDS, (count, 2), np.dtype(np.float64))]
+        arrays: list[tuple[str, tuple[int, ...], np.dtype[Any]]] = [
+            (EMBEDDINGS, (count, dim), np_dtype),
+            (COORDS, (count, 2), np.dtype(np.float64)),
+        ]
         if NORMS in files:
             arrays.append((NORMS, (count,), np.dtype(np.float32)))
         for name, shape, dt in arrays:

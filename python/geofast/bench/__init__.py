@@ -6,7 +6,8 @@ sides in the same run, so the ratio is meaningful on a noisy machine even when a
 not. ``geofast bench`` renders the results; ``benches/`` runs the same workloads under
 pytest-benchmark.
 
-Workloads live in one module per area (``geo``, ``cluster``, ``search``, ``e2e``); each module
+Workloads live in one module per area (``geo``, ``cluster``, ``search``, ``e2e``, ``llm``, ``db``,
+``train``); each module
 exposes ``workloads(quick: bool) -> list[Workload]``.
 """
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Modules that contribute workloads, in report order.
-AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm", "db")
+AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm", "db", "train")
 
 
 @dataclass

@@ -36,7 +36,7 @@ def bench(
         None, "--only", metavar="TEXT", help="Run only workloads whose name or kernel contains TEXT."
     ),
     area: list[str] | None = typer.Option(
-        None, "--area", help="Restrict to these areas (geo, cluster, search, e2e, llm, db); repeatable."
+        None, "--area", help="Restrict to these areas (geo, cluster, search, e2e, llm, db, train); repeatable."
     ),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Threads for geofast's kernels (default: GEOFAST_NUM_THREADS or all CPUs)."

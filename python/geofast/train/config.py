@@ -77,9 +77,9 @@ class TrainConfig:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ParameterError(f"{name} must be a whole number >= {low}, got {value!r}")
-        for name, value in (("lr", self.lr), ("weight_decay", self.weight_decay), ("lr_decay", self.lr_decay)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ParameterError(f"{name} must be a finite number >= 0, got {value!r}")
+        for fname, number in (("lr", self.lr), ("weight_decay", self.weight_decay), ("lr_decay", self.lr_decay)):
+            if not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+                raise ParameterError(f"{fname} must be a finite number >= 0, got {number!r}")
         if self.lr <= 0 or self.lr_decay <= 0:
             raise ParameterError(f"lr and lr_decay must be > 0, got {self.lr} and {self.lr_decay}")
         if self.val_fraction is not None and not (0.0 <= self.val_fraction < 1.0):

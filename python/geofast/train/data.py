@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from geofast.database import Database
+from geofast.database import PROBE_MIN_COSINE, Database
+from geofast.database import _probe_cosine as probe_cosine
 from geofast.errors import DatabaseError, EmptyInputError, InputError, ParameterError
 from geofast.gallery import region_mask
 from geofast.train.config import TrainConfig
@@ -174,9 +175,7 @@ def _check_same_backbone(a: Database, b: Database) -> None:
     pb = (b.manifest.get("backbone") or {}).get("probe")
     if pa is None or pb is None:
         return
-    x, y = np.asarray(pa, dtype=np.float64), np.asarray(pb, dtype=np.float64)
-    cos = float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-300)) if x.shape == y.shape else -1.0
-    if cos < 0.99:
+    if probe_cosine(pa, np.asarray(pb)) < PROBE_MIN_COSINE:
         raise InputError(
             f"the validation database {b.path} was encoded with another backbone than {a.path}",
             hint="encode both with the same CLIP (geofast db build --clip ...)",

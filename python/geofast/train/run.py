@@ -41,7 +41,16 @@ from geofast import __version__
 from geofast._io import atomic_write, atomic_write_text
 from geofast.errors import DatabaseError, TrainingError
 from geofast.train.config import TrainConfig
-from geofast.train.data import TrainingData, batches_per_epoch, epoch_order, global_batch, load_data, rank_slice
+from geofast.train.data import (
+    PROBE_MIN_COSINE,
+    TrainingData,
+    batches_per_epoch,
+    epoch_order,
+    global_batch,
+    load_data,
+    probe_cosine,
+    rank_slice,
+)
 from geofast.train.module import InitialModel, TrainableHeads, initial_model
 from geofast.train.objective import GeoCLIPStep, GPSQueue
 
@@ -230,9 +239,8 @@ def check_backbone(data: TrainingData, init: InitialModel) -> None:
     hint = "encode the photos with the backbone the model was trained on (geofast db build --clip ...), or start from scratch"
     probe, want_probe = info.get("probe"), expected.get("backbone_probe")
     if probe is not None and want_probe is not None:
-        x, y = np.asarray(probe, dtype=np.float64), np.asarray(want_probe, dtype=np.float64)
-        cos = float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-300)) if x.shape == y.shape else -1.0
-        if cos < 0.99:
+        cos = probe_cosine(probe, np.asarray(want_probe))
+        if cos < PROBE_MIN_COSINE:
             raise DatabaseError(
                 f"database {db.path} was encoded with {info.get('source')}, not with the backbone {init.source} was trained on "
                 f"({expected.get('backbone_source')}; probe cosine {cos:.3f})",
@@ -260,13 +268,26 @@ def check_backbone(data: TrainingData, init: InitialModel) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+_NO_LIGHTNING = ("training needs PyTorch Lightning, which is not installed", "pip install 'geofast[train]'")
+
+
+def _check_lightning() -> None:
+    """Fail at once without Lightning, before its (slow) import and before reading any data."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("lightning.fabric") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise TrainingError(_NO_LIGHTNING[0], hint=_NO_LIGHTNING[1])
+
+
 def _fabric(config: TrainConfig) -> Any:
     try:
         from lightning.fabric import Fabric
     except ImportError as e:
-        raise TrainingError(
-            "training needs PyTorch Lightning, which is not installed", hint="pip install 'geofast[train]'"
-        ) from e
+        raise TrainingError(_NO_LIGHTNING[0], hint=_NO_LIGHTNING[1]) from e
     acc = "cuda" if config.accelerator == "gpu" else config.accelerator
     if acc == "auto":
         acc = "cuda" if torch.cuda.is_available() else "cpu"
@@ -365,12 +386,13 @@ def train(
     ``on_event(message)``, ``on_step(StepInfo)`` and ``on_epoch(metrics_row)`` are called on
     global rank 0 only. Returns what the run did; the model is ``result.model_dir``."""
     config.check()
-    fabric = _fabric(config)  # fails early without Lightning
+    _check_lightning()
     say = on_event or (lambda _m: None)
     run = RunDir(config.out)
     data = load_data(config)
     init = initial_model(config.init, config.add_sigmas, config.seed)
     check_backbone(data, init)
+    fabric = _fabric(config)
     ckpt = run.prepare(config.resume)
     if ckpt is not None:
         _check_trajectory(ckpt, config, run)

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from geofast.train.data import Database
 
 DIM = 768
 
@@ -32,7 +36,7 @@ class World:
     def _params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, 0xC11F])
         w = np.concatenate([rng.standard_normal((self.per_scale, 3)) * f for f in self.frequencies])
-        phase = rng.uniform(0, 2 * np.pi, w.shape[0])
+        phase = np.asarray(rng.uniform(0, 2 * np.pi, w.shape[0]))
         a = rng.standard_normal((w.shape[0], DIM)) / np.sqrt(w.shape[0] / 2.0)
         return w, phase, a
 
@@ -72,7 +76,7 @@ def make_database(
     world: World | None = None,
     seed: int = 0,
     dtype: str = "f16",
-) -> object:
+) -> Database:
     """An image database of synthetic photos at ``latlon`` (embeddings normalised, norms kept,
     like ``geofast db build``)."""
     from geofast.train.data import Database
