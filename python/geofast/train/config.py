@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class TrainConfig:
     checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S
     #: also checkpoint every N optimizer steps (None: by time and at each epoch end only)
     checkpoint_every_steps: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Cheap checks of the numbers and choices (before anything is opened or loaded)."""

@@ -178,7 +178,7 @@ def _check_same_backbone(a: Database, b: Database) -> None:
     if probe_cosine(pa, np.asarray(pb)) < PROBE_MIN_COSINE:
         raise InputError(
             f"the validation database {b.path} was encoded with another backbone than {a.path}",
-            hint="encode both with the same CLIP (geofast db build --clip ...)",
+            hint="encode both databases with the same CLIP backbone",
         )
 
 

@@ -236,7 +236,7 @@ def check_backbone(data: TrainingData, init: InitialModel) -> None:
     db = data.train.db
     info = db.manifest.get("backbone") or {}
     expected = init.backbone
-    hint = "encode the photos with the backbone the model was trained on (geofast db build --clip ...), or start from scratch"
+    hint = "encode the photos with the backbone the model was trained on, or train from scratch"
     probe, want_probe = info.get("probe"), expected.get("backbone_probe")
     if probe is not None and want_probe is not None:
         cos = probe_cosine(probe, np.asarray(want_probe))
