@@ -1,4 +1,4 @@
-"""One pytest-benchmark suite definition for every benchmark area of ``geofast.bench``.
+"""One pytest-benchmark suite definition for every benchmark area of ``benches/workloads``.
 
 Each ``benches/test_<area>.py`` calls :func:`define` and gets three tests per workload:
 
@@ -7,7 +7,7 @@ Each ``benches/test_<area>.py`` calls :func:`define` and gets three tests per wo
 * ``test_anchor``: times the anchor (numpy, scikit-learn, geopy, faiss, GeoCLIP, ...) in the
   same benchmark group, so the table shows both side by side (divide by
   ``extra_info["anchor_scale"]`` when the anchor ran on a sample);
-* ``test_target``: times both in one process with ``geofast.bench.run_workload`` and fails when
+* ``test_target``: times both in one process with ``benches.harness.run_workload`` and fails when
   a workload with a target misses it.
 
 Full sizes by default (as ``geofast bench``); ``GEOFAST_BENCH_QUICK=1`` for the sizes of
@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 
 import geofast as gf
-from geofast.bench import Skip, run_workload
+from benches.harness import Skip, run_workload
 
 QUICK = os.environ.get("GEOFAST_BENCH_QUICK", "").strip() not in ("", "0")
 
 
 def define(area: str) -> tuple[Any, Any, Any, Any]:
     """(fixture, test_geofast, test_anchor, test_target) for the workloads of one area."""
-    workloads = importlib.import_module(f"geofast.bench.{area}").workloads(QUICK)
+    workloads = importlib.import_module(f"benches.workloads.{area}").workloads(QUICK)
     by_name = {w.name: w for w in workloads}
 
     @pytest.fixture(scope="module", params=list(by_name), ids=list(by_name))

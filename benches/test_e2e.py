@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of end to end: locate vs geoclip.GeoCLIP.predict with the same backbone, the gallery cache build, evaluation: the workloads of ``geofast.bench.e2e``, see ``_suite.py``."""
+"""pytest-benchmark suite of end to end: locate vs geoclip.GeoCLIP.predict with the same backbone, the gallery cache build, evaluation: the workloads of ``benches/workloads/e2e.py``, see ``_suite.py``."""
 
 from _suite import define
 

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of the geometry kernels (haversine, haversine_matrix, geodesic, equal_earth + fourier_features): the workloads of ``geofast.bench.geo``, see ``_suite.py``."""
+"""pytest-benchmark suite of the geometry kernels (haversine, haversine_matrix, geodesic, equal_earth + fourier_features): the workloads of ``benches/workloads/geo.py``, see ``_suite.py``."""
 
 from _suite import define
 

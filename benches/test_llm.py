@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of the RAG/LLM stage (the workloads of ``geofast.bench.llm``).
+"""pytest-benchmark suite of the RAG/LLM stage (the workloads of ``benches/workloads/llm.py``).
 
 Run: ``pytest benches/test_llm.py --benchmark-enable`` (add ``-k quick`` for the small sizes).
 Each test times geofast with pytest-benchmark, checks its answers against the anchor's, and
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from geofast.bench import llm as bench_llm
+from benches.workloads import llm as bench_llm
 
 OVERHEAD_MS_PER_IMAGE = 20.0
 

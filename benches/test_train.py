@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of training (a step vs the published step, an epoch over 100K cached embeddings vs the published way with the ViT-L/14 forward, the GPU step): the workloads of ``geofast.bench.train``, see ``_suite.py``."""
+"""pytest-benchmark suite of training (a step vs the published step, an epoch over 100K cached embeddings vs the published way with the ViT-L/14 forward, the GPU step): the workloads of ``benches/workloads/train.py``, see ``_suite.py``."""
 
 from _suite import define
 

@@ -29,7 +29,38 @@ TINY_VISION = dict(
 )
 
 
-def make_tiny_clip(folder, *, seed: int = 0, vision_only: bool = False, with_processor: bool = True):
+#: A hand-written byte-level BPE vocabulary for the tiny text tower (vocab_size 99): the special
+#: tokens at the ids the tiny text config names (bos 0, eos = pad = unk 1), letters and digits with
+#: and without the end-of-word mark, and a few merges.
+TINY_MERGES = ["t h", "th e</w>", "e r", "a n", "r e", "o u", "i n", "o r", "h a", "a r", "e d</w>", "e s</w>", "o n</w>"]
+
+
+def write_tiny_tokenizer(folder) -> None:
+    """vocab.json + merges.txt written by hand, then saved by CLIPTokenizer itself (adding
+    tokenizer.json and tokenizer_config.json, the layout of the hub's CLIP folders)."""
+    import json
+    import string
+    from pathlib import Path
+
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    symbols = list(string.ascii_lowercase) + list(string.digits)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in symbols:
+        vocab[c] = len(vocab)
+    for c in symbols:
+        vocab[c + "</w>"] = len(vocab)
+    for m in TINY_MERGES:
+        a, b = m.split()
+        vocab.setdefault(a + b, len(vocab))
+    assert len(vocab) <= 99
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(TINY_MERGES) + "\n")
+    CLIPTokenizer.from_pretrained(folder).save_pretrained(folder)
+
+
+def make_tiny_clip(folder, *, seed: int = 0, vision_only: bool = False, with_processor: bool = True, with_tokenizer: bool = True):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
     from transformers.utils import logging as hf_logging
@@ -58,6 +89,8 @@ def make_tiny_clip(folder, *, seed: int = 0, vision_only: bool = False, with_pro
     model.eval().save_pretrained(folder)
     if with_processor:
         CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(folder)
+    if with_tokenizer and not vision_only:
+        write_tiny_tokenizer(folder)
     return folder
 
 

@@ -96,3 +96,19 @@ def test_expand_images(tmp_path):
         expand_images([str(tmp_path / "*.gif")])
     with pytest.raises(gf.ImageError, match="no such file"):
         expand_images([tmp_path / "nope.jpg"])
+
+
+def test_load_image_bytes_matches_load_image(photo_dir):
+    """Uploads and downloads decode exactly like files; the header can be read before decoding."""
+    from geofast.images import PixelLimitError, load_image, load_image_bytes, open_image_bytes
+
+    for path in sorted(photo_dir.iterdir())[:3]:
+        data = path.read_bytes()
+        np.testing.assert_array_equal(np.asarray(load_image_bytes(data, path.name)), np.asarray(load_image(path)))
+        header = open_image_bytes(data, path.name)
+        assert header.size == Image.open(path).size
+        np.testing.assert_array_equal(np.asarray(load_image_bytes(header, path.name)), np.asarray(load_image(path)))
+    with pytest.raises(gf.ImageError, match="empty file"):
+        load_image_bytes(b"", "x.jpg")
+    with pytest.raises(PixelLimitError, match="exceeds the limit of 100"):
+        load_image_bytes(open_image_bytes(path.read_bytes(), "p"), "p", limit_pixels=100)

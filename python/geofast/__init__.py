@@ -32,7 +32,7 @@ from geofast._geofast import (
     swc_batch,
     topk,
 )
-from geofast.database import Database
+from geofast.db import Database
 from geofast.errors import (
     CacheError,
     CoordinateError,

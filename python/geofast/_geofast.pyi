@@ -21,7 +21,7 @@ __all__ = [
     "PointIndex",
     "topk",
     "Gallery",
-    "_simd_level",
+    "simd_level",
 ]
 
 __version__: str
@@ -93,4 +93,4 @@ class Gallery:
     @property
     def nbytes(self) -> int: ...
 
-def _simd_level() -> Literal["scalar", "avx2", "avx512"]: ...
+def simd_level() -> Literal["avx512", "avx2", "portable"]: ...

@@ -30,11 +30,17 @@ class GeofastError(Exception):
 
     #: A one-line suggestion the CLI prints under the message, when there is one.
     hint: str | None = None
+    #: The library parameters the message names (``"eps_km"``, ``"method"``): a front end shows
+    #: them as its own option names (the CLI writes ``--eps-km``), so the library never needs to
+    #: know flags.
+    params: tuple[str, ...] = ()
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, params: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         if hint is not None:
             self.hint = hint
+        if params:
+            self.params = tuple(params)
 
 
 class InputError(GeofastError, ValueError):

@@ -105,12 +105,18 @@ def parse_region(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         values = []
     if len(values) != 4 or not all(np.isfinite(values)):
-        raise InputError(f"--region {text!r} is not four numbers", hint="use LAT_MIN,LON_MIN,LAT_MAX,LON_MAX, e.g. 35,-10,60,30")
+        raise InputError(
+            f"region {text!r} is not four numbers",
+            hint="use LAT_MIN,LON_MIN,LAT_MAX,LON_MAX, e.g. 35,-10,60,30",
+            params=("region",),
+        )
     lat_min, lon_min, lat_max, lon_max = values
     if not (-90 <= lat_min <= lat_max <= 90):
-        raise InputError(f"--region latitudes must satisfy -90 <= LAT_MIN <= LAT_MAX <= 90, got {lat_min}, {lat_max}")
+        raise InputError(
+            f"region latitudes must satisfy -90 <= LAT_MIN <= LAT_MAX <= 90, got {lat_min}, {lat_max}", params=("region",)
+        )
     if not (-180 <= lon_min <= 180 and -180 <= lon_max <= 180):
-        raise InputError(f"--region longitudes must be within [-180, 180], got {lon_min}, {lon_max}")
+        raise InputError(f"region longitudes must be within [-180, 180], got {lon_min}, {lon_max}", params=("region",))
     return lat_min, lon_min, lat_max, lon_max
 
 

@@ -13,15 +13,30 @@ Formats needing more than ``convert("RGB")``:
 * float greyscale (``F``) is clipped to [0, 1] and scaled when its maximum is ≤ 1, else clipped to [0, 255];
 * palette images with transparency go through RGBA first (no PIL warning, same pixels);
 * animated GIF/PNG/WebP use their first frame.
+
+Images on the web (:func:`load_url`, or an ``http(s)://`` string / :class:`ImageURL` anywhere an
+image is accepted) are fetched with a byte cap and a deadline, and only from public addresses
+unless private ones are explicitly allowed: the host is resolved, every address checked
+(loopback, private, link-local, multicast, reserved, shared and unspecified ranges are refused),
+and the connection goes to the checked address (the ``Host`` header and TLS server name stay
+the URL's), so a DNS answer that changes between the check and the connection cannot redirect
+the request. Redirects are followed by hand, each hop checked the same way. Proxies from the
+environment are ignored (a proxy would make the connection instead of the checked address).
+Limitation: name resolution itself uses the system resolver, which has no timeout of its own.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
+import socket
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,7 +52,40 @@ IMAGE_SUFFIXES = frozenset(
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's hard limit (2 × Image.MAX_IMAGE_PIXELS)
 MAX_PIXELS_ENV = "GEOFAST_MAX_IMAGE_PIXELS"
 
-ImageInput = str | os.PathLike | Image.Image
+#: Defaults for images fetched from URLs.
+DEFAULT_URL_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_URL_TIMEOUT_S = 15.0
+MAX_REDIRECTS = 5
+_URL_SCHEMES = ("http", "https")
+_REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
+@dataclass(frozen=True)
+class ImageURL:
+    """An image on the web and how it may be fetched (see :func:`load_url`)."""
+
+    url: str
+    max_bytes: int = DEFAULT_URL_MAX_BYTES
+    timeout_s: float = DEFAULT_URL_TIMEOUT_S
+    allow_private: bool = False
+
+    def __str__(self) -> str:
+        return self.url
+
+
+ImageInput = str | os.PathLike | Image.Image | ImageURL
+
+
+def is_url(text: object) -> bool:
+    """Whether ``text`` is a string that names a URL (``scheme://...``) rather than a file."""
+    if not isinstance(text, str) or "://" not in text:
+        return False
+    scheme = text.split("://", 1)[0]
+    return len(scheme) > 1 and scheme.isascii() and scheme.isalpha()  # "C://" is a Windows path
+
+
+class PixelLimitError(ImageError):
+    """An image has more pixels than allowed (a possible decompression bomb), found before decoding."""
 
 
 def max_pixels() -> int:
@@ -54,6 +102,8 @@ def max_pixels() -> int:
 
 def image_name(image: ImageInput, index: int = 0) -> str:
     """A display name for an image input (its path, or ``<image N>`` for in-memory images)."""
+    if isinstance(image, ImageURL):
+        return image.url
     if isinstance(image, Image.Image):
         filename = getattr(image, "filename", "") or ""
         return str(filename) if filename else f"<image {index}>"
@@ -83,44 +133,88 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def load_image(image: ImageInput, *, limit_pixels: int | None = None) -> Image.Image:
-    """Open ``image`` (a path or a PIL image) as an 8-bit RGB PIL image with EXIF orientation applied.
+    """Open ``image`` (a path, a URL, an :class:`ImageURL` or a PIL image) as an 8-bit RGB PIL
+    image with EXIF orientation applied.
 
     Raises :class:`~geofast.errors.ImageError` with a one-line message naming the file and the
-    problem; never anything else for a bad file.
+    problem; never anything else for a bad file. A URL string is fetched with the defaults of
+    :func:`load_url` (public addresses only).
     """
     limit = max_pixels() if limit_pixels is None else limit_pixels
+    if isinstance(image, ImageURL):
+        return load_url(
+            image.url,
+            max_bytes=image.max_bytes,
+            timeout_s=image.timeout_s,
+            allow_private=image.allow_private,
+            limit_pixels=limit,
+        )
+    if is_url(image):
+        return load_url(str(image), limit_pixels=limit)
     if isinstance(image, Image.Image):
-        name = image_name(image)
-        im = image
-    else:
-        path = Path(os.fspath(image))
-        name = str(path)
-        if not path.exists():
-            raise ImageError(f"{name}: no such file", hint="check the path")
-        if path.is_dir():
-            raise ImageError(f"{name}: is a folder, not an image")
-        try:
-            size = path.stat().st_size
-        except OSError as e:
-            raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
-        if size == 0:
-            raise ImageError(f"{name}: empty file (0 bytes)")
-        try:
-            # Read the bytes first: no file handle outlives this call, whatever the format.
-            im = Image.open(io.BytesIO(path.read_bytes()))
-        except UnidentifiedImageError as e:
-            raise ImageError(f"{name}: not an image PIL can read") from e
-        except Image.DecompressionBombError as e:
-            raise ImageError(
-                f"{name}: too many pixels (possible decompression bomb)",
-                hint=f"raise the limit with {MAX_PIXELS_ENV}=<pixels> if the file is trusted",
-            ) from e
-        except OSError as e:
-            raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
+        return _decode(image, image_name(image), limit)
+    path = Path(os.fspath(image))
+    name = str(path)
+    if not path.exists():
+        raise ImageError(f"{name}: no such file", hint="check the path")
+    if path.is_dir():
+        raise ImageError(f"{name}: is a folder, not an image")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
+    if size == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    try:
+        # Read the bytes first: no file handle outlives this call, whatever the format.
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
+    return _decode(_open_bytes(data, name), name, limit)
+
+
+def _open_bytes(data: bytes, name: str, formats: Sequence[str] | None = None) -> Image.Image:
+    allowed: list[str] | None = None
+    if formats is not None:
+        Image.init()  # register every plugin: PIL loads the rarer ones (MPO, ...) lazily
+        allowed = [f.upper() for f in formats if f.upper() in Image.OPEN]
+    try:
+        return Image.open(io.BytesIO(data), formats=allowed)
+    except UnidentifiedImageError as e:
+        if formats is not None:
+            raise ImageError(f"{name}: not an image in an accepted format ({', '.join(formats)})") from e
+        raise ImageError(f"{name}: not an image PIL can read") from e
+    except Image.DecompressionBombError as e:
+        raise PixelLimitError(
+            f"{name}: too many pixels (possible decompression bomb)",
+            hint=f"raise the limit with {MAX_PIXELS_ENV}=<pixels> if the file is trusted",
+        ) from e
+    except OSError as e:
+        raise ImageError(f"{name}: cannot read ({e.strerror or e})") from e
+
+
+def open_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Open an encoded image held in memory *without decoding its pixels* (PIL reads the header
+    only): the result's ``format``, ``width`` and ``height`` can be checked before any decoding."""
+    if len(data) == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    return _open_bytes(data, name)
+
+
+def load_image_bytes(data: bytes | Image.Image, name: str, *, limit_pixels: int | None = None) -> Image.Image:
+    """:func:`load_image` for an encoded image held in memory (an upload, a download), or for
+    the not-yet-decoded result of :func:`open_image_bytes`: the same checks, messages and pixels
+    as reading the same bytes from a file."""
+    limit = max_pixels() if limit_pixels is None else limit_pixels
+    im = data if isinstance(data, Image.Image) else open_image_bytes(data, name)
+    return _decode(im, name, limit)
+
+
+def _decode(im: Image.Image, name: str, limit: int) -> Image.Image:
     try:
         pixels = im.width * im.height
         if pixels > limit:
-            raise ImageError(
+            raise PixelLimitError(
                 f"{name}: {im.width}×{im.height} = {pixels:,} pixels exceeds the limit of {limit:,} "
                 "(possible decompression bomb)",
                 hint=f"raise the limit with {MAX_PIXELS_ENV}=<pixels> if the file is trusted",
@@ -136,7 +230,7 @@ def load_image(image: ImageInput, *, limit_pixels: int | None = None) -> Image.I
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: too many pixels (possible decompression bomb)") from e
+        raise PixelLimitError(f"{name}: too many pixels (possible decompression bomb)") from e
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         detail = str(e) or type(e).__name__
         if "truncated" in detail.lower():
@@ -145,17 +239,170 @@ def load_image(image: ImageInput, *, limit_pixels: int | None = None) -> Image.I
     return rgb
 
 
+# -- images on the web ------------------------------------------------------------------------------
+def address_refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``ip`` may not be fetched without ``allow_private`` (``None``: a public address)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped or ip.sixtofour
+        if mapped is not None:
+            return address_refused(mapped)
+        if ip.teredo is not None:
+            return "a Teredo tunnel address"
+    checks = (
+        ("is_loopback", "a loopback address"),
+        ("is_link_local", "a link-local address"),
+        ("is_multicast", "a multicast address"),
+        ("is_unspecified", "an unspecified address"),
+        ("is_private", "a private address"),
+        ("is_reserved", "a reserved address"),
+    )
+    for attr, why in checks:
+        if getattr(ip, attr):
+            return why
+    if not ip.is_global:
+        return "not a public address"
+    return None
+
+
+def _resolve_checked(url: str, host: str, port: int, allow_private: bool) -> str:
+    """The address to connect to for ``host``: every address it resolves to must be allowed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError) as e:
+        raise ImageError(f"{url}: cannot resolve host {host!r}", hint="check the URL and the network") from e
+    addresses: list[str] = []
+    for info in infos:
+        addr = str(info[4][0]).split("%", 1)[0]
+        if addr not in addresses:
+            addresses.append(addr)
+    if not addresses:
+        raise ImageError(f"{url}: cannot resolve host {host!r}", hint="check the URL and the network")
+    if not allow_private:
+        for addr in addresses:
+            why = address_refused(ipaddress.ip_address(addr))
+            if why is not None:
+                raise ImageError(
+                    f"{url}: refused: {host} resolves to {addr}, {why}",
+                    hint="only public addresses are fetched unless private addresses are explicitly allowed",
+                )
+    return addresses[0]
+
+
+def load_url(
+    url: str,
+    *,
+    max_bytes: int = DEFAULT_URL_MAX_BYTES,
+    timeout_s: float = DEFAULT_URL_TIMEOUT_S,
+    allow_private: bool = False,
+    limit_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
+) -> Image.Image:
+    """Fetch an image over http(s) and open it like :func:`load_image`.
+
+    ``formats`` (PIL format names) restricts the decoders tried on the fetched bytes.
+
+    At most ``max_bytes`` are read (a larger body is refused, whether announced by
+    ``Content-Length`` or not); the whole fetch, redirects included, must finish within
+    ``timeout_s``. Without ``allow_private`` hosts resolving to loopback, private, link-local,
+    multicast or otherwise non-public addresses are refused, at every redirect hop, and the
+    connection is made to the address that was checked. Every failure is an
+    :class:`~geofast.errors.ImageError` with a one-line message.
+    """
+    import httpx
+
+    if max_bytes < 1:
+        raise ImageError(f"{url}: the size limit must be at least 1 byte, got {max_bytes}")
+    if not timeout_s > 0:
+        raise ImageError(f"{url}: the timeout must be > 0 s, got {timeout_s}")
+    limit = max_pixels() if limit_pixels is None else limit_pixels
+    deadline = time.monotonic() + timeout_s
+    current = url
+    with httpx.Client(trust_env=False, follow_redirects=False, verify=True) as client:
+        for _hop in range(MAX_REDIRECTS + 1):
+            target, headers, extensions = _pinned_request(current, allow_private)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ImageError(f"{url}: timed out after {timeout_s:g} s", hint="try again or raise the timeout")
+            try:
+                with client.stream(
+                    "GET", target, headers=headers, extensions=extensions, timeout=httpx.Timeout(remaining)
+                ) as response:
+                    if response.status_code in _REDIRECT_CODES:
+                        location = response.headers.get("location")
+                        if not location:
+                            raise ImageError(f"{url}: HTTP {response.status_code} redirect without a Location")
+                        current = urljoin(current, location)
+                        continue
+                    if response.status_code != 200:
+                        raise ImageError(f"{url}: HTTP {response.status_code} {response.reason_phrase}".rstrip())
+                    data = _read_capped(url, response, max_bytes, deadline, timeout_s)
+            except httpx.TimeoutException as e:
+                raise ImageError(f"{url}: timed out after {timeout_s:g} s", hint="try again or raise the timeout") from e
+            except httpx.HTTPError as e:
+                detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ImageError(f"{url}: cannot fetch ({detail})", hint="check the URL and the network") from e
+            if not data:
+                raise ImageError(f"{url}: empty response (0 bytes)")
+            return _decode(_open_bytes(data, url, formats), url, limit)
+    raise ImageError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _pinned_request(url: str, allow_private: bool) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(URL with the checked address as host, Host header, TLS server name) for one hop."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ImageError(f"{url}: not a valid URL ({e})") from e
+    scheme = parts.scheme.lower()
+    if scheme not in _URL_SCHEMES:
+        raise ImageError(f"{url}: only http and https URLs are fetched, not {scheme or 'this'}")
+    host = parts.hostname
+    if not host:
+        raise ImageError(f"{url}: the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ImageError(f"{url}: URLs with credentials are not fetched")
+    default_port = 443 if scheme == "https" else 80
+    address = _resolve_checked(url, host, port or default_port, allow_private)
+    shown = f"[{address}]" if ":" in address else address
+    netloc = f"{shown}:{port}" if port else shown
+    target = parts._replace(scheme=scheme, netloc=netloc, fragment="").geturl()
+    host_header = (f"[{host}]" if ":" in host else host) + (f":{port}" if port and port != default_port else "")
+    extensions = {"sni_hostname": host} if scheme == "https" else {}
+    return target, {"Host": host_header, "Accept": "image/*"}, extensions
+
+
+def _read_capped(url: str, response: object, max_bytes: int, deadline: float, timeout_s: float) -> bytes:
+    import httpx
+
+    assert isinstance(response, httpx.Response)
+    too_large = f"{url}: larger than the limit of {max_bytes:,} bytes"
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+        raise ImageError(f"{too_large} ({int(declared):,} bytes announced)", hint="raise the size limit if the file is trusted")
+    buf = bytearray()
+    for chunk in response.iter_bytes():
+        buf.extend(chunk)
+        if len(buf) > max_bytes:
+            raise ImageError(too_large, hint="raise the size limit if the file is trusted")
+        if time.monotonic() > deadline:
+            raise ImageError(f"{url}: timed out after {timeout_s:g} s", hint="try again or raise the timeout")
+    return bytes(buf)
+
+
 def expand_images(sources: Iterable[str | os.PathLike[str]], *, recursive: bool = True) -> list[str]:
     """Expand files, folders (their image files, sorted) and glob patterns into a list of paths.
 
-    Explicitly named files are kept even if their suffix is unusual (they are checked when read);
-    a name that matches nothing raises :class:`ImageError`.
+    Explicitly named files are kept even if their suffix is unusual (they are checked when read),
+    so are URLs (fetched when read); a name that matches nothing raises :class:`ImageError`.
     """
     out: list[str] = []
     for source in sources:
         text = os.fspath(source)
         path = Path(text)
-        if path.is_dir():
+        if is_url(text):
+            out.append(text)  # fetched when read
+        elif path.is_dir():
             pattern = "**/*" if recursive else "*"
             found = sorted(str(p) for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             out.extend(found)
@@ -196,12 +443,21 @@ def encode_jpeg(im: Image.Image, *, max_side: int | None = None, quality: int = 
 
 
 __all__ = [
+    "DEFAULT_URL_MAX_BYTES",
+    "DEFAULT_URL_TIMEOUT_S",
     "IMAGE_SUFFIXES",
     "ImageInput",
+    "ImageURL",
+    "PixelLimitError",
+    "address_refused",
+    "is_url",
+    "load_url",
     "encode_jpeg",
     "expand_images",
     "image_name",
     "iter_loaded",
     "load_image",
+    "load_image_bytes",
     "max_pixels",
+    "open_image_bytes",
 ]

@@ -1,4 +1,4 @@
-"""Serialising predictions: the JSON objects of ``geofast locate --json``, GeoJSON and a folium map."""
+"""Serialising predictions: the JSON objects of ``geofast locate --json``, GeoJSON and an HTML map."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def prediction_json(p: Prediction) -> dict[str, Any]:
     preds = [{"lat": c.lat, "lon": c.lon, "prob": _num(c.prob), "place": c.place} for c in p.candidates if c.prob is not None]
     if p.method in ("swc", "geoclip+swc", "rag") or not preds:
         # The answer is not one of the ranked gallery points: put it first.
-        preds = [{"lat": p.lat, "lon": p.lon, "prob": _num(p.prob), "place": p.extra.get("place")}] + preds
+        preds = [{"lat": p.lat, "lon": p.lon, "prob": _num(p.prob), "place": p.place}] + preds
     out: dict[str, Any] = {
         "image": p.image,
         "predictions": preds,
@@ -41,9 +41,18 @@ def prediction_json(p: Prediction) -> dict[str, Any]:
         out["fallback"] = p.fallback
     if p.method in ("swc", "geoclip+swc") and p.fallback:
         out["fallback"] = True
-    for key in ("usage", "swc_members", "neighbours", "cell", "fallback_reason"):
-        if key in p.extra:
-            out[key] = p.extra[key]
+    if p.llm is not None:
+        out["usage"] = dict(p.llm.usage)
+    if p.members is not None:
+        out["swc_members"] = list(p.members)
+    if p.neighbours is not None:
+        out["neighbours"] = [n.as_dict() for n in p.neighbours]
+    if p.farthest is not None:
+        out["farthest"] = [n.as_dict() for n in p.farthest]
+    if p.cell is not None:
+        out["cell"] = p.cell.as_dict()
+    if p.fallback_reason is not None or p.method == "rag":
+        out["fallback_reason"] = p.fallback_reason
     return out
 
 
@@ -75,42 +84,10 @@ def write_geojson(path: str | os.PathLike[str], predictions: Sequence[Prediction
     atomic_write_text(path, json.dumps(to_geojson(predictions), ensure_ascii=False, indent=1) + "\n")
 
 
-def write_map(path: str | os.PathLike[str], predictions: Sequence[Prediction]) -> None:
-    """A self-contained folium (Leaflet) HTML map: top-1 markers and the other candidates."""
-    import folium
-    from folium.plugins import MarkerCluster
+def write_map(
+    path: str | os.PathLike[str], predictions: Sequence[Prediction], *, title: str | None = None, tiles: str | None = None
+) -> None:
+    """A self-contained HTML map of the predictions (geofast's own offline map: see :mod:`geofast.mapview`)."""
+    from geofast.mapview import write_map as _write_map
 
-    located = [p for p in predictions if p.error is None and p.lat is not None]
-    if located:
-        lat0 = sum(p.lat for p in located if p.lat is not None) / len(located)
-        lon0 = sum(p.lon for p in located if p.lon is not None) / len(located)
-    else:
-        lat0, lon0 = 20.0, 0.0
-    fmap = folium.Map(location=[lat0, lon0], zoom_start=2 if len(located) != 1 else 5, tiles="OpenStreetMap")
-    group = MarkerCluster(name="predictions").add_to(fmap) if len(located) > 50 else fmap
-    for p in located:
-        assert p.lat is not None and p.lon is not None
-        place = p.candidates[0].place if p.candidates else None
-        conf = f"{p.confidence:.2f}" if p.confidence is not None else "n/a"
-        prob = f"{p.prob:.3f}" if p.prob is not None else "n/a"
-        popup = folium.Popup(
-            f"<b>{_html(p.image)}</b><br>{p.lat:.5f}, {p.lon:.5f}<br>{_html(place or '')}"
-            f"<br>prob {prob} · PD<sub>25</sub> {conf}",
-            max_width=320,
-        )
-        folium.Marker([p.lat, p.lon], popup=popup, tooltip=os.path.basename(p.image)).add_to(group)
-        for c in p.candidates[1:]:
-            folium.CircleMarker(
-                [c.lat, c.lon],
-                radius=4,
-                weight=1,
-                fill=True,
-                fill_opacity=0.6,
-                tooltip=f"{os.path.basename(p.image)}: {c.prob:.3f}" if c.prob is not None else os.path.basename(p.image),
-            ).add_to(fmap)
-    html = fmap.get_root().render()
-    atomic_write_text(path, html)
-
-
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    _write_map(path, predictions, title=title, tiles=tiles)

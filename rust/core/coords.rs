@@ -31,21 +31,14 @@ impl Real for f32 {
 pub fn shape_str(shape: &[usize]) -> String {
     match shape {
         [n] => format!("({n},)"),
-        _ => format!(
-            "({})",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-        ),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     }
 }
 
 /// Require an `(N, cols)` shape.
 pub fn check_cols<T>(name: &'static str, a: &ArrayView2<T>, cols: usize) -> GeoResult<usize> {
     if a.ncols() != cols {
-        return Err(GeoError::Shape {
-            name,
-            expected: format!("(N, {cols})"),
-            got: shape_str(a.shape()),
-        });
+        return Err(GeoError::Shape { name, expected: format!("(N, {cols})"), got: shape_str(a.shape()) });
     }
     Ok(a.nrows())
 }
@@ -78,11 +71,7 @@ pub fn check_latlon<T: Real>(name: &'static str, a: &ArrayView2<T>) -> GeoResult
 }
 
 /// Like [`check_latlon`] but also rejects an empty array, with `hint` saying why data is needed.
-pub fn check_latlon_nonempty<T: Real>(
-    name: &'static str,
-    a: &ArrayView2<T>,
-    hint: &'static str,
-) -> GeoResult<usize> {
+pub fn check_latlon_nonempty<T: Real>(name: &'static str, a: &ArrayView2<T>, hint: &'static str) -> GeoResult<usize> {
     let n = check_latlon(name, a)?;
     if n == 0 {
         return Err(GeoError::Empty { name, hint });
@@ -119,33 +108,18 @@ mod tests {
     #[test]
     fn rejects_each_problem_with_its_row() {
         let bad_lat = array![[0.0, 0.0], [90.5, 0.0]];
-        assert_eq!(
-            check_latlon("a", &bad_lat.view()),
-            Err(GeoError::Latitude { name: "a", row: 1, value: 90.5 })
-        );
+        assert_eq!(check_latlon("a", &bad_lat.view()), Err(GeoError::Latitude { name: "a", row: 1, value: 90.5 }));
         let bad_lon = array![[0.0, -180.1]];
-        assert!(matches!(
-            check_latlon("b", &bad_lon.view()),
-            Err(GeoError::Longitude { row: 0, .. })
-        ));
+        assert!(matches!(check_latlon("b", &bad_lon.view()), Err(GeoError::Longitude { row: 0, .. })));
         let nan = array![[0.0, 0.0], [0.0, 0.0], [f64::NAN, 1.0]];
-        assert!(matches!(
-            check_latlon("a", &nan.view()),
-            Err(GeoError::NonFinite { row: 2, .. })
-        ));
+        assert!(matches!(check_latlon("a", &nan.view()), Err(GeoError::NonFinite { row: 2, .. })));
         let inf = array![[0.0, f64::INFINITY]];
         assert!(matches!(check_latlon("a", &inf.view()), Err(GeoError::NonFinite { .. })));
         let shape = array![[0.0, 0.0, 0.0]];
-        assert_eq!(
-            check_latlon("a", &shape.view()).unwrap_err().to_string(),
-            "a must have shape (N, 2), got (1, 3)"
-        );
+        assert_eq!(check_latlon("a", &shape.view()).unwrap_err().to_string(), "a must have shape (N, 2), got (1, 3)");
         let empty = ndarray::Array2::<f64>::zeros((0, 2));
         assert_eq!(check_latlon("a", &empty.view()).unwrap(), 0);
-        assert!(matches!(
-            check_latlon_nonempty("a", &empty.view(), "pass at least one point"),
-            Err(GeoError::Empty { .. })
-        ));
+        assert!(matches!(check_latlon_nonempty("a", &empty.view(), "pass at least one point"), Err(GeoError::Empty { .. })));
     }
 
     #[test]
@@ -155,9 +129,6 @@ mod tests {
         let v = t.t();
         assert_eq!(check_latlon("a", &v).unwrap(), 3);
         let bad = array![[10.0, 95.0], [1.0, 2.0]];
-        assert!(matches!(
-            check_latlon("a", &bad.t()),
-            Err(GeoError::Latitude { row: 1, .. })
-        ));
+        assert!(matches!(check_latlon("a", &bad.t()), Err(GeoError::Latitude { row: 1, .. })));
     }
 }

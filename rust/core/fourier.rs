@@ -29,6 +29,9 @@ use crate::simd_kernel;
 
 /// Largest |v·b| (turns) for the fast reduction; above, whole turns are removed first.
 const SMALL_TURNS: f64 = 1.4e14; // just under 2⁴⁷, leaving a margin for rounding of the bound
+/// Largest |v·b| (turns) accepted: far below f64::MAX, so no product or sum of the dot product
+/// overflows to infinity (whose sine would be NaN).
+const MAX_TURNS: f64 = 1e300;
 /// Smallest number of output values worth a parallel task.
 const MIN_VALUES_PER_TASK: usize = 32_768;
 /// Largest number of output values per parallel task (whole rows, at least one), so that idle
@@ -64,7 +67,8 @@ simd_kernel! {
 }
 
 /// Random Fourier features of `xy` (`(N, 2)`, finite) for frequencies `b` (`(m, 2)`, finite,
-/// m ≥ 1): `(N, 2m)` float32, cosines first. N = 0 gives a `(0, 2m)` array.
+/// m ≥ 1): `(N, 2m)` float32, cosines first. N = 0 gives a `(0, 2m)` array. Inputs whose
+/// products could overflow (|v·b| above 1e300 turns) are a `Parameter` error, not NaN features.
 pub fn fourier_features<X: Real, B: Real>(xy: ArrayView2<X>, b: ArrayView2<B>) -> GeoResult<Array2<f32>> {
     let n = check_cols("xy", &xy, 2)?;
     let m = check_cols("b", &b, 2)?;
@@ -86,10 +90,17 @@ pub fn fourier_features<X: Real, B: Real>(xy: ArrayView2<X>, b: ArrayView2<B>) -
         let v0_max = xy.column(0).iter().fold(0.0f64, |acc, v| acc.max(v.to_f64().abs()));
         let v1_max = xy.column(1).iter().fold(0.0f64, |acc, v| acc.max(v.to_f64().abs()));
         let bound = v0_max * max_abs(&b0) + v1_max * max_abs(&b1);
+        if bound.is_nan() || bound > MAX_TURNS {
+            return Err(GeoError::parameter(
+                "xy",
+                "small enough for b that every xy·bᵀ stays finite (max|x|·max|b₀| + max|y|·max|b₁| <= 1e300)",
+                format!("a bound of {bound:e}"),
+            ));
+        }
         let small = bound < SMALL_TURNS;
-        let isa = Isa::active();
-        let rows_per_task = parallel::chunk_len(n, (MIN_VALUES_PER_TASK / width).max(1))
-            .min((MAX_VALUES_PER_TASK / width).max(1));
+        let isa = Isa::active()?;
+        let rows_per_task =
+            parallel::chunk_len(n, (MIN_VALUES_PER_TASK / width).max(1)).min((MAX_VALUES_PER_TASK / width).max(1));
         let (v0s, v1s) = (xy.column(0), xy.column(1));
         parallel::install(|| {
             out.par_chunks_mut(rows_per_task * width).enumerate().for_each(|(t, block)| {
@@ -111,12 +122,14 @@ pub fn fourier_features<X: Real, B: Real>(xy: ArrayView2<X>, b: ArrayView2<B>) -
     // SAFETY: the blocks partition `out` into whole rows of `width` (len = n·width), and every
     // row was written by `write_all` above.
     let out = unsafe { assume_init(out) };
-    Array2::from_shape_vec((n, width), out).map_err(|e| GeoError::TooLarge { what: "Fourier feature matrix", detail: e.to_string() })
+    Array2::from_shape_vec((n, width), out)
+        .map_err(|e| GeoError::TooLarge { what: "Fourier feature matrix", detail: e.to_string() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::simd::Level;
     use ndarray::array;
 
     fn reference(v0: f64, v1: f64, b0: f64, b1: f64) -> (f64, f64) {
@@ -176,12 +189,12 @@ mod tests {
         let [c1, c2, c3, c4] = &mut c;
         let mut s = [vec![0f32; 256], vec![0f32; 256], vec![0f32; 256], vec![0f32; 256]];
         let [s1, s2, s3, s4] = &mut s;
-        row_small(Isa::detected(), 0.3, -0.2, &b0, &b1, c1, s1);
-        row_small(Isa::portable(), 0.3, -0.2, &b0, &b1, c2, s2);
-        row_any(Isa::detected(), 0.3, -0.2, &b0, &b1, c3, s3);
-        row_any(Isa::portable(), 0.3, -0.2, &b0, &b1, c4, s4);
+        row_small(Isa::detect(), 0.3, -0.2, &b0, &b1, c1, s1);
+        row_small(Isa::capped(Level::Portable), 0.3, -0.2, &b0, &b1, c2, s2);
+        row_any(Isa::detect(), 0.3, -0.2, &b0, &b1, c3, s3);
+        row_any(Isa::capped(Level::Portable), 0.3, -0.2, &b0, &b1, c4, s4);
         let (mut c5, mut s5) = (vec![0f32; 256], vec![0f32; 256]);
-        row_small(Isa::detected().without_avx512(), 0.3, -0.2, &b0, &b1, &mut c5, &mut s5);
+        row_small(Isa::capped(Level::Avx2), 0.3, -0.2, &b0, &b1, &mut c5, &mut s5);
         assert_eq!(*c1, c5);
         assert_eq!(*s1, s5);
         // Both reductions agree exactly within a version ...
@@ -211,5 +224,11 @@ mod tests {
         let wide = array![[0.0, 0.0, 0.0]];
         assert!(matches!(fourier_features(wide.view(), b.view()), Err(GeoError::Shape { name: "xy", .. })));
         assert!(matches!(fourier_features(one.view(), wide.view()), Err(GeoError::Shape { name: "b", .. })));
+        // Finite inputs whose products overflow: an error, not NaN features.
+        let big_b = array![[1e308, 0.0]];
+        let e = fourier_features(array![[3.0, 0.0]].view(), big_b.view()).unwrap_err();
+        assert!(matches!(e, GeoError::Parameter { name: "xy", .. }), "{e}");
+        let f = fourier_features(array![[1e-8, 0.0]].view(), big_b.view()).unwrap();
+        assert!(f.iter().all(|v| v.is_finite()));
     }
 }

@@ -79,8 +79,7 @@ pub fn lattice_size(spacing_km: f64) -> GeoResult<u64> {
         return Err(GeoError::parameter("spacing_km", "a finite distance > 0 in km", spacing_km));
     }
     let r = MEAN_EARTH_RADIUS_KM;
-    let n =
-        (4.0 * std::f64::consts::PI * r * r / (AREA_PER_POINT * spacing_km * spacing_km)).round();
+    let n = (4.0 * std::f64::consts::PI * r * r / (AREA_PER_POINT * spacing_km * spacing_km)).round();
     if n > MAX_N as f64 {
         return Err(GeoError::TooLarge {
             what: "fibonacci_lattice",
@@ -171,10 +170,7 @@ fn scan(i0: u64, i1: u64, win: &LonWindow) -> Vec<u64> {
     let chunk = (parallel::chunk_len(len.min(usize::MAX as u64) as usize, 1 << 16)) as u64;
     let starts: Vec<u64> = (0..len.div_ceil(chunk)).map(|c| i0 + c * chunk).collect();
     let parts: Vec<Vec<u64>> = parallel::install(|| {
-        starts
-            .par_iter()
-            .map(|&s| (s..(s + chunk).min(i1)).filter(|&i| win.contains(lon_of(i))).collect())
-            .collect()
+        starts.par_iter().map(|&s| (s..(s + chunk).min(i1)).filter(|&i| win.contains(lon_of(i))).collect()).collect()
     });
     parts.concat()
 }
@@ -212,11 +208,7 @@ fn by_residues(i0: u64, i1: u64, win: &LonWindow) -> Vec<u64> {
                     let mut v0 = t0 - start;
                     v0 -= v0.floor();
                     let v_end = v0 + (count - 1) as f64 * delta;
-                    let (k_lo, k_hi) = if delta >= 0.0 {
-                        (0i64, v_end.floor() as i64)
-                    } else {
-                        (v_end.floor() as i64, 0i64)
-                    };
+                    let (k_lo, k_hi) = if delta >= 0.0 { (0i64, v_end.floor() as i64) } else { (v_end.floor() as i64, 0i64) };
                     let mut next_j = 0u64;
                     // Visit the windows k in increasing j: upwards for δ ≥ 0, downwards else.
                     for step in 0..=(k_hi - k_lo) {
@@ -401,22 +393,10 @@ mod tests {
         assert!(matches!(fibonacci_lattice(f64::NAN, None), Err(GeoError::Parameter { .. })));
         assert!(matches!(fibonacci_lattice(1.0, None), Err(GeoError::TooLarge { .. })));
         assert!(matches!(fibonacci_lattice(1e-6, None), Err(GeoError::TooLarge { .. })));
-        assert!(matches!(
-            fibonacci_lattice(10.0, Some([10.0, 0.0, 5.0, 1.0])),
-            Err(GeoError::Parameter { .. })
-        ));
-        assert!(matches!(
-            fibonacci_lattice(10.0, Some([10.0, 0.0, 95.0, 1.0])),
-            Err(GeoError::Latitude { row: 2, .. })
-        ));
-        assert!(matches!(
-            fibonacci_lattice(10.0, Some([10.0, 190.0, 15.0, 1.0])),
-            Err(GeoError::Longitude { row: 1, .. })
-        ));
-        assert!(matches!(
-            fibonacci_lattice(0.001, Some([-90.0, -180.0, 90.0, 180.0])),
-            Err(GeoError::TooLarge { .. })
-        ));
+        assert!(matches!(fibonacci_lattice(10.0, Some([10.0, 0.0, 5.0, 1.0])), Err(GeoError::Parameter { .. })));
+        assert!(matches!(fibonacci_lattice(10.0, Some([10.0, 0.0, 95.0, 1.0])), Err(GeoError::Latitude { row: 2, .. })));
+        assert!(matches!(fibonacci_lattice(10.0, Some([10.0, 190.0, 15.0, 1.0])), Err(GeoError::Longitude { row: 1, .. })));
+        assert!(matches!(fibonacci_lattice(0.001, Some([-90.0, -180.0, 90.0, 180.0])), Err(GeoError::TooLarge { .. })));
         // A small box of a very fine lattice is fine.
         let city = fibonacci_lattice(0.01, Some([48.85, 2.34, 48.86, 2.36])).unwrap();
         let area_km2 = 1.112 * 1.468; // 0.01° × 0.02° at 48.85° N

@@ -106,10 +106,8 @@ impl PointIndex {
             depth += 1;
         }
         let nodes = 1usize << depth;
-        let splits = Splits {
-            val: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
-            dim: (0..nodes).map(|_| AtomicU8::new(0)).collect(),
-        };
+        let splits =
+            Splits { val: (0..nodes).map(|_| AtomicU64::new(0)).collect(), dim: (0..nodes).map(|_| AtomicU8::new(0)).collect() };
         let mut items: Vec<([f64; 3], u32)> = vec![([0.0; 3], 0); n];
         let chunk = parallel::chunk_len(n, 4096);
         parallel::install(|| {
@@ -145,16 +143,7 @@ impl PointIndex {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn search(
-        &self,
-        node: usize,
-        lo: usize,
-        hi: usize,
-        q: &[f64; 3],
-        off: [f64; 3],
-        k: usize,
-        heap: &mut BinaryHeap<Key>,
-    ) {
+    fn search(&self, node: usize, lo: usize, hi: usize, q: &[f64; 3], off: [f64; 3], k: usize, heap: &mut BinaryHeap<Key>) {
         if hi - lo <= LEAF {
             for s in lo..hi {
                 let key = (chord2(q, &self.pts[s]).to_bits(), self.ids[s]);
@@ -188,11 +177,7 @@ impl PointIndex {
 
     /// The k nearest indexed points of each query `(Q, 2)`: great-circle distances in km
     /// `(Q, k)` ascending, and original indices `(Q, k)`; ties go to the lower index.
-    pub fn query<T: Real>(
-        &self,
-        latlon: ArrayView2<T>,
-        k: i64,
-    ) -> GeoResult<(Array2<f64>, Array2<i64>)> {
+    pub fn query<T: Real>(&self, latlon: ArrayView2<T>, k: i64) -> GeoResult<(Array2<f64>, Array2<i64>)> {
         let q = check_latlon("latlon", &latlon)?;
         let n = self.len();
         if k < 1 || k as u64 > n as u64 {
@@ -249,11 +234,8 @@ mod tests {
 
     fn brute(pts: &Array2<f64>, q: [f64; 2], k: usize) -> Vec<(u64, u32)> {
         let u = unit_vector(q[0], q[1]);
-        let mut all: Vec<(u64, u32)> = pts
-            .outer_iter()
-            .enumerate()
-            .map(|(i, r)| (chord2(&u, &unit_vector(r[0], r[1])).to_bits(), i as u32))
-            .collect();
+        let mut all: Vec<(u64, u32)> =
+            pts.outer_iter().enumerate().map(|(i, r)| (chord2(&u, &unit_vector(r[0], r[1])).to_bits(), i as u32)).collect();
         all.sort_unstable();
         all.truncate(k);
         all

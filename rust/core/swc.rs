@@ -114,10 +114,7 @@ fn swc_validated(pts: &[(f64, f64)], sim: &[f64], p: &SwcParams, test: &EpsTest)
             sizes[l as usize] += 1;
         }
         let largest = *sizes.iter().max().expect("clusters exist");
-        let winner_point = most_similar(
-            sim,
-            (0..k).filter(|&i| labels[i] >= 0 && sizes[labels[i] as usize] == largest),
-        );
+        let winner_point = most_similar(sim, (0..k).filter(|&i| labels[i] >= 0 && sizes[labels[i] as usize] == largest));
         let winner = labels[winner_point];
         (0..k).filter(|&i| labels[i] == winner).collect()
     };
@@ -125,21 +122,16 @@ fn swc_validated(pts: &[(f64, f64)], sim: &[f64], p: &SwcParams, test: &EpsTest)
         pts[members[0]]
     } else {
         let mp: Vec<(f64, f64)> = members.iter().map(|&i| pts[i]).collect();
-        let w: Option<Vec<f64>> = (p.weight_exponent != 0.0)
-            .then(|| members.iter().map(|&i| sim[i].powf(p.weight_exponent)).collect());
-        centroid(&mp, w.as_deref())
-            .unwrap_or_else(|| pts[most_similar(sim, members.iter().copied())])
+        let w: Option<Vec<f64>> =
+            (p.weight_exponent != 0.0).then(|| members.iter().map(|&i| sim[i].powf(p.weight_exponent)).collect());
+        centroid(&mp, w.as_deref()).unwrap_or_else(|| pts[most_similar(sim, members.iter().copied())])
     };
     SwcResult { lat_deg, lon_deg, members }
 }
 
 /// Search-within-Cell for one query: `latlon` `(k, 2)` degrees of the neighbours, `similarity`
 /// `(k,)` their similarities to the query.
-pub fn swc<T: Real>(
-    latlon: ArrayView2<T>,
-    similarity: ArrayView1<f64>,
-    params: &SwcParams,
-) -> GeoResult<SwcResult> {
+pub fn swc<T: Real>(latlon: ArrayView2<T>, similarity: ArrayView1<f64>, params: &SwcParams) -> GeoResult<SwcResult> {
     let k = check_latlon("latlon", &latlon)?;
     check_swc_params(params)?;
     if similarity.len() != k {
@@ -150,14 +142,10 @@ pub fn swc<T: Real>(
         });
     }
     if k == 0 {
-        return Err(GeoError::Empty {
-            name: "latlon",
-            hint: "Search-within-Cell needs at least one neighbour",
-        });
+        return Err(GeoError::Empty { name: "latlon", hint: "Search-within-Cell needs at least one neighbour" });
     }
     check_similarity(similarity.iter().copied().enumerate(), params.weight_exponent)?;
-    let pts: Vec<(f64, f64)> =
-        latlon.outer_iter().map(|r| (r[0].to_f64(), r[1].to_f64())).collect();
+    let pts: Vec<(f64, f64)> = latlon.outer_iter().map(|r| (r[0].to_f64(), r[1].to_f64())).collect();
     let sim: Vec<f64> = similarity.to_vec();
     let test = EpsTest::new(params.eps_km, params.radius_km);
     Ok(swc_validated(&pts, &sim, params, &test))
@@ -173,11 +161,7 @@ pub struct SwcBatch {
 
 /// Search-within-Cell for B queries at once: `latlon` `(B, k, 2)`, `similarity` `(B, k)`.
 /// Queries run in parallel.
-pub fn swc_batch<T: Real>(
-    latlon: ArrayView3<T>,
-    similarity: ArrayView2<f64>,
-    params: &SwcParams,
-) -> GeoResult<SwcBatch> {
+pub fn swc_batch<T: Real>(latlon: ArrayView3<T>, similarity: ArrayView2<f64>, params: &SwcParams) -> GeoResult<SwcBatch> {
     let (b, k, two) = latlon.dim();
     if two != 2 {
         return Err(GeoError::Shape {
@@ -206,14 +190,8 @@ pub fn swc_batch<T: Real>(
         }
     }
     for (q, row) in similarity.outer_iter().enumerate() {
-        check_similarity(
-            row.iter().enumerate().map(|(j, &s)| (q * k + j, s)),
-            params.weight_exponent,
-        )
-        .map_err(|e| match e {
-            GeoError::NonFinite { row, value, .. } => {
-                GeoError::NonFinite { name: "similarity.reshape(-1)", row, value }
-            }
+        check_similarity(row.iter().enumerate().map(|(j, &s)| (q * k + j, s)), params.weight_exponent).map_err(|e| match e {
+            GeoError::NonFinite { row, value, .. } => GeoError::NonFinite { name: "similarity.reshape(-1)", row, value },
             other => other,
         })?;
     }
@@ -233,11 +211,7 @@ pub fn swc_batch<T: Real>(
                 let mut sim = Vec::with_capacity(k);
                 for q in 0..la.len() {
                     pts.clear();
-                    pts.extend(
-                        ll.index_axis(Axis(0), q)
-                            .outer_iter()
-                            .map(|r| (r[0].to_f64(), r[1].to_f64())),
-                    );
+                    pts.extend(ll.index_axis(Axis(0), q).outer_iter().map(|r| (r[0].to_f64(), r[1].to_f64())));
                     sim.clear();
                     sim.extend(ss.index_axis(Axis(0), q).iter().copied());
                     let r = swc_validated(&pts, &sim, params, &test);
@@ -265,19 +239,11 @@ mod tests {
     #[test]
     fn largest_cluster_and_its_centroid() {
         // Three neighbours near Paris, two near Rome, one in Tokyo.
-        let ll = array![
-            [41.90, 12.49],
-            [48.856, 2.352],
-            [35.68, 139.69],
-            [48.857, 2.353],
-            [41.901, 12.491],
-            [48.858, 2.351]
-        ];
+        let ll = array![[41.90, 12.49], [48.856, 2.352], [35.68, 139.69], [48.857, 2.353], [41.901, 12.491], [48.858, 2.351]];
         let sim = array![0.99, 0.5, 0.98, 0.4, 0.9, 0.3];
         let r = swc(ll.view(), sim.view(), &params(1.0, 1, 0.0)).unwrap();
         assert_eq!(r.members, vec![1, 3, 5]);
-        let (clat, clon) =
-            centroid(&[(48.856, 2.352), (48.857, 2.353), (48.858, 2.351)], None).unwrap();
+        let (clat, clon) = centroid(&[(48.856, 2.352), (48.857, 2.353), (48.858, 2.351)], None).unwrap();
         assert_eq!((r.lat_deg, r.lon_deg), (clat, clon));
         // Weighted: pulled toward the most similar member.
         let rw = swc(ll.view(), sim.view(), &params(1.0, 1, 4.0)).unwrap();
@@ -311,29 +277,14 @@ mod tests {
     fn errors() {
         let ll = array![[0.0, 0.0], [0.0, 0.001]];
         let p = params(1.0, 1, 0.5);
-        assert!(matches!(
-            swc(ll.view(), array![-0.1, 0.5].view(), &p),
-            Err(GeoError::Parameter { name: "weight_exponent", .. })
-        ));
+        assert!(matches!(swc(ll.view(), array![-0.1, 0.5].view(), &p), Err(GeoError::Parameter { name: "weight_exponent", .. })));
         assert!(swc(ll.view(), array![-0.1, 0.5].view(), &params(1.0, 1, 2.0)).is_ok());
-        assert!(matches!(
-            swc(ll.view(), array![0.0, 0.5].view(), &params(1.0, 1, -1.0)),
-            Err(GeoError::Parameter { .. })
-        ));
-        assert!(matches!(
-            swc(ll.view(), array![f64::NAN, 0.5].view(), &p),
-            Err(GeoError::NonFinite { .. })
-        ));
+        assert!(matches!(swc(ll.view(), array![0.0, 0.5].view(), &params(1.0, 1, -1.0)), Err(GeoError::Parameter { .. })));
+        assert!(matches!(swc(ll.view(), array![f64::NAN, 0.5].view(), &p), Err(GeoError::NonFinite { .. })));
         assert!(matches!(swc(ll.view(), array![0.5].view(), &p), Err(GeoError::Mismatch { .. })));
         let empty = Array2::<f64>::zeros((0, 2));
-        assert!(matches!(
-            swc(empty.view(), ArrayView1::from(&[] as &[f64]), &p),
-            Err(GeoError::Empty { .. })
-        ));
-        assert!(matches!(
-            swc(ll.view(), array![0.1, 0.5].view(), &params(0.0, 1, 0.0)),
-            Err(GeoError::Parameter { .. })
-        ));
+        assert!(matches!(swc(empty.view(), ArrayView1::from(&[] as &[f64]), &p), Err(GeoError::Empty { .. })));
+        assert!(matches!(swc(ll.view(), array![0.1, 0.5].view(), &params(0.0, 1, 0.0)), Err(GeoError::Parameter { .. })));
     }
 
     #[test]
@@ -360,23 +311,15 @@ mod tests {
             assert_eq!(mask, one.members);
         }
         let bad = Array3::<f64>::zeros((2, 3, 3));
-        assert!(matches!(
-            swc_batch(bad.view(), Array2::zeros((2, 3)).view(), &p),
-            Err(GeoError::Shape { .. })
-        ));
-        assert!(matches!(
-            swc_batch(ll.view(), Array2::zeros((b, k + 1)).view(), &p),
-            Err(GeoError::Shape { .. })
-        ));
+        assert!(matches!(swc_batch(bad.view(), Array2::zeros((2, 3)).view(), &p), Err(GeoError::Shape { .. })));
+        assert!(matches!(swc_batch(ll.view(), Array2::zeros((b, k + 1)).view(), &p), Err(GeoError::Shape { .. })));
         let mut ll2 = ll.clone();
         ll2[[3, 2, 0]] = 95.0;
         assert_eq!(
             swc_batch(ll2.view(), sim.view(), &p).unwrap_err(),
             GeoError::Latitude { name: "latlon.reshape(-1, 2)", row: 3 * k + 2, value: 95.0 }
         );
-        let empty =
-            swc_batch(Array3::<f64>::zeros((0, 4, 2)).view(), Array2::zeros((0, 4)).view(), &p)
-                .unwrap();
+        let empty = swc_batch(Array3::<f64>::zeros((0, 4, 2)).view(), Array2::zeros((0, 4)).view(), &p).unwrap();
         assert!(empty.lat_deg.is_empty() && empty.members.dim() == (0, 4));
     }
 }

@@ -50,7 +50,6 @@ const TWO_52: f64 = 4_503_599_627_370_496.0;
 /// sin(2πr)/r = S(r²) on |r| ≤ 1/8, minimax relative error 3.3e-18.
 const SIN_TURN: [f64; 7] = [
     std::f64::consts::TAU, // 6.283185307179586, the minimax value rounds to 2π
-
     -41.341702240399634,
     81.60524927594452,
     -76.70585970331513,
@@ -75,13 +74,7 @@ const COS_TURN: [f64; 8] = [
 const SIN_TURN_LP: [f64; 4] = [6.283185286833364, -41.3416614549242, 81.59235355492545, -75.39356282348649];
 
 /// Low-precision cos(2πr) on |r| ≤ 1/8, minimax relative error 5.6e-11.
-const COS_TURN_LP: [f64; 5] = [
-    0.9999999999439373,
-    -19.739208633036142,
-    64.93931074460755,
-    -85.44229797328077,
-    59.20279611125543,
-];
+const COS_TURN_LP: [f64; 5] = [0.9999999999439373, -19.739208633036142, 64.93931074460755, -85.44229797328077, 59.20279611125543];
 
 /// atan(t)/t = A(t²) on |t| ≤ tan(π/8), minimax relative error 1.2e-18.
 const ATAN: [f64; 12] = [
@@ -485,9 +478,9 @@ mod tests {
         let mut a = vec![0.0; x.len() * 6];
         let mut b = vec![0.0; x.len() * 6];
         let mut c = vec![0.0; x.len() * 6];
-        all_kernels(crate::core::simd::Isa::detected(), &x, &mut a);
-        all_kernels(crate::core::simd::Isa::portable(), &x, &mut b);
-        all_kernels(crate::core::simd::Isa::detected().without_avx512(), &x, &mut c);
+        all_kernels(crate::core::simd::Isa::detect(), &x, &mut a);
+        all_kernels(crate::core::simd::Isa::capped(crate::core::simd::Level::Portable), &x, &mut b);
+        all_kernels(crate::core::simd::Isa::capped(crate::core::simd::Level::Avx2), &x, &mut c);
         // AVX-512 and AVX2 versions: same fused operations, same bits.
         assert!(a.iter().zip(&c).all(|(p, q)| p.to_bits() == q.to_bits()));
         // The SIMD versions are the fused scalar code, bit for bit.
@@ -498,7 +491,7 @@ mod tests {
             o[..5].copy_from_slice(&[p, q, r, s, sincos_turns_lp::<Fused>(v).0]);
             o[5] = atan2_q1::<Fused>(v.abs(), 1.0 - v.abs().min(1.0) + 1e-3);
         }
-        if crate::core::simd::Isa::detected().avx2_fma() {
+        if crate::core::simd::Isa::detect().avx2() {
             assert!(a.iter().zip(&fused).all(|(p, q)| p.to_bits() == q.to_bits()));
         }
         // Portable agrees within the error bounds (bitwise where the target has FMA).

@@ -3,12 +3,11 @@
 
 use ndarray::{ArrayView3, Ix1, Ix2};
 use numpy::{
-    IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray3,
-    PyReadonlyArrayDyn, PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray3, PyReadonlyArrayDyn, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 
-use super::convert::Float2;
+use super::convert::{arg, Float2};
 use super::errors::{InputError, IntoPyResult, ShapeError};
 use crate::core::coords::shape_str;
 use crate::core::dbscan as db;
@@ -19,29 +18,19 @@ use crate::with_view;
 
 /// Borrow `obj` as a float64 array of `ndim` dimensions (any layout); anything else is converted
 /// once with `numpy.asarray(obj, dtype=float64)`.
-fn f64_array<'py>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-    ndim: usize,
-    shape: &str,
-) -> PyResult<PyReadonlyArrayDyn<'py, f64>> {
+fn f64_array<'py>(obj: &Bound<'py, PyAny>, name: &str, ndim: usize, shape: &str) -> PyResult<PyReadonlyArrayDyn<'py, f64>> {
     let arr = match obj.extract::<PyReadonlyArrayDyn<'py, f64>>() {
         Ok(a) => a,
         Err(_) => {
             let np = obj.py().import("numpy")?;
             let converted = np.call_method1("asarray", (obj, np.getattr("float64")?)).map_err(|e| {
-                InputError::new_err(format!(
-                    "{name} must be a numeric array of shape {shape}; numpy could not convert it: {e}"
-                ))
+                InputError::new_err(format!("{name} must be a numeric array of shape {shape}; numpy could not convert it: {e}"))
             })?;
             converted.cast::<PyArrayDyn<f64>>()?.readonly()
         }
     };
     if arr.ndim() != ndim {
-        return Err(ShapeError::new_err(format!(
-            "{name} must have shape {shape}, got {}",
-            shape_str(arr.shape())
-        )));
+        return Err(ShapeError::new_err(format!("{name} must have shape {shape}, got {}", shape_str(arr.shape()))));
     }
     Ok(arr)
 }
@@ -61,8 +50,7 @@ impl<'py> Float3<'py> {
             return Ok(Float3::F32(a));
         }
         let arr = f64_array(obj, name, 3, shape)?;
-        let a =
-            arr.as_array().into_dimensionality::<ndarray::Ix3>().expect("ndim checked").to_owned();
+        let a = arr.as_array().into_dimensionality::<ndarray::Ix3>().expect("ndim checked").to_owned();
         Ok(Float3::F64(a.into_pyarray(obj.py()).readonly()))
     }
 }
@@ -87,10 +75,10 @@ enum View3<'a> {
 fn dbscan<'py>(
     py: Python<'py>,
     latlon: &Bound<'py, PyAny>,
-    eps_km: f64,
-    min_samples: i64,
+    #[pyo3(from_py_with = arg::eps_km)] eps_km: f64,
+    #[pyo3(from_py_with = arg::min_samples)] min_samples: i64,
     sample_weight: Option<&Bound<'py, PyAny>>,
-    radius_km: f64,
+    #[pyo3(from_py_with = arg::radius_km)] radius_km: f64,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let input = Float2::extract(latlon, "latlon")?;
     let weights = match sample_weight {
@@ -98,11 +86,8 @@ fn dbscan<'py>(
         _ => None,
     };
     let view = input.view();
-    let wview =
-        weights.as_ref().map(|w| w.as_array().into_dimensionality::<Ix1>().expect("ndim checked"));
-    let labels = py
-        .detach(|| with_view!(view, |a| db::dbscan(a, eps_km, min_samples, wview, radius_km)))
-        .py_err()?;
+    let wview = weights.as_ref().map(|w| w.as_array().into_dimensionality::<Ix1>().expect("ndim checked"));
+    let labels = py.detach(|| with_view!(view, |a| db::dbscan(a, eps_km, min_samples, wview, radius_km))).py_err()?;
     Ok(labels.into_pyarray(py))
 }
 
@@ -123,10 +108,10 @@ fn swc<'py>(
     py: Python<'py>,
     latlon: &Bound<'py, PyAny>,
     similarity: &Bound<'py, PyAny>,
-    eps_km: f64,
-    min_samples: i64,
-    weight_exponent: f64,
-    radius_km: f64,
+    #[pyo3(from_py_with = arg::eps_km)] eps_km: f64,
+    #[pyo3(from_py_with = arg::min_samples)] min_samples: i64,
+    #[pyo3(from_py_with = arg::weight_exponent)] weight_exponent: f64,
+    #[pyo3(from_py_with = arg::radius_km)] radius_km: f64,
 ) -> PyResult<(f64, f64, Bound<'py, PyArray1<i64>>)> {
     let input = Float2::extract(latlon, "latlon")?;
     let sim = f64_array(similarity, "similarity", 1, "(k,)")?;
@@ -150,10 +135,10 @@ fn swc_batch<'py>(
     py: Python<'py>,
     latlon: &Bound<'py, PyAny>,
     similarity: &Bound<'py, PyAny>,
-    eps_km: f64,
-    min_samples: i64,
-    weight_exponent: f64,
-    radius_km: f64,
+    #[pyo3(from_py_with = arg::eps_km)] eps_km: f64,
+    #[pyo3(from_py_with = arg::min_samples)] min_samples: i64,
+    #[pyo3(from_py_with = arg::weight_exponent)] weight_exponent: f64,
+    #[pyo3(from_py_with = arg::radius_km)] radius_km: f64,
 ) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray2<bool>>)> {
     let input = Float3::extract(latlon, "latlon", "(B, k, 2)")?;
     let sim = f64_array(similarity, "similarity", 2, "(B, k)")?;
@@ -185,21 +170,16 @@ fn swc_batch<'py>(
 #[pyo3(signature = (spacing_km, bbox = None))]
 fn fibonacci_lattice<'py>(
     py: Python<'py>,
-    spacing_km: f64,
+    #[pyo3(from_py_with = arg::spacing_km)] spacing_km: f64,
     bbox: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
     let bbox: Option<[f64; 4]> = match bbox {
         Some(b) if !b.is_none() => {
-            let v: Vec<f64> = b.extract().map_err(|_| {
-                InputError::new_err(
-                    "bbox must be a sequence of 4 numbers (lat_min, lon_min, lat_max, lon_max)",
-                )
-            })?;
+            let v: Vec<f64> = b
+                .extract()
+                .map_err(|_| InputError::new_err("bbox must be a sequence of 4 numbers (lat_min, lon_min, lat_max, lon_max)"))?;
             let arr: [f64; 4] = v.as_slice().try_into().map_err(|_| {
-                ShapeError::new_err(format!(
-                    "bbox must have 4 values (lat_min, lon_min, lat_max, lon_max), got {}",
-                    v.len()
-                ))
+                ShapeError::new_err(format!("bbox must have 4 values (lat_min, lon_min, lat_max, lon_max), got {}", v.len()))
             })?;
             Some(arr)
         }
@@ -223,11 +203,10 @@ struct PointIndex {
 impl PointIndex {
     #[new]
     #[pyo3(signature = (latlon, *, radius_km = 6371.0088))]
-    fn new(py: Python<'_>, latlon: &Bound<'_, PyAny>, radius_km: f64) -> PyResult<Self> {
+    fn new(py: Python<'_>, latlon: &Bound<'_, PyAny>, #[pyo3(from_py_with = arg::radius_km)] radius_km: f64) -> PyResult<Self> {
         let input = Float2::extract(latlon, "latlon")?;
         let view = input.view();
-        let inner =
-            py.detach(|| with_view!(view, |a| nearest::PointIndex::new(a, radius_km))).py_err()?;
+        let inner = py.detach(|| with_view!(view, |a| nearest::PointIndex::new(a, radius_km))).py_err()?;
         Ok(PointIndex { inner })
     }
 
@@ -241,7 +220,7 @@ impl PointIndex {
         &self,
         py: Python<'py>,
         latlon: &Bound<'py, PyAny>,
-        k: i64,
+        #[pyo3(from_py_with = arg::k)] k: i64,
     ) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<i64>>)> {
         let input = Float2::extract(latlon, "latlon")?;
         let view = input.view();

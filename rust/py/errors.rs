@@ -20,9 +20,7 @@ pub fn to_pyerr(e: GeoError) -> PyErr {
     let msg = e.to_string();
     match e {
         GeoError::Shape { .. } | GeoError::Mismatch { .. } => ShapeError::new_err(msg),
-        GeoError::NonFinite { .. } | GeoError::Latitude { .. } | GeoError::Longitude { .. } => {
-            CoordinateError::new_err(msg)
-        }
+        GeoError::NonFinite { .. } | GeoError::Latitude { .. } | GeoError::Longitude { .. } => CoordinateError::new_err(msg),
         GeoError::Empty { .. } => EmptyInputError::new_err(msg),
         GeoError::K { .. } | GeoError::Parameter { .. } => ParameterError::new_err(msg),
         GeoError::TooLarge { .. } => TooLargeError::new_err(msg),

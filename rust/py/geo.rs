@@ -3,7 +3,7 @@
 use numpy::{IntoPyArray, PyArray1, PyArray2};
 use pyo3::prelude::*;
 
-use super::convert::Float2;
+use super::convert::{arg, Float2};
 use super::errors::IntoPyResult;
 use crate::core::geo::equal_earth as ee;
 use crate::core::geo::geodesic as gd;
@@ -32,7 +32,7 @@ fn haversine<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
     b: &Bound<'py, PyAny>,
-    radius_km: f64,
+    #[pyo3(from_py_with = arg::radius_km)] radius_km: f64,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let (a, b) = (Float2::extract(a, "a")?, Float2::extract(b, "b")?);
     let (va, vb) = (a.view(), b.view());
@@ -47,7 +47,7 @@ fn haversine_matrix<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
     b: &Bound<'py, PyAny>,
-    radius_km: f64,
+    #[pyo3(from_py_with = arg::radius_km)] radius_km: f64,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
     let (a, b) = (Float2::extract(a, "a")?, Float2::extract(b, "b")?);
     let (va, vb) = (a.view(), b.view());

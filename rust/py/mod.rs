@@ -5,8 +5,9 @@
 mod cluster;
 pub mod convert;
 pub mod errors;
-mod geo;
 mod fourier;
+mod geo;
+mod simd;
 mod threads;
 mod topk;
 
@@ -16,6 +17,7 @@ use pyo3::prelude::*;
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     threads::register(m)?;
+    simd::register(m)?;
     geo::register(m)?;
     fourier::register(m)?;
     cluster::register(m)?;

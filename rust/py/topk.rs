@@ -1,21 +1,24 @@
 //! Bindings for `rust/core/topk`: `topk` and the `Gallery` class. Convert, release the GIL
 //! around the core call, return numpy.
 //!
-//! Queries: float32 (any layout) and float64 arrays are read in place, 1-D `(D,)` as `(1, D)`;
-//! anything else goes through `numpy.asarray(x, float32)` once. Gallery vectors: a C-contiguous,
-//! aligned, read-only float32/float16 array is borrowed (the Gallery keeps a reference to it);
-//! other arrays are copied once into Rust-owned memory (float64 converted while copying).
+//! Queries: float32 and float64 arrays of any layout, 1-D `(D,)` as `(1, D)`; anything else goes
+//! through `numpy.asarray(x, float32)` once. Queries are copied into Rust-owned memory before the
+//! GIL is released, so a scan never reads query memory that Python can reach. `topk`'s gallery
+//! is read in place for the call (see `convert.rs` for what a borrow guarantees). `Gallery`
+//! vectors are copied once into Rust-owned memory (float64 converted while copying), except a
+//! C-contiguous, aligned float32/float16 array over memory nothing in the process can write
+//! (`convert::immutable_memory`: a read-only memory map, `bytes`), which is borrowed for the
+//! Gallery's lifetime.
 
-use ndarray::{ArrayView2, Axis};
-use numpy::{
-    IntoPyArray, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods,
-};
+use ndarray::{Array2, ArrayView2, Axis};
+use numpy::{IntoPyArray, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use super::convert::{arg, immutable_memory};
 use super::errors::{InputError, IntoPyResult, ShapeError};
 use crate::core::coords::shape_str;
-use crate::core::topk::{self as core_topk, kernels, Buf, Dtype, Gallery as CoreGallery, Neighbors};
+use crate::core::topk::{self as core_topk, Buf, Dtype, Gallery as CoreGallery, Neighbors};
 
 /// A 1-D or 2-D float input, borrowed (f32/f64) or converted once to f32.
 enum Vecs<'py> {
@@ -68,6 +71,29 @@ impl<'py> Vecs<'py> {
             Vecs::F64Row(a) => VecsView::F64(a.as_array().insert_axis(Axis(0))),
         }
     }
+
+    /// A Rust-owned copy (made while the caller holds the GIL, so no Python code runs meanwhile).
+    fn to_owned(&self) -> OwnedVecs {
+        match self.view() {
+            VecsView::F32(a) => OwnedVecs::F32(a.to_owned()),
+            VecsView::F64(a) => OwnedVecs::F64(a.to_owned()),
+        }
+    }
+}
+
+/// Queries copied out of Python memory.
+enum OwnedVecs {
+    F32(Array2<f32>),
+    F64(Array2<f64>),
+}
+
+impl OwnedVecs {
+    fn view(&self) -> VecsView<'_> {
+        match self {
+            OwnedVecs::F32(a) => VecsView::F32(a.view()),
+            OwnedVecs::F64(a) => VecsView::F64(a.view()),
+        }
+    }
 }
 
 macro_rules! with_vecs {
@@ -106,9 +132,11 @@ fn result<'py>(py: Python<'py>, r: Neighbors) -> PyResult<Bound<'py, PyTuple>> {
 /// the lower gallery index) and ``(B, k)`` int64 gallery indices. ``queries`` is ``(B, D)`` or
 /// one ``(D,)`` vector; ``gallery`` is ``(N, D)``; ``1 <= k <= N``. float32 arrays of any
 /// layout are read in place (float64 converted while reading; other types converted once).
+/// ``gallery`` is read in place while the call runs without the GIL: do not write to it from
+/// another thread meanwhile.
 ///
 /// Scores are float32 dot products with one fixed summation order, computed by AVX-512, AVX2
-/// or portable kernels chosen at run time (``GEOFAST_SIMD=off|avx2`` caps the choice): results
+/// or portable kernels chosen at run time (``GEOFAST_SIMD`` caps the choice): results
 /// are bit-identical across CPUs, batch sizes and thread counts. The gallery is scanned once
 /// per batch in cache-sized tiles, never as a B × N score matrix.
 #[pyfunction]
@@ -117,14 +145,12 @@ fn topk<'py>(
     py: Python<'py>,
     queries: &Bound<'py, PyAny>,
     gallery: &Bound<'py, PyAny>,
-    k: i64,
+    #[pyo3(from_py_with = arg::k)] k: i64,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let q = Vecs::extract(queries, "queries", true)?;
+    let q = Vecs::extract(queries, "queries", true)?.to_owned();
     let g = Vecs::extract(gallery, "gallery", false)?;
     let (qv, gv) = (q.view(), g.view());
-    let r = py
-        .detach(|| with_vecs!(qv, |a| with_vecs!(gv, |b| core_topk::topk(a, b, k))))
-        .py_err()?;
+    let r = py.detach(|| with_vecs!(qv, |a| with_vecs!(gv, |b| core_topk::topk(a, b, k)))).py_err()?;
     result(py, r)
 }
 
@@ -145,11 +171,14 @@ fn topk<'py>(
 ///
 /// Memory (``nbytes`` reports what the Gallery holds itself; D16 = D rounded up to 16):
 ///
-/// * a C-contiguous, aligned, **read-only** float32 (``"f32"``) or float16 (``"f16"``) array,
-///   e.g. ``np.load(path, mmap_mode="r")``, is borrowed zero-copy: ``nbytes == 0``;
-/// * otherwise ``"f32"`` holds one copy, N·D·4 bytes (float16 input is widened);
+/// * a C-contiguous float32 (``"f32"``) or float16 (``"f16"``) array over memory that nothing in
+///   the process can write, i.e. a read-only memory map (``np.load(path, mmap_mode="r")``) or
+///   ``bytes`` (``np.frombuffer``), is borrowed zero-copy: ``nbytes == 0``. The Gallery keeps
+///   the array alive; do not modify the mapped file while it is in use (as for any memory map);
+/// * any other array, read-only ones included (``flags.writeable`` can be switched back on), is
+///   copied: ``"f32"`` holds one copy, N·D·4 bytes (float16 input is widened);
 /// * ``"f16"`` from float32 input: N·D·2 bytes of codes, plus N·D·4 for the exact vectors unless
-///   they are borrowed (read-only float32 input);
+///   they are borrowed (memory-mapped float32 input);
 /// * ``"i8"``: N·D16 + 4·N bytes of codes and scales, plus the exact vectors (float32 or float16
 ///   as given) unless borrowed.
 ///
@@ -166,7 +195,7 @@ pub struct Gallery {
 }
 
 /// Where a Gallery's vectors come from: borrowed/adopted buffers, or arrays copied (in parallel,
-/// without the GIL) while the guard keeps them borrowed.
+/// without the GIL, under rust-numpy's borrow; see `convert.rs`) into Rust-owned memory.
 enum Source<'py> {
     F32(Buf<f32>, usize, usize),
     F16(Buf<u16>, usize, usize),
@@ -181,25 +210,28 @@ impl Gallery {
         let arr_obj = if obj.cast::<PyUntypedArray>().is_ok() { obj.clone() } else { as_float32(obj, "vectors")? };
         let arr = arr_obj.cast::<PyUntypedArray>()?;
         if arr.ndim() != 2 {
-            return Err(ShapeError::new_err(format!(
-                "vectors must be a 2-D (N, D) array, got shape {}",
-                shape_str(arr.shape())
-            )));
+            return Err(ShapeError::new_err(format!("vectors must be a 2-D (N, D) array, got shape {}", shape_str(arr.shape()))));
         }
         let (n, d) = (arr.shape()[0], arr.shape()[1]);
         let descr = arr.dtype();
         let native = descr.is_native_byteorder().unwrap_or(true);
         let in_place = flag(&arr_obj, "c_contiguous")? && flag(&arr_obj, "aligned")?;
-        let readonly = !flag(&arr_obj, "writeable")?;
+        // Borrowed for the Gallery's lifetime only if nobody can ever write it (a read-only flag
+        // alone proves nothing: it can be switched back on, and other views may be writeable).
+        let immutable = in_place && immutable_memory(&arr_obj)?;
         let is_f32 = native && descr.kind() == b'f' && descr.itemsize() == 4;
         let is_f16 = native && descr.kind() == b'f' && descr.itemsize() == 2;
         let is_f64 = native && descr.kind() == b'f' && descr.itemsize() == 8;
         if is_f32 {
             let a = arr_obj.extract::<PyReadonlyArray2<f32>>()?;
-            if in_place && readonly {
+            if immutable {
                 let s = a.as_slice().map_err(|e| InputError::new_err(e.to_string()))?;
                 let keep: Py<PyAny> = arr_obj.clone().unbind();
-                // SAFETY: read-only numpy buffer kept alive by `keep` (held by the Gallery).
+                // SAFETY: `s` is the array's whole C-contiguous, aligned, initialised f32 buffer,
+                // kept alive by `keep` (owned by the Gallery with the buffer, so it outlives
+                // every read). `immutable_memory` showed that its memory belongs to a read-only
+                // mmap or to `bytes`, which no numpy array or Python code in the process can
+                // write; writing the mapped file itself is excluded by the documented contract.
                 let buf = unsafe { Buf::external(s.as_ptr(), s.len(), false, Box::new(keep)) };
                 return Ok(Source::F32(buf, n, d));
             }
@@ -208,10 +240,11 @@ impl Gallery {
         if is_f16 {
             let bits = arr_obj.call_method1("view", ("uint16",))?;
             let a = bits.extract::<PyReadonlyArray2<u16>>()?;
-            if in_place && readonly {
+            if immutable {
                 let s = a.as_slice().map_err(|e| InputError::new_err(e.to_string()))?;
                 let keep: Py<PyAny> = arr_obj.clone().unbind();
-                // SAFETY: as above.
+                // SAFETY: as for float32 above: `s` is the (u16 view of the) whole immutable
+                // buffer of `arr_obj`, which `keep` keeps alive for the Gallery's lifetime.
                 let buf = unsafe { Buf::external(s.as_ptr(), s.len(), false, Box::new(keep)) };
                 return Ok(Source::F16(buf, n, d));
             }
@@ -228,7 +261,10 @@ impl Gallery {
         if flag(&conv, "owndata")? && flag(&conv, "c_contiguous")? && !conv.is(&arr_obj) {
             let s = a.as_slice().map_err(|e| InputError::new_err(e.to_string()))?;
             let keep: Py<PyAny> = conv.clone().unbind();
-            // SAFETY: the converted array is referenced only by this Gallery.
+            // SAFETY: `conv` is a fresh array numpy allocated for the dtype conversion of a
+            // different array (`owndata`, not `arr_obj`): no Python object but `conv` refers to
+            // it, and `conv` is referenced only by `keep`, owned by the Gallery, so nothing else
+            // can ever write the memory `s` covers while the Gallery reads it.
             let buf = unsafe { Buf::external(s.as_ptr(), s.len(), true, Box::new(keep)) };
             return Ok(Source::F32(buf, n, d));
         }
@@ -269,10 +305,10 @@ impl Gallery {
         &self,
         py: Python<'py>,
         queries: &Bound<'py, PyAny>,
-        k: i64,
-        lse_scale: Option<f64>,
+        #[pyo3(from_py_with = arg::k)] k: i64,
+        #[pyo3(from_py_with = arg::lse_scale)] lse_scale: Option<f64>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let q = Vecs::extract(queries, "queries", true)?;
+        let q = Vecs::extract(queries, "queries", true)?.to_owned();
         let qv = q.view();
         let g = &self.inner;
         let r = py.detach(|| with_vecs!(qv, |a| g.search(a, k, lse_scale))).py_err()?;
@@ -312,16 +348,8 @@ impl Gallery {
     }
 }
 
-/// The SIMD level the search kernels use ("avx512", "avx2" or "scalar"; capped by the
-/// environment variable GEOFAST_SIMD, read once).
-#[pyfunction]
-fn _simd_level() -> &'static str {
-    kernels::active().name()
-}
-
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(topk, m)?)?;
     m.add_class::<Gallery>()?;
-    m.add_function(wrap_pyfunction!(_simd_level, m)?)?;
     Ok(())
 }

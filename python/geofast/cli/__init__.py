@@ -7,6 +7,7 @@ only with ``GEOFAST_DEBUG=1``.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 
@@ -47,11 +48,27 @@ def _register_commands() -> None:
         eval,
         export,
         locate,
+        serve,
         train,
     )
 
 
 _register_commands()
+
+
+#: Library parameter names whose flag is not simply ``--`` + the name with hyphens.
+FLAG_NAMES = {"k": "--swc-k", "swc_k": "--swc-k"}
+
+
+def as_flags(text: str, params: Sequence[str]) -> str:
+    """Library messages name parameters (``eps_km``); the CLI shows its flags (``--eps-km``).
+    Text in backticks (a command to run) is kept as written, without the backticks."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):
+        for p in params:
+            flag = FLAG_NAMES.get(p, "--" + p.replace("_", "-"))
+            parts[i] = re.sub(rf"(?<![\w-]){re.escape(p)}(?![\w-])", flag, parts[i])
+    return "".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GeofastError as e:
         if _console.debug_enabled():
             raise
-        _console.error_line(str(e), e.hint)
+        _console.error_line(as_flags(str(e), e.params), as_flags(e.hint, e.params) if e.hint else None)
         code = 1
     except Exception as e:  # the CLI must never show a raw traceback
         if _console.debug_enabled():

@@ -43,6 +43,13 @@ Region = Annotated[
     str | None,
     typer.Option("--region", metavar="LAT_MIN,LON_MIN,LAT_MAX,LON_MAX", help="Only consider gallery points inside this box."),
 ]
+RawCandidates = Annotated[
+    bool,
+    typer.Option(
+        "--raw-candidates",
+        help="Keep GeoCLIP's raw candidate list, where a gallery point listed twice appears twice (default: candidates at the same coordinates are merged, probabilities summed).",
+    ),
+]
 Db = Annotated[Path | None, typer.Option("--db", metavar="DIR", rich_help_panel=_DB, help="Image database (geofast db build).")]
 SwcK = Annotated[int, typer.Option("--swc-k", min=1, rich_help_panel=_DB, help="Database neighbours clustered by SwC.")]
 EpsKm = Annotated[float, typer.Option("--eps-km", min=0.0, rich_help_panel=_DB, help="DBSCAN radius (km) of SwC.")]

@@ -24,6 +24,30 @@ app.add_typer(db_app, name="db")
 
 
 @contextlib.contextmanager
+def _plan_progress(enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """``on_plan(bytes, total)``: a transient bar while the source CSV is read."""
+    bar = _console.progress("reading the source", unit="bytes", transient=True)
+    state: dict[str, object] = {}
+
+    def advance(done: int, total: int) -> None:
+        if not enabled or "stopped" in state:
+            return
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task("reading the source", total=total, completed=done)
+        bar.update(state["task"], completed=done, total=total)  # type: ignore[arg-type]
+        if done >= total:
+            bar.stop()
+            state["stopped"] = True
+
+    try:
+        yield advance
+    finally:
+        if "task" in state and "stopped" not in state:
+            bar.stop()
+
+
+@contextlib.contextmanager
 def _progress(enabled: bool, label: str) -> Iterator[tuple[Callable[[int, int], None], Callable[[str], None]]]:
     """(on_progress, on_event) callbacks drawing a rich bar with ETA on stderr. The bar appears
     with the first progress report, so argument errors and model loading print no empty bar."""
@@ -97,9 +121,9 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print only the build report as JSON."),
 ) -> None:
     """Build an image database from geotagged photos (resumes an interrupted build of the same SOURCE)."""
-    from geofast.database import Database
+    from geofast.db import Database
 
-    with _progress(progress, "encoding") as (advance, event):
+    with _plan_progress(progress) as on_plan, _progress(progress, "encoding") as (advance, event):
         report = Database.build(
             source,
             out,
@@ -112,6 +136,7 @@ def build(
             workers=workers,
             on_progress=advance,
             on_event=event,
+            on_plan=on_plan,
         )
     _report(report, as_json, "built")
 
@@ -133,9 +158,9 @@ def add(
     as_json: bool = typer.Option(False, "--json", help="Print only the report as JSON."),
 ) -> None:
     """Add photos to a database (photos already in it are skipped; the old database stays valid until the new one is complete)."""
-    from geofast.database import Database
+    from geofast.db import Database
 
-    with _progress(progress, "encoding") as (advance, event):
+    with _plan_progress(progress) as on_plan, _progress(progress, "encoding") as (advance, event):
         report = Database.add(
             directory,
             source,
@@ -146,6 +171,7 @@ def add(
             workers=workers,
             on_progress=advance,
             on_event=event,
+            on_plan=on_plan,
         )
     _report(report, as_json, "updated")
 
@@ -154,13 +180,18 @@ def add(
 def info(
     directory: Path = typer.Argument(..., metavar="DIR", help="A database folder."),
     verify: bool = typer.Option(False, "--verify", help="Check every file's sha256 (reads the whole database)."),
-    map_file: Path | None = typer.Option(None, "--map", metavar="FILE.html", help="Also write a coverage map (folium heat map)."),
+    map_file: Path | None = typer.Option(
+        None,
+        "--map",
+        metavar="FILE.html",
+        help="Also write a coverage map (self-contained HTML, works offline; photos counted per grid cell).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
 ) -> None:
     """Counts, sizes, backbone, index and coverage of a database."""
     from rich.table import Table
 
-    from geofast.database import Database
+    from geofast.db import Database
 
     db = Database.open(directory, verify=True if verify else None)
     data = db.info()
@@ -204,7 +235,7 @@ def info(
 
 
 def _full_verify_bytes() -> int:
-    from geofast.database import FULL_VERIFY_BYTES
+    from geofast.db import FULL_VERIFY_BYTES
 
     return FULL_VERIFY_BYTES
 
@@ -219,17 +250,7 @@ def _size(n: int) -> str:
 
 
 def _write_coverage_map(path: Path, db) -> None:  # type: ignore[no-untyped-def]
-    """A folium heat map of (up to 20,000 sampled) database photo positions."""
-    import folium
-    import numpy as np
-    from folium.plugins import HeatMap
+    """geofast's offline coverage map of the database's photo positions (aggregated to a bounded grid)."""
+    from geofast.mapview import write_coverage_map
 
-    from geofast._io import atomic_write_text
-
-    ll = np.asarray(db.latlon)
-    if ll.shape[0] > 20_000:
-        ll = ll[np.sort(np.random.default_rng(0).choice(ll.shape[0], 20_000, replace=False))]
-    center = [float(ll[:, 0].mean()), float(ll[:, 1].mean())] if ll.shape[0] else [20.0, 0.0]
-    fmap = folium.Map(location=center, zoom_start=2, tiles="OpenStreetMap")
-    HeatMap(ll.tolist(), radius=8, blur=6, min_opacity=0.3).add_to(fmap)
-    atomic_write_text(path, fmap.get_root().render())
+    write_coverage_map(path, db.latlon, title=f"geofast database {db.path.name}: {len(db):,} photos")

@@ -51,6 +51,7 @@ def evaluate(
     eps_km: o.EpsKm = 1.0,
     cell_km: o.CellKm = 25.0,
     confidence: o.Confidence = True,
+    raw_candidates: o.RawCandidates = False,
     radii: str = typer.Option("1,25,200,750,2500", "--radii", metavar="KM,...", help="Accuracy radii in km."),
     distance: str = typer.Option(
         "geodesic", "--distance", help="geodesic (WGS-84; GeoCLIP/Img2Loc/G3) or haversine (R = 6371 km; visloc/OSV-5M)."
@@ -73,7 +74,11 @@ def evaluate(
     llm_max_tokens: o.LlmMaxTokens = 256,
     llm_cache: o.LlmCache = True,
 ) -> None:
-    """Evaluate geolocation accuracy: accuracy at radii, median/mean error, GeoScore, PD split."""
+    """Evaluate geolocation accuracy: accuracy at radii, median/mean error, GeoScore, PD split.
+
+    GeoCLIP's top-1 is the best place after merging gallery points listed more than once
+    (probabilities summed), which can differ from the reference's argmax; --raw-candidates scores
+    the reference's raw argmax (the published numbers). Use a fresh --out when switching."""
     import geofast as gf
     from geofast import evaluate as ev
 
@@ -108,6 +113,7 @@ def evaluate(
             cell_km=cell_km,
             confidence=confidence,
             llm=llm,
+            merge_duplicates=not raw_candidates,
         )
         database = opts.check()
         if not images.is_dir():
@@ -117,8 +123,8 @@ def evaluate(
         todo = sum(1 for name in data.images if name not in log.done)
         if todo:
             with _console.err.status(f"loading {model} ...", spinner="dots"):
-                run = make_predictor(opts, database, top_k=5, batch_size=batch_size, places=False)
-            _predict_all(data, images, run, log, batch_size, method)
+                predictor = make_predictor(opts, database)
+            _predict_all(data, images, predictor, log, batch_size, method)
         scored = _subset(ev.read_predictions(out), set(data.images))
         title = f"{dataset.name} ({method}, {model})"
 
@@ -149,7 +155,7 @@ def _subset(scored: Any, names: set[str]) -> Any:
     )
 
 
-def _predict_all(data: Any, images: Path, run: Any, log: Any, batch_size: int, method: str) -> None:
+def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: int, method: str) -> None:
     from geofast.evaluate import run_predictions
 
     with _console.progress("evaluating", unit="images") as bar:
@@ -157,7 +163,7 @@ def _predict_all(data: Any, images: Path, run: Any, log: Any, batch_size: int, m
         run_predictions(
             data,
             images,
-            lambda paths: run(paths, lambda _n: None),
+            lambda paths: predictor.predict(paths, top_k=5, batch_size=batch_size, places=False),
             log,
             batch_size=batch_size,
             on_progress=lambda n: bar.advance(task, n),

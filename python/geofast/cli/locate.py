@@ -16,8 +16,14 @@ from geofast.cli import app
 
 @app.command("locate")
 def locate(
-    images: list[str] = typer.Argument(
-        ..., metavar="IMAGE...", help="Image files, folders (searched recursively) or glob patterns."
+    images: list[str] | None = typer.Argument(
+        None, metavar="[IMAGE|URL]...", help="Image files, folders (searched recursively), glob patterns or http(s) URLs."
+    ),
+    texts: list[str] | None = typer.Option(
+        None,
+        "--text",
+        metavar="TEXT",
+        help='Locate a description instead of a photo, e.g. --text "a harbour with red wooden houses" (repeatable; --method geoclip or swc without --db).',
     ),
     model: o.Model = "geoclip",
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Candidates per image."),
@@ -32,10 +38,22 @@ def locate(
     eps_km: o.EpsKm = 1.0,
     cell_km: o.CellKm = 25.0,
     confidence: o.Confidence = True,
+    raw_candidates: o.RawCandidates = False,
+    url_timeout: float = typer.Option(
+        15.0, "--url-timeout", min=0.001, metavar="SECONDS", help="Give up fetching an image URL after this long."
+    ),
+    url_max_mb: float = typer.Option(
+        20.0, "--url-max-mb", min=0.000001, metavar="MB", help="Refuse image URLs larger than this."
+    ),
+    allow_private_urls: bool = typer.Option(
+        False, "--allow-private-urls", help="Also fetch URLs on loopback, private and link-local addresses (refused by default)."
+    ),
     places: bool = typer.Option(True, "--places/--no-places", help="Name the nearest GeoNames place of each candidate."),
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON array to stdout."),
     geojson: Path | None = typer.Option(None, "--geojson", metavar="FILE", help="Also write the top-1 points as GeoJSON."),
-    map_file: Path | None = typer.Option(None, "--map", metavar="FILE.html", help="Also write an interactive map (folium)."),
+    map_file: Path | None = typer.Option(
+        None, "--map", metavar="FILE.html", help="Also write an interactive map (self-contained HTML, works offline)."
+    ),
     llm_base_url: o.LlmBaseUrl = None,
     llm_model: o.LlmModel = None,
     llm_recipe: o.LlmRecipe = "g3",
@@ -51,9 +69,11 @@ def locate(
     llm_max_tokens: o.LlmMaxTokens = 256,
     llm_cache: o.LlmCache = True,
 ) -> None:
-    """Predict where each photo was taken: ranked coordinates with probabilities, place names and a confidence."""
+    """Predict where each photo was taken: ranked coordinates with probabilities, place names and a confidence.
+
+    Text queries (--text) come after the photos in the output; their "image" is "text: " + the text."""
     import geofast as gf
-    from geofast.images import expand_images
+    from geofast.images import ImageURL, expand_images, is_url
     from geofast.output import prediction_json, write_geojson, write_map
     from geofast.predict import Prediction
     from geofast.predict.factory import MethodOptions, make_predictor
@@ -74,25 +94,56 @@ def locate(
         cell_km=cell_km,
         confidence=confidence,
         llm=llm,
+        merge_duplicates=not raw_candidates,
     )
+    texts = list(texts or [])
+    if not images and not texts:
+        raise gf.InputError("nothing to locate", hint="pass image files, folders, globs or URLs, or --text DESCRIPTION")
+    if texts and (method not in ("geoclip", "swc") or db is not None):
+        raise gf.InputError(
+            f"--text works with GeoCLIP's gallery, not --method {method}" + (" with --db" if db is not None else ""),
+            hint="use --method geoclip (or swc without --db) for text queries",
+        )
+    if any(not t.strip() for t in texts):
+        raise gf.InputError("--text is empty", hint='describe the place, e.g. --text "a harbour with red wooden houses"')
     database = opts.check()  # every cheap check before the (slow) model load
 
     # Expand inputs in the order given; a path that does not exist is that image's error, not the run's.
-    entries: list[str | Prediction] = []
-    for src in images:
+    entries: list[str | ImageURL | Prediction] = []
+    for src in images or []:
+        if is_url(src):
+            entries.append(
+                ImageURL(src, max_bytes=int(url_max_mb * 1024 * 1024), timeout_s=url_timeout, allow_private=allow_private_urls)
+            )
+            continue
         try:
             entries.extend(expand_images([src]))
         except gf.ImageError as e:
             entries.append(Prediction(image=src, method=method, error=str(e)))
-    if not entries:
+    if images and not entries and not texts:
         raise gf.InputError("no images found in the given folders", hint="pass image files, folders or glob patterns")
 
-    paths = [e for e in entries if isinstance(e, str)]
+    paths = [e for e in entries if not isinstance(e, Prediction)]
     what = model + (" and the database" if database is not None else "")
     with _console.err.status(f"loading {what} ...", spinner="dots"):
-        run = make_predictor(opts, database, top_k=top_k, batch_size=batch_size, places=places)
-    located = iter(_with_progress(paths, batch_size, run) if paths else [])
+        predictor = make_predictor(opts, database)
+    located = iter(
+        _with_progress(
+            paths,
+            batch_size,
+            lambda items, advance: predictor.predict(
+                items, top_k=top_k, batch_size=batch_size, places=places, on_progress=advance
+            ),
+        )
+        if paths
+        else []
+    )
     results = [e if isinstance(e, Prediction) else next(located) for e in entries]
+    if texts:
+        from geofast.predict.geoclip import GeoclipPredictor
+
+        assert isinstance(predictor, GeoclipPredictor)  # --text was checked against --method/--db above
+        results.extend(predictor.predict_text(texts, top_k=top_k, batch_size=batch_size, places=places))
 
     failed = [p for p in results if p.error is not None]
     for p in failed:
@@ -117,7 +168,7 @@ def locate(
         raise typer.Exit(1)
 
 
-def _with_progress(items: list[str], batch_size: int, run: Callable[[list[str], Callable[[int], None]], list[Any]]) -> list[Any]:
+def _with_progress(items: list[Any], batch_size: int, run: Callable[[list[Any], Callable[[int], None]], list[Any]]) -> list[Any]:
     """``run(items, advance)`` under a progress bar with ETA when there is more than one batch."""
     if len(items) <= batch_size:
         return run(items, lambda _n: None)
@@ -148,8 +199,8 @@ def _render(p) -> None:  # type: ignore[no-untyped-def]
     if from_db:
         table.add_column("database photo")
     if p.method in ("swc", "geoclip+swc"):
-        what = "cluster centroid" if not p.fallback else f"GeoCLIP top-1 ({p.extra.get('fallback_reason', 'fallback')})"
-        place = p.extra.get("place")
+        what = "cluster centroid" if not p.fallback else f"GeoCLIP top-1 ({p.fallback_reason or 'fallback'})"
+        place = p.place
         row = [
             p.method,
             f"{p.lat:.5f}",
@@ -158,7 +209,7 @@ def _render(p) -> None:  # type: ignore[no-untyped-def]
             f"{what}: {place}" if place else what,
         ]
         table.add_row(*row, *([""] if from_db else []))
-    images = [n.get("image") or "" for n in p.extra.get("neighbours", [])] if from_db else []
+    images = [n.image or "" for n in (p.neighbours or [])] if from_db else []
     for rank, c in enumerate(p.candidates, start=1):
         value = f"{c.prob:.4f}" if c.prob is not None else (f"{c.score:.4f}" if c.score is not None else "-")
         row = [str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", value, c.place or ""]

@@ -6,7 +6,7 @@
 - :mod:`~geofast.llm.parse`: :func:`parse_latlon`, a robust reader of coordinate answers;
 - :mod:`~geofast.llm.cache`: :class:`ResponseCache` under ``$GEOFAST_CACHE/llm``;
 - :mod:`~geofast.llm.image`: :func:`encode_image` (downscaled JPEG, data URL);
-- :mod:`~geofast.llm.stub`: :class:`StubChatServer`, a scriptable local chat server for tests.
+- the scriptable local chat server for tests is :mod:`geofast.testing.openai_stub`.
 
 The orchestration (references → prompts → answers → geo-verification) is
 :func:`geofast.predict.rag.predict_rag`.

@@ -182,7 +182,7 @@ class Usage:
 
     @classmethod
     def total(cls, usages: Any) -> Usage:
-        """Sum of ``usages`` (Usage objects or the ``extra["usage"]`` dicts of predictions)."""
+        """Sum of ``usages`` (Usage objects or the ``llm.usage`` dicts of predictions)."""
         out = cls()
         for u in usages:
             out = out + (u if isinstance(u, Usage) else cls(**{k: int(v) for k, v in u.items()}))

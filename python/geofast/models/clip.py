@@ -8,6 +8,13 @@ same numbers, from either a full CLIP checkpoint (``model_type: clip``) or a vis
 (``model.safetensors`` or ``pytorch_model.bin``) and ``preprocessor_config.json`` is enough: no
 text tower, no tokenizer.
 
+Text queries (``Geolocator.predict_text``) need CLIP's text tower too: it is loaded only when
+first asked for (:meth:`Backbone.encode_text`), from the same folder or hub id — a full CLIP
+checkpoint (``model_type: clip``, whose weights hold ``text_model.*`` and ``text_projection``)
+plus its tokenizer files (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``). The text
+features are ``text_projection(pooled output)``, the 768 numbers of
+``CLIPModel.get_text_features``, in the space GeoCLIP's image head reads.
+
 Preprocessing is the backbone's own CLIP image processor (what GeoCLIP's ``predict()`` uses via
 ``AutoProcessor``): shortest side 224 bicubic, centre crop 224, CLIP mean/std.
 
@@ -22,7 +29,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,9 +120,14 @@ def _snapshot(repo_id: str) -> Path:
         ) from e
 
 
-def _vision_config(folder: Path) -> Any:
-    from transformers import CLIPVisionConfig
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+_TEXT_HINT = (
+    f"text queries need a full CLIP checkpoint (model_type clip, e.g. {DEFAULT_CLIP}) with its tokenizer "
+    "(tokenizer.json, or vocab.json + merges.txt) in the backbone folder"
+)
 
+
+def _read_config(folder: Path) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelError(f"CLIP backbone folder {folder} has no config.json", hint=_HINT)
@@ -123,6 +135,109 @@ def _vision_config(folder: Path) -> Any:
         raw = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read {config_path}: {e}", hint=_HINT) from e
+    if not isinstance(raw, dict):
+        raise ModelError(f"{config_path} is not a JSON object", hint=_HINT)
+    return raw
+
+
+def _text_config(folder: Path) -> Any:
+    from transformers import CLIPTextConfig
+
+    raw = _read_config(folder)
+    if raw.get("model_type") != "clip" or not raw.get("text_config"):
+        raise ModelError(f"the CLIP backbone in {folder} has no text tower (a vision-only checkpoint)", hint=_TEXT_HINT)
+    text = dict(raw["text_config"])
+    text.pop("model_type", None)
+    config = CLIPTextConfig(**text)
+    config.projection_dim = int(raw.get("projection_dim") or config.projection_dim or 0)
+    if config.projection_dim != EXPECTED_DIM:
+        raise ModelError(
+            f"the CLIP text tower in {folder} projects to {config.projection_dim} dimensions; GeoCLIP's heads need {EXPECTED_DIM}",
+            hint=_TEXT_HINT,
+        )
+    return config
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
+
+
+def _tokenizer_folder(folder: Path, source: str) -> Path:
+    """The folder holding the tokenizer: the backbone folder, else (hub ids) the hub snapshot."""
+    if _has_tokenizer(folder):
+        return folder
+    path = Path(source).expanduser()
+    if not path.is_dir() and source.count("/") == 1 and not path.is_absolute():
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
+        for local_only in (True, False) if not offline else (True,):
+            try:
+                snap = Path(snapshot_download(repo_id=source, allow_patterns=list(_TOKENIZER_FILES), local_files_only=local_only))
+            except Exception:
+                continue
+            if _has_tokenizer(snap):
+                return snap
+    raise ModelError(
+        f"the CLIP backbone in {folder} has no tokenizer (tokenizer.json or vocab.json + merges.txt)", hint=_TEXT_HINT
+    )
+
+
+@dataclass
+class TextTower:
+    """CLIP's text encoder with its projection, and the tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    max_length: int
+
+
+def load_text_tower(folder: Path, source: str, device: torch.device, dtype: torch.dtype) -> TextTower:
+    """Load CLIP's text tower and tokenizer from a backbone folder (see the module docstring)."""
+    config = _text_config(folder)
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        raise ModelError(f"CLIP backbone folder {folder} has no weights (model.safetensors)", hint=_TEXT_HINT)
+    tok_folder = _tokenizer_folder(folder, source)
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    with quiet_transformers():
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(tok_folder)
+        except Exception as e:
+            raise ModelError(
+                f"cannot load the CLIP tokenizer from {tok_folder}: {str(e).splitlines()[0]}", hint=_TEXT_HINT
+            ) from e
+        try:
+            loaded: Any = CLIPTextModelWithProjection.from_pretrained(
+                folder, config=config, dtype=dtype, output_loading_info=True
+            )
+            model, info = loaded
+        except Exception as e:
+            raise ModelError(f"cannot load the CLIP text tower from {folder}: {str(e).splitlines()[0]}", hint=_TEXT_HINT) from e
+    missing = list(info.get("missing_keys") or []) + [
+        m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []
+    ]
+    if missing:
+        raise ModelError(
+            f"the weights in {folder} do not contain the CLIP text tower "
+            f"({len(missing)} tensors missing or mismatched, e.g. {missing[0]})",
+            hint=_TEXT_HINT,
+        )
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    limit = int(config.max_position_embeddings)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < limit:
+        limit = tok_limit
+    return TextTower(model=model, tokenizer=tokenizer, max_length=limit)
+
+
+def _vision_config(folder: Path) -> Any:
+    from transformers import CLIPVisionConfig
+
+    config_path = folder / "config.json"
+    raw = _read_config(folder)
     kind = raw.get("model_type")
     if kind == "clip":
         vision = dict(raw.get("vision_config") or {})
@@ -156,6 +271,28 @@ class Backbone:
     folder: Path
     device: torch.device
     dtype: torch.dtype
+    _text: TextTower | None = field(default=None, repr=False)
+
+    def text_tower(self) -> TextTower:
+        """CLIP's text tower and tokenizer, loaded from the backbone's folder on first use."""
+        if self._text is None:
+            self._text = load_text_tower(self.folder, self.source, self.device, self.dtype)
+        return self._text
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask for ``texts`` (padded, truncated to the text tower's length)."""
+        tower = self.text_tower()
+        return dict(tower.tokenizer(list(texts), padding=True, truncation=True, max_length=tower.max_length, return_tensors="pt"))
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Projected CLIP text features ``(B, 768)`` float32 (not normalised)."""
+        import torch
+
+        tower = self.text_tower()
+        tokens = self.tokenize(texts)
+        with torch.inference_mode():
+            inputs = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+            return tower.model(**inputs).text_embeds.float()
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """CLIP pixel values ``(B, 3, 224, 224)`` float32 for RGB PIL images."""

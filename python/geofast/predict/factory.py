@@ -8,22 +8,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geofast.errors import InputError, ParameterError
-from geofast.predict.types import Prediction
+from geofast.predict.types import Predictor
 
 if TYPE_CHECKING:
-    from geofast.database import Database
+    from geofast.db import Database
     from geofast.llm import LLMConfig
 
 METHODS = ("geoclip", "swc", "geoclip+swc", "rag")
-
-#: ``run(image_paths, advance)`` → one Prediction per path; ``advance(n)`` reports progress.
-Runner = Callable[[Sequence[str], Callable[[int], None]], list[Prediction]]
 
 
 @dataclass
@@ -42,25 +38,34 @@ class MethodOptions:
     cell_km: float = 25.0
     confidence: bool = True
     llm: LLMConfig | None = None
+    merge_duplicates: bool = True  # False: GeoCLIP's raw candidate list (a coordinate may repeat)
 
     def check(self) -> Database | None:
         """Validate the combination and open the database (if any) before any model loads."""
         from geofast.gallery import parse_region
 
         if self.method not in METHODS:
-            raise InputError(f"unknown --method {self.method!r}", hint=f"choose one of: {', '.join(METHODS)}")
+            raise InputError(f"unknown method {self.method!r}", hint=f"choose one of: {', '.join(METHODS)}", params=("method",))
         if self.eps_km <= 0:
-            raise ParameterError(f"--eps-km must be > 0, got {self.eps_km}")
+            raise ParameterError(f"eps_km must be > 0, got {self.eps_km}", params=("eps_km",))
         if self.cell_km <= 0:
-            raise ParameterError(f"--cell-km must be > 0, got {self.cell_km}")
+            raise ParameterError(f"cell_km must be > 0, got {self.cell_km}", params=("cell_km",))
         if self.db is None and self.method == "geoclip+swc":
             raise InputError(
-                "--method geoclip+swc needs an image database", hint="pass --db DIR (build one with geofast db build)"
+                "method geoclip+swc needs an image database",
+                hint="pass db, a database folder made with `geofast db build`",
+                params=("method", "db"),
             )
         if self.db is not None and self.method == "geoclip":
-            raise InputError("--db is used by --method swc, geoclip+swc or rag", hint="add --method swc (or geoclip+swc, rag)")
+            raise InputError(
+                "db is used by method swc, geoclip+swc or rag",
+                hint="set method swc (or geoclip+swc, rag)",
+                params=("db", "method"),
+            )
         if self.method == "geoclip+swc" and not self.confidence:
-            raise InputError("--method geoclip+swc needs GeoCLIP's heads", hint="drop --no-confidence")
+            raise InputError(
+                "method geoclip+swc needs GeoCLIP's heads", hint="turn confidence on", params=("method", "confidence")
+            )
         if self.method == "rag":
             from geofast.llm import LLMConfig
             from geofast.llm.client import resolve_api_key
@@ -71,7 +76,7 @@ class MethodOptions:
         parse_region(self.region)
         if self.db is None:
             return None
-        from geofast.database import Database
+        from geofast.db import Database
 
         return Database.open(self.db)
 
@@ -85,17 +90,13 @@ class MethodOptions:
         return None
 
 
-def make_predictor(
-    opts: MethodOptions,
-    database: Database | None,
-    *,
-    top_k: int = 5,
-    batch_size: int = 16,
-    places: bool = True,
-    progress: bool = True,
-) -> Runner:
-    """Load the models ``opts`` needs and return the runner. ``database`` is ``opts.check()``'s."""
-    from geofast.predict.geoclip import Geolocator
+def make_predictor(opts: MethodOptions, database: Database | None, *, progress: bool = True) -> Predictor:
+    """Load the models ``opts`` needs and return the :class:`Predictor` for ``opts.method``.
+
+    ``database`` is ``opts.check()``'s. This is the one place that maps a method name to a
+    predictor class; callers pass ``top_k``, ``batch_size`` and ``places`` to ``predict``.
+    """
+    from geofast.predict.geoclip import GeoclipPredictor, Geolocator
 
     clip = opts.clip_for(database)
 
@@ -110,21 +111,9 @@ def make_predictor(
         loc = geolocator()
         if database is not None:
             database.check_backbone(loc.backbone)
-        rag = RagPredictor(loc, database=database, config=opts.llm)
-        return lambda items, advance: rag.predict(
-            list(items), top_k=top_k, batch_size=batch_size, places=places, on_progress=advance
-        )
+        return RagPredictor(loc, database=database, config=opts.llm, merge_duplicates=opts.merge_duplicates)
     if database is None:
-        loc = geolocator()
-        return lambda items, advance: loc.predict(
-            list(items),
-            top_k=top_k,
-            batch_size=batch_size,
-            method=opts.method,
-            swc_eps_km=opts.eps_km,
-            places=places,
-            on_progress=advance,
-        )
+        return GeoclipPredictor(geolocator(), method=opts.method, swc_eps_km=opts.eps_km, merge_duplicates=opts.merge_duplicates)
     from geofast.predict.swc import SwcPredictor
 
     swc_loc: Any = None
@@ -135,7 +124,13 @@ def make_predictor(
         from geofast.models.clip import load_backbone
 
         backbone = load_backbone(clip, opts.device)
-    predictor = SwcPredictor(database, backbone, geolocator=swc_loc, k=opts.swc_k, eps_km=opts.eps_km, cell_km=opts.cell_km)
-    return lambda items, advance: predictor.predict(
-        list(items), method=opts.method, top_k=top_k, batch_size=batch_size, places=places, on_progress=advance
+    return SwcPredictor(
+        database,
+        backbone,
+        geolocator=swc_loc,
+        k=opts.swc_k,
+        eps_km=opts.eps_km,
+        cell_km=opts.cell_km,
+        method=opts.method,
+        merge_duplicates=opts.merge_duplicates,
     )

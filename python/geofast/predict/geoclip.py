@@ -15,13 +15,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import geofast as gf
 from geofast.errors import InputError
-from geofast.images import ImageInput, expand_images, iter_loaded, load_image
+from geofast.images import ImageInput, ImageURL, expand_images, iter_loaded, load_image
+from geofast.predict.duplicates import MERGE_MARGIN, DuplicateGroups, merge_row
 from geofast.predict.types import Candidate, Prediction
 
 if TYPE_CHECKING:
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 PD_RADIUS_KM = 25.0
 LOCALIZABLE_THRESHOLD = 0.2
 DEFAULT_BATCH_SIZE = 16
+#: ``Prediction.image`` of a text query is the query behind this prefix.
+TEXT_PREFIX = "text: "
 
 
 @dataclass
@@ -43,6 +47,22 @@ class GalleryData:
     label: str
     search: Any = field(repr=False)  # gf.Gallery
     built: bool = False
+    _duplicates: DuplicateGroups | None = field(default=None, repr=False)
+    _multi_embeddings: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def duplicates(self) -> DuplicateGroups:
+        """The exact-duplicate coordinate groups of this gallery (computed once)."""
+        if self._duplicates is None:
+            self._duplicates = DuplicateGroups.build(self.latlon)
+        return self._duplicates
+
+    @property
+    def multi_embeddings(self) -> np.ndarray:
+        """float32 embeddings of the canonical rows of the multi-row duplicate groups."""
+        if self._multi_embeddings is None:
+            self._multi_embeddings = np.asarray(self.embeddings[self.duplicates.multi], dtype=np.float32)
+        return self._multi_embeddings
 
 
 def prediction_density(
@@ -148,6 +168,23 @@ class Geolocator:
             out[start : start + len(chunk)] = self._embed_pil(chunk)
         return out
 
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """L2-normalised float32 GeoCLIP embeddings ``(N, 512)`` of text queries: CLIP's text
+        features (768-d, the text tower is loaded on first use) through GeoCLIP's image head,
+        which reads CLIP's shared image–text space."""
+        import torch
+
+        items = _check_texts(texts)
+        out = np.empty((len(items), 512), dtype=np.float32)
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = items[start : start + batch_size]
+            feats = self.backbone.encode_text(chunk)
+            with torch.inference_mode():
+                emb = self.heads.image(feats.to(next(self.heads.image.parameters()).device).float())
+                emb = torch.nn.functional.normalize(emb, dim=1)
+            out[start : start + len(chunk)] = emb.cpu().numpy()
+        return out
+
     def encode_locations(self, latlon: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
         """L2-normalised float32 GeoCLIP location embeddings ``(N, 512)`` of ``(N, 2)`` degrees."""
         arr = np.asarray(latlon, dtype=np.float64)
@@ -163,14 +200,61 @@ class Geolocator:
             self._places = PlaceIndex.load(self._cache_dir)
         return self._places
 
-    def search_embeddings(self, embeddings: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k gallery indices, their probabilities, the PD_25 confidence and the lse per query."""
+    def search_embeddings(
+        self, embeddings: np.ndarray, top_k: int, *, merge_duplicates: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k gallery indices, their probabilities, the PD_25 confidence and the lse per query.
+
+        With ``merge_duplicates`` (default) gallery rows that share coordinates are one candidate
+        (its canonical row, probabilities summed, ranked by the sum; see
+        :mod:`geofast.predict.duplicates`), and fewer than ``top_k`` columns come back only when
+        the gallery has fewer distinct coordinates. Without it: the reference's raw top-k rows.
+        PD_25 is taken around the returned top-1 (duplicates of it lie within 0 km, so merging
+        changes it only when the merged top-1 is another place).
+        """
         scale = self.logit_scale
-        scores, idx, lse = self.gallery.search.search(embeddings, top_k, lse_scale=scale)
-        probs = np.exp(scale * scores.astype(np.float64) - lse[:, None])
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if merge_duplicates and self.gallery.duplicates.has_duplicates:
+            idx, probs, lse = self._search_merged(emb, top_k, scale)
+        else:
+            scores, idx, lse = self.gallery.search.search(emb, top_k, lse_scale=scale)
+            probs = np.exp(scale * scores.astype(np.float64) - lse[:, None])
         top1 = self.gallery.latlon[idx[:, 0]]
-        pd = prediction_density(embeddings, top1, self.gallery, scale, lse)
+        pd = prediction_density(emb, top1, self.gallery, scale, lse)
         return idx, probs, pd, lse
+
+    def _search_merged(self, emb: np.ndarray, top_k: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Merged top-k (see :mod:`geofast.predict.duplicates`): scan top_k + margin, merge, and
+        rescan deeper only the queries whose merged list is not yet provably complete."""
+        groups = self.gallery.duplicates
+        n = self.gallery.latlon.shape[0]
+        want = min(top_k, groups.n_distinct)
+        b = emb.shape[0]
+        out_idx = np.empty((b, want), dtype=np.int64)
+        out_prob = np.empty((b, want), dtype=np.float64)
+        lse = np.empty(b, dtype=np.float64)
+        todo = np.arange(b)
+        k = min(n, top_k + MERGE_MARGIN)
+        while todo.size:
+            scores, idx, row_lse = self.gallery.search.search(emb[todo], k, lse_scale=scale)
+            probs = np.exp(scale * scores.astype(np.float64) - row_lse[:, None])
+            retry: list[int] = []
+            for j, q in enumerate(todo.tolist()):
+                lse[q] = row_lse[j]
+                merged = merge_row(idx[j], probs[j], groups, top_k, k >= n, partial(self._multi_probs, emb[q], float(row_lse[j])))
+                if merged is None:
+                    retry.append(q)
+                else:
+                    out_idx[q], out_prob[q] = merged
+            todo = np.asarray(retry, dtype=np.int64)
+            k = min(n, k * 4)
+        return out_idx, out_prob, lse
+
+    def _multi_probs(self, query: np.ndarray, lse: float) -> np.ndarray:
+        """Exact summed probability of every multi-row duplicate group for one query."""
+        groups = self.gallery.duplicates
+        s = (self.gallery.multi_embeddings @ query.astype(np.float32)).astype(np.float64)
+        return np.exp(self.logit_scale * s - lse) * groups.size[groups.multi]
 
     def predict(
         self,
@@ -182,12 +266,15 @@ class Geolocator:
         swc_eps_km: float = 1.0,
         places: bool = True,
         on_progress: Callable[[int], None] | None = None,
+        merge_duplicates: bool = True,
     ) -> list[Prediction]:
-        """Predict locations for images (paths, PIL images, folders or globs).
+        """Predict locations for images (paths, URLs, PIL images, folders or globs).
 
         Each image gets a :class:`Prediction`; an image that cannot be read gets one with
         ``error`` set and the rest are still located. ``method="swc"`` replaces the top-1 by
         Search-within-Cell over the top-k candidates weighted by probability.
+        ``merge_duplicates=False`` keeps the reference's raw top-k, where a gallery coordinate
+        listed twice can appear twice.
         """
         if method not in ("geoclip", "swc"):
             raise InputError(f"unknown method {method!r} for Geolocator.predict", hint="use geoclip or swc")
@@ -198,9 +285,42 @@ class Geolocator:
             batch_size,
             method,
             lambda names, ims: self.predict_embeddings(
-                self._embed_pil(ims), names, top_k, method=method, swc_eps_km=swc_eps_km, places=places
+                self._embed_pil(ims),
+                names,
+                top_k,
+                method=method,
+                swc_eps_km=swc_eps_km,
+                places=places,
+                merge_duplicates=merge_duplicates,
             ),
             on_progress,
+        )
+
+    def predict_text(
+        self,
+        texts: Sequence[str],
+        top_k: int = 5,
+        *,
+        places: bool = True,
+        merge_duplicates: bool = True,
+        method: str = "geoclip",
+        swc_eps_km: float = 1.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> list[Prediction]:
+        """Locate text descriptions ("a harbour with red wooden houses") as GeoCLIP's paper does:
+        CLIP's text features → GeoCLIP's image head → the gallery. Same outputs as for photos;
+        ``Prediction.image`` is the query prefixed with ``"text: "``."""
+        if method not in ("geoclip", "swc"):
+            raise InputError(f"unknown method {method!r} for Geolocator.predict_text", hint="use geoclip or swc")
+        items = _check_texts(texts)
+        return self.predict_embeddings(
+            self.encode_texts(items, batch_size=batch_size),
+            [TEXT_PREFIX + t for t in items],
+            top_k,
+            method=method,
+            swc_eps_km=swc_eps_km,
+            places=places,
+            merge_duplicates=merge_duplicates,
         )
 
     def predict_embeddings(
@@ -212,14 +332,18 @@ class Geolocator:
         method: str = "geoclip",
         swc_eps_km: float = 1.0,
         places: bool = True,
+        merge_duplicates: bool = True,
     ) -> list[Prediction]:
-        """Predictions from precomputed GeoCLIP image embeddings ``(B, 512)`` (``encode_images``)."""
+        """Predictions from precomputed GeoCLIP image embeddings ``(B, 512)`` (``encode_images``,
+        ``encode_texts``)."""
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(names):
             raise gf.ShapeError(f"embeddings must have shape ({len(names)}, 512) for {len(names)} names, got {emb.shape}")
         if emb.shape[0] == 0:
             return []
-        idx, probs, pd, _ = self.search_embeddings(emb, top_k)
+        if top_k < 1:
+            raise gf.ParameterError(f"top_k must be >= 1, got {top_k}")
+        idx, probs, pd, _ = self.search_embeddings(emb, top_k, merge_duplicates=merge_duplicates)
         return [
             self._prediction(name, idx[k], probs[k], float(pd[k]), method, swc_eps_km, places) for k, name in enumerate(names)
         ]
@@ -256,8 +380,68 @@ class Geolocator:
             lat, lon, members = gf.swc(latlon, probs, eps_km=swc_eps_km, weight_exponent=1.0)
             pred.lat, pred.lon = float(lat), float(lon)
             pred.prob = float(probs[members].sum())
-            pred.extra["swc_members"] = [int(m) for m in members]
+            pred.members = [int(m) for m in members]
         return pred
+
+
+class GeoclipPredictor:
+    """The :class:`~geofast.predict.types.Predictor` for ``geoclip`` (softmax top-k over the
+    gallery) and gallery-only ``swc`` (Search-within-Cell over GeoCLIP's top-k, weighted by
+    probability) on one :class:`Geolocator`. ``merge_duplicates=False`` keeps the reference's
+    raw candidate list (a gallery coordinate listed twice can appear twice)."""
+
+    def __init__(
+        self, geolocator: Geolocator, *, method: str = "geoclip", swc_eps_km: float = 1.0, merge_duplicates: bool = True
+    ) -> None:
+        if method not in ("geoclip", "swc"):
+            raise InputError(f"unknown method {method!r} for GeoclipPredictor", hint="use geoclip or swc")
+        self.geolocator = geolocator
+        self.method = method
+        self.swc_eps_km = swc_eps_km
+        self.merge_duplicates = merge_duplicates
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        top_k: int = 5,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        places: bool = True,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Prediction]:
+        return self.geolocator.predict(
+            images,
+            top_k,
+            batch_size=batch_size,
+            method=self.method,
+            swc_eps_km=self.swc_eps_km,
+            places=places,
+            on_progress=on_progress,
+            merge_duplicates=self.merge_duplicates,
+        )
+
+    def predict_text(
+        self, texts: Sequence[str], *, top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE, places: bool = True
+    ) -> list[Prediction]:
+        """Text queries, with this predictor's method and duplicate handling (:meth:`Geolocator.predict_text`)."""
+        return self.geolocator.predict_text(
+            texts,
+            top_k,
+            places=places,
+            merge_duplicates=self.merge_duplicates,
+            method=self.method,
+            swc_eps_km=self.swc_eps_km,
+            batch_size=batch_size,
+        )
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    items = [str(t).strip() for t in texts]
+    if any(not t for t in items):
+        raise InputError("a text query is empty", hint="describe the place in words, e.g. 'a harbour with red wooden houses'")
+    return items
 
 
 def predict_in_batches(
@@ -284,11 +468,11 @@ def predict_in_batches(
 def _as_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     from PIL import Image
 
-    if isinstance(images, (str, os.PathLike, Image.Image)):
+    if isinstance(images, (str, os.PathLike, Image.Image, ImageURL)):
         images = [images]
     items: list[ImageInput] = []
     for x in images:
-        if isinstance(x, Image.Image):
+        if isinstance(x, (Image.Image, ImageURL)):
             items.append(x)
         else:
             items.extend(expand_images([x]))
@@ -338,7 +522,8 @@ def build_gallery(
         if not mask.any():
             raise InputError(
                 f"no gallery point lies inside the region {box}",
-                hint="widen --region, or build a regional gallery with gf.fibonacci_lattice",
+                hint="widen region, or build a regional gallery with gf.fibonacci_lattice",
+                params=("region",),
             )
         latlon = latlon[mask]
         emb = np.ascontiguousarray(emb[mask])

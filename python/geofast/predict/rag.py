@@ -18,12 +18,12 @@ For each image:
    best wins. Without an encoder the LLM answers are ranked by agreement (the medoid under
    haversine distance first) and have no score.
 5. **Fallback.** ``Prediction.fallback`` is true when the winner is not an LLM answer:
-   ``extra["fallback_reason"]`` says whether the LLM gave nothing usable or a retrieval
+   ``Prediction.fallback_reason`` says whether the LLM gave nothing usable or a retrieval
    candidate verified better.
 
 Each :class:`~geofast.predict.types.Prediction` has ``method="rag"``, its ranked candidates,
-and ``extra`` = ``{"usage": {...tokens, requests, retries, cached, failed}, "model",
-"llm_answers", "unparsed", "llm_errors", "fallback_reason"}``; :meth:`Usage.total` sums usages.
+and ``llm`` = :class:`~geofast.predict.types.LLMTrace` (model, usage: tokens, requests, retries,
+cached, failed; answers, unparsed, errors); :meth:`Usage.total` sums usages.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from geofast.llm.client import OPTION_NAMES, LLMClient, LLMConfig, Usage, run_sy
 from geofast.llm.image import ImageLike, encode_image, image_name
 from geofast.llm.parse import parse_latlon
 from geofast.llm.prompts import PromptSpec, Reference, ReferenceKind, plan_prompts
-from geofast.predict.types import Candidate, Prediction
+from geofast.predict.types import Candidate, LLMTrace, Prediction
 
 __all__ = [
     "LocationEncoder",
@@ -343,21 +343,14 @@ async def _llm_stage(inputs: Sequence[RagInput], llm: LLMClient, cfg: LLMConfig,
 
 
 def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str) -> Prediction:
-    extra = {
-        "usage": out.usage.as_dict(),
-        "model": model,
-        "llm_answers": len(out.llm),
-        "unparsed": out.unparsed,
-        "llm_errors": out.errors,
-        "fallback_reason": None,
-    }
+    trace = LLMTrace(model=model, usage=out.usage.as_dict(), answers=len(out.llm), unparsed=out.unparsed, errors=list(out.errors))
     if out.error is not None:
         return Prediction(
             image=inp.name,
             method="rag",
             error=out.error,
             fallback=True,
-            extra=extra,
+            llm=trace,
             confidence=inp.confidence,
             localizable=inp.localizable,
         )
@@ -373,20 +366,21 @@ def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str)
         llm = [c for c in cands if c.source.startswith("llm")]
         ranked = _consensus_order(llm) + [c for c in cands if not c.source.startswith("llm")]
     if not ranked:
-        extra["fallback_reason"] = "no usable LLM answer and no retrieval candidate"
         return Prediction(
             image=inp.name,
             method="rag",
             fallback=True,
-            extra=extra,
+            fallback_reason="no usable LLM answer and no retrieval candidate",
+            llm=trace,
             error="no usable LLM answer and no retrieval candidate",
             confidence=inp.confidence,
             localizable=inp.localizable,
         )
     best = ranked[0]
     fallback = not best.source.startswith("llm")
+    reason = None
     if fallback:
-        extra["fallback_reason"] = "no usable LLM answer" if not out.llm else "a retrieval candidate verified better"
+        reason = "no usable LLM answer" if not out.llm else "a retrieval candidate verified better"
     return Prediction(
         image=inp.name,
         lat=best.lat,
@@ -397,7 +391,8 @@ def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str)
         localizable=inp.localizable,
         method="rag",
         fallback=fallback,
-        extra=extra,
+        fallback_reason=reason,
+        llm=trace,
     )
 
 
@@ -455,8 +450,8 @@ async def arun_rag(
 
 def total_usage(predictions: Sequence[Prediction]) -> Usage:
     """Tokens, requests, retries, cache hits and failures of a whole run, summed over its
-    predictions' ``extra["usage"]``."""
-    return Usage.total(p.extra["usage"] for p in predictions if "usage" in p.extra)
+    predictions' ``llm.usage``."""
+    return Usage.total(p.llm.usage for p in predictions if p.llm is not None)
 
 
 def run_rag(
@@ -542,8 +537,11 @@ class RagPredictor:
 
     For each image one CLIP forward gives both the GeoCLIP embedding (candidates, PD confidence,
     geo-verification) and, with a database, the CLIP features its neighbours are searched with;
-    then :func:`predict_rag` runs the LLM stage for all images concurrently.
+    then :func:`predict_rag` runs the LLM stage for all images concurrently. GeoCLIP's
+    candidates merge gallery points that share coordinates unless ``merge_duplicates=False``.
     """
+
+    method = "rag"
 
     def __init__(
         self,
@@ -552,8 +550,10 @@ class RagPredictor:
         database: Any = None,
         config: LLMConfig | None = None,
         client: LLMClient | None = None,
+        merge_duplicates: bool = True,
     ) -> None:
         self.geolocator = geolocator
+        self.merge_duplicates = merge_duplicates
         self.database = database
         self.config = config if config is not None else LLMConfig()
         self.client = client
@@ -569,18 +569,22 @@ class RagPredictor:
         llm_progress: Progress | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per image (``method="rag"``); unreadable images carry ``error``."""
+        from geofast.images import ImageURL, is_url
         from geofast.predict.geoclip import _as_items, predict_in_batches
 
         items = _as_items(images)
         geo_emb: list[np.ndarray] = []
         db_emb: list[np.ndarray] = []
+        urls = {str(x) for x in items if isinstance(x, ImageURL) or is_url(x)}
+        fetched: dict[str, Any] = {}  # URL images, kept so that the LLM stage does not fetch them again
 
         def retrieval(names: list[str], ims: list[Any]) -> list[Prediction]:
+            fetched.update((n, im) for n, im in zip(names, ims) if n in urls)
             g, q = self.geolocator.embed_pil(ims, with_clip=self.database is not None)
             geo_emb.append(g)
             if q is not None:
                 db_emb.append(q)
-            return self.geolocator.predict_embeddings(g, names, top_k, places=False)
+            return self.geolocator.predict_embeddings(g, names, top_k, places=False, merge_duplicates=self.merge_duplicates)
 
         # Stage 1, batch by batch: one CLIP forward per image, GeoCLIP's candidates.
         results = predict_in_batches(items, batch_size, "rag", retrieval, on_progress)
@@ -589,7 +593,7 @@ class RagPredictor:
             return results
         # Stage 2, all images at once: the LLM requests run concurrently up to the limit.
         preds = predict_rag(
-            [items[i] for i in keep],
+            [fetched.get(results[i].image, items[i]) for i in keep],
             config=self.config,
             image_embeddings=np.concatenate(geo_emb),
             database=self.database,
@@ -613,7 +617,7 @@ class RagPredictor:
         index = self.geolocator.places()
         answers = index.nearest(np.array([[p.lat, p.lon] for p in located]))
         for p, place in zip(located, answers):
-            p.extra["place"] = place.label()
+            p.place = place.label()
             labels = index.nearest(np.array([[c.lat, c.lon] for c in p.candidates])) if p.candidates else []
             p.candidates = [
                 Candidate(c.lat, c.lon, prob=c.prob, score=c.score, source=c.source, place=lab.label())

@@ -1,7 +1,7 @@
 """Search-within-Cell over an image database (Müller-Budack et al., visloc ICMR 2021 / MMM 2022).
 
 ``swc`` (the visloc predictor): the photo's L2-normalised CLIP embedding is searched in a
-:class:`~geofast.database.Database`; its ``k`` = 10 nearest neighbours (inner product) are
+:class:`~geofast.db.Database`; its ``k`` = 10 nearest neighbours (inner product) are
 clustered by ``gf.swc_batch`` — DBSCAN with eps = 1 km, min_samples = 1, haversine on R = 6371 km
 — and the answer is the spherical centroid (re-normalised mean of unit vectors, weights
 ``similarity ** weight_exponent``, default equal weights) of the largest cluster (ties: the
@@ -12,12 +12,15 @@ database is searched inside it. Here GeoCLIP's top-1 gallery point is the centre
 radius ``cell_km`` (default 25 km, the PD radius); the ``k`` database photos inside the cell most
 similar to the query are clustered as above. **Fallback:** when no database photo lies inside
 the cell, the answer is GeoCLIP's top-1 itself, with ``Prediction.fallback = True`` and
-``extra["fallback_reason"]``.
+``Prediction.fallback_reason``.
 
 Confidence: when GeoCLIP's heads are loaded (a :class:`~geofast.predict.geoclip.Geolocator`
 shares the CLIP backbone, so each photo runs through ViT-L/14 once), ``confidence`` is GeoCLIP's
 Prediction Density PD_25 — the total GeoCLIP softmax probability of gallery points within 25 km —
 taken around the *SwC answer*; ``localizable`` = PD_25 > 0.2. Without the heads both are None.
+
+GeoCLIP candidates (``geoclip+swc``) merge gallery points that share coordinates, as
+``Geolocator.predict`` does; ``merge_duplicates=False`` keeps the raw list.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import geofast as gf
-from geofast.database import Database, Neighbours, normalize_rows
+from geofast.db import Database, Neighbours, normalize_rows
 from geofast.errors import InputError, ParameterError
 from geofast.images import ImageInput
 from geofast.predict.geoclip import LOCALIZABLE_THRESHOLD, _as_items, predict_in_batches, prediction_density
-from geofast.predict.types import Candidate, Prediction
+from geofast.predict.types import Candidate, Cell, Neighbour, Prediction
 
 if TYPE_CHECKING:
     from geofast.models.clip import Backbone
@@ -69,8 +72,13 @@ class SwcPredictor:
         cell_km: float = DEFAULT_CELL_KM,
         check_backbone: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
+        method: str = "swc",
+        merge_duplicates: bool = True,
     ) -> None:
         _check_params(k, eps_km, min_samples, cell_km)
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r} for SwcPredictor", hint=f"use one of {', '.join(METHODS)}")
+        self.method = method
         if check_backbone:
             database.check_backbone(backbone)
         self.database = database
@@ -81,6 +89,7 @@ class SwcPredictor:
         self.min_samples = int(min_samples)
         self.weight_exponent = float(weight_exponent)
         self.cell_km = float(cell_km)
+        self.merge_duplicates = merge_duplicates
         self._cache_dir = cache_dir
         self._places: PlaceIndex | None = None
 
@@ -139,15 +148,17 @@ class SwcPredictor:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        method: str = "swc",
         top_k: int = 5,
         batch_size: int = 16,
         places: bool = True,
         on_progress: Callable[[int], None] | None = None,
+        method: str | None = None,
     ) -> list[Prediction]:
         """Predict locations for images (paths, PIL images, folders or globs). An unreadable
         image gets a Prediction with ``error`` set; the rest are still located. ``top_k`` is the
-        number of GeoCLIP candidates listed for ``geoclip+swc``."""
+        number of GeoCLIP candidates listed for ``geoclip+swc``. ``method`` overrides the
+        predictor's own (``swc`` or ``geoclip+swc``) for this call."""
+        method = self.method if method is None else method
         if method not in METHODS:
             raise InputError(f"unknown method {method!r} for SwcPredictor", hint=f"use one of {', '.join(METHODS)}")
         if method == "geoclip+swc" and self.geolocator is None:
@@ -179,7 +190,9 @@ class SwcPredictor:
             raise InputError(f"{len(names)} names for {b} embeddings")
         geo = None
         if geo_query is not None and self.geolocator is not None:
-            geo = self.geolocator.search_embeddings(np.asarray(geo_query, dtype=np.float32), top_k)
+            geo = self.geolocator.search_embeddings(
+                np.asarray(geo_query, dtype=np.float32), top_k, merge_duplicates=self.merge_duplicates
+            )
         if method == "geoclip+swc":
             if geo is None:
                 raise InputError("geoclip+swc needs GeoCLIP embeddings and heads")
@@ -267,18 +280,18 @@ class SwcPredictor:
                 localizable=bool(pd[i] > LOCALIZABLE_THRESHOLD) if pd is not None else None,
                 method="geoclip+swc",
             )
-            pred.extra["cell"] = {"lat": float(cand_ll[i, 0, 0]), "lon": float(cand_ll[i, 0, 1]), "radius_km": self.cell_km}
+            pred.cell = Cell(lat=float(cand_ll[i, 0, 0]), lon=float(cand_ll[i, 0, 1]), radius_km=self.cell_km)
             if labels:
-                pred.extra["place"] = labels[0]
+                pred.place = labels[0]
             if hit is None:
                 pred.fallback = True
                 pred.prob = float(probs[i, 0])
-                pred.extra["fallback_reason"] = f"no database photo within {self.cell_km:g} km of GeoCLIP's top-1"
-                pred.extra["neighbours"] = []
+                pred.fallback_reason = f"no database photo within {self.cell_km:g} km of GeoCLIP's top-1"
+                pred.neighbours = []
             else:
                 nb, members = hit
-                pred.extra["swc_members"] = [int(m) for m in members]
-                pred.extra["neighbours"] = self._neighbour_list(_take(nb, 0))
+                pred.members = [int(m) for m in members]
+                pred.neighbours = self._neighbour_list(_take(nb, 0))
             out.append(pred)
         return out
 
@@ -299,11 +312,11 @@ class SwcPredictor:
         flat = [p.label() for p in self.places().nearest(pts)]
         return [flat[i * (k + 1) : (i + 1) * (k + 1)] for i in range(b)]
 
-    def _neighbour_list(self, nb: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
+    def _neighbour_list(self, nb: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[Neighbour]:
         sims, latlon, ids = nb
         metas = self.database.meta(ids)
         return [
-            {"id": int(i), "image": m.get("image"), "similarity": float(s), "lat": float(ll[0]), "lon": float(ll[1])}
+            Neighbour(id=int(i), image=m.get("image"), similarity=float(s), lat=float(ll[0]), lon=float(ll[1]))
             for i, s, ll, m in zip(ids.tolist(), sims.tolist(), latlon, metas)
         ]
 
@@ -333,10 +346,10 @@ class SwcPredictor:
             localizable=None if pd is None else bool(pd > LOCALIZABLE_THRESHOLD),
             method=method,
         )
-        pred.extra["swc_members"] = [int(m) for m in members]
-        pred.extra["neighbours"] = self._neighbour_list(nb)
+        pred.members = [int(m) for m in members]
+        pred.neighbours = self._neighbour_list(nb)
         if labels:
-            pred.extra["place"] = labels[0]
+            pred.place = labels[0]
         return pred
 
 
@@ -346,7 +359,7 @@ def _take(nb: Neighbours, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _check_params(k: int, eps_km: float, min_samples: int, cell_km: float) -> None:
     if k < 1:
-        raise ParameterError(f"k (--swc-k) must be >= 1, got {k}")
+        raise ParameterError(f"k must be >= 1, got {k}", params=("k",))
     if not eps_km > 0:
         raise ParameterError(f"eps_km must be > 0, got {eps_km}")
     if min_samples < 1:

@@ -107,6 +107,12 @@ def fourier_on_device(xy: np.ndarray, b_matrices: Sequence[np.ndarray], device: 
     return out
 
 
+def adamw(params: Sequence[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """GeoCLIP's optimizer (AdamW), with torch's fused kernel: one pass over the ~10M parameters
+    instead of a dozen (≈ 1 s of a 5 s CPU step otherwise). Same update rule as the default."""
+    return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def loss_sum(image: torch.Tensor, location: torch.Tensor, raw_scale: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over the images of the cross-entropy of ``exp(t)·cos(image_i, location_j)`` at ``targets``."""
     img = F.normalize(image.float(), dim=1)
@@ -157,4 +163,4 @@ class GeoCLIPStep:
         return loss_sum(image, location, raw_scale, targets) * (self.world / n_global)
 
 
-__all__ = ["LOGIT_SCALE_MAX", "GPSQueue", "GeoCLIPStep", "fourier_inputs", "fourier_on_device", "loss_sum"]
+__all__ = ["LOGIT_SCALE_MAX", "GPSQueue", "GeoCLIPStep", "adamw", "fourier_inputs", "fourier_on_device", "loss_sum"]

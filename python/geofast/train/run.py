@@ -52,7 +52,7 @@ from geofast.train.data import (
     rank_slice,
 )
 from geofast.train.module import InitialModel, TrainableHeads, initial_model
-from geofast.train.objective import GeoCLIPStep, GPSQueue
+from geofast.train.objective import GeoCLIPStep, GPSQueue, adamw
 
 RUN_FORMAT = "geofast-train-run"
 CKPT_FORMAT = "geofast-train-checkpoint"
@@ -411,7 +411,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("nothing to train: the image head and every capsule are frozen", hint="freeze fewer parts")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(params, config.lr, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
     queue = GPSQueue(config.queue_size, seed=config.seed)
     start_epoch, start_batch, global_step = 0, 0, 0

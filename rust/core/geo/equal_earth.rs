@@ -79,7 +79,7 @@ pub fn equal_earth<T: Real>(latlon: ArrayView2<T>) -> GeoResult<Array2<f64>> {
     let n = check_latlon("latlon", &latlon)?;
     let mut out = uninit_vec::<f64>(2 * n, "projected coordinates")?;
     let chunk = parallel::chunk_len(n, 4096).min(65_536);
-    let isa = Isa::active();
+    let isa = Isa::active()?;
     let flat = latlon.as_slice();
     parallel::install(|| {
         out.par_chunks_mut(2 * chunk).enumerate().for_each(|(c, out_chunk)| {
@@ -117,6 +117,7 @@ pub fn equal_earth<T: Real>(latlon: ArrayView2<T>) -> GeoResult<Array2<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::simd::Level;
     use ndarray::array;
 
     #[test]
@@ -148,7 +149,11 @@ mod tests {
         }
         assert!(equal_earth(array![[91.0, 0.0]].view()).is_err());
         let many = Array2::from_shape_fn((3000, 2), |(i, j)| {
-            if j == 0 { -90.0 + 180.0 * (i as f64 / 2999.0) } else { -180.0 + 360.0 * ((i * 7919) % 3000) as f64 / 2999.0 }
+            if j == 0 {
+                -90.0 + 180.0 * (i as f64 / 2999.0)
+            } else {
+                -180.0 + 360.0 * ((i * 7919) % 3000) as f64 / 2999.0
+            }
         });
         let fast = equal_earth(many.view()).unwrap();
         for i in 0..3000 {
@@ -162,9 +167,9 @@ mod tests {
         let mut a = vec![0.0; 6000];
         let mut b = vec![0.0; 6000];
         let mut c = vec![0.0; 6000];
-        project_tile(Isa::detected(), &lat, &lon, &mut a);
-        project_tile(Isa::portable(), &lat, &lon, &mut b);
-        project_tile(Isa::detected().without_avx512(), &lat, &lon, &mut c);
+        project_tile(Isa::detect(), &lat, &lon, &mut a);
+        project_tile(Isa::capped(Level::Portable), &lat, &lon, &mut b);
+        project_tile(Isa::capped(Level::Avx2), &lat, &lon, &mut c);
         assert_eq!(a, c);
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-15 * x.abs() + 1e-18, "{x} vs {y}");

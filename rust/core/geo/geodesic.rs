@@ -15,6 +15,7 @@ use ndarray::{Array1, ArrayView2};
 use crate::core::coords::Real;
 use crate::core::error::GeoResult;
 use crate::core::geo::pairs::map_pairs;
+use crate::core::simd::Isa;
 
 /// Pairs per parallel task: an inverse solution costs about a microsecond.
 const MIN_PAIRS_PER_TASK: usize = 256;
@@ -30,7 +31,7 @@ pub fn geodesic_km(lat1_deg: f64, lon1_deg: f64, lat2_deg: f64, lon2_deg: f64) -
 /// degrees, latitude first; either may be a single point `(1, 2)`).
 pub fn geodesic<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>) -> GeoResult<Array1<f64>> {
     let g = Geodesic::wgs84();
-    map_pairs(&a, &b, MIN_PAIRS_PER_TASK, |lat1, lon1, lat2, lon2, out| {
+    map_pairs(Isa::active()?, &a, &b, MIN_PAIRS_PER_TASK, |lat1, lon1, lat2, lon2, out| {
         for (i, o) in out.iter_mut().enumerate() {
             let s12_m: f64 = g.inverse(lat1[i], lon1[i], lat2[i], lon2[i]);
             *o = s12_m / 1000.0;

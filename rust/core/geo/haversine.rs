@@ -138,9 +138,15 @@ simd_kernel! {
 /// latitude first; either may be a single point `(1, 2)`), on a sphere of radius `radius_km`.
 pub fn haversine<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, radius_km: f64) -> GeoResult<Array1<f64>> {
     check_radius(radius_km)?;
-    let isa = Isa::active();
+    haversine_with(Isa::active()?, a, b, radius_km)
+}
+
+/// [`haversine`] on an explicit SIMD level (tests compare levels; any [`Isa`] is one this CPU
+/// supports).
+pub fn haversine_with<A: Real, B: Real>(isa: Isa, a: ArrayView2<A>, b: ArrayView2<B>, radius_km: f64) -> GeoResult<Array1<f64>> {
+    check_radius(radius_km)?;
     let two_r = 2.0 * radius_km;
-    map_pairs(&a, &b, MIN_PAIRS_PER_TASK, |lat1, lon1, lat2, lon2, out| {
+    map_pairs(isa, &a, &b, MIN_PAIRS_PER_TASK, |lat1, lon1, lat2, lon2, out| {
         haversine_tile(isa, lat1, lon1, lat2, lon2, out, two_r)
     })
 }
@@ -241,13 +247,12 @@ pub fn haversine_matrix<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, ra
     })?;
     let mut out = uninit_vec::<f64>(len, "distance matrix")?;
     if len > 0 {
-        let isa = Isa::active();
+        let isa = Isa::active()?;
         let pa = Points::new(&a, isa);
         let pb = Points::new(&b, isa);
         let two_r = 2.0 * radius_km;
         let limit_km = two_r * TINY_HALF_ANGLE;
-        let rows_per_task = parallel::chunk_len(na, (MIN_PAIRS_PER_TASK / nb).max(1))
-            .min((MAX_PAIRS_PER_TASK / nb).max(1));
+        let rows_per_task = parallel::chunk_len(na, (MIN_PAIRS_PER_TASK / nb).max(1)).min((MAX_PAIRS_PER_TASK / nb).max(1));
         parallel::install(|| {
             out.par_chunks_mut(rows_per_task * nb).enumerate().for_each(|(t, block)| {
                 let r0 = t * rows_per_task;
@@ -258,12 +263,31 @@ pub fn haversine_matrix<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, ra
                     let res = &mut res[..j1 - j0];
                     for r in 0..rows {
                         let i = r0 + r;
-                        let close = chord_row_tile(isa, pa.x[i], pa.y[i], pa.z[i], &pb.x[j0..j1], &pb.y[j0..j1], &pb.z[j0..j1], res, two_r);
+                        let close = chord_row_tile(
+                            isa,
+                            pa.x[i],
+                            pa.y[i],
+                            pa.z[i],
+                            &pb.x[j0..j1],
+                            &pb.y[j0..j1],
+                            &pb.z[j0..j1],
+                            res,
+                            two_r,
+                        );
                         if close > 0 {
                             close_row_tile(
-                                isa, pa.lat[i], pa.lon[i], pa.z[i], pa.cos_lat[i],
-                                &pb.lat[j0..j1], &pb.lon[j0..j1], &pb.z[j0..j1], &pb.cos_lat[j0..j1],
-                                res, two_r, limit_km,
+                                isa,
+                                pa.lat[i],
+                                pa.lon[i],
+                                pa.z[i],
+                                pa.cos_lat[i],
+                                &pb.lat[j0..j1],
+                                &pb.lon[j0..j1],
+                                &pb.z[j0..j1],
+                                &pb.cos_lat[j0..j1],
+                                res,
+                                two_r,
+                                limit_km,
                             );
                         }
                         write_all(&mut block[r * nb + j0..r * nb + j1], res);
@@ -281,6 +305,7 @@ pub fn haversine_matrix<A: Real, B: Real>(a: ArrayView2<A>, b: ArrayView2<B>, ra
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::simd::Level;
     use ndarray::{array, Array2};
 
     const R: f64 = 6371.0088;
@@ -300,7 +325,10 @@ mod tests {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (s >> 11) as f64 / (1u64 << 53) as f64
         };
-        Array2::from_shape_fn((n, 2), |(_, j)| if j == 0 { (2.0 * next() - 1.0).asin().to_degrees() } else { 360.0 * next() - 180.0 })
+        Array2::from_shape_fn(
+            (n, 2),
+            |(_, j)| if j == 0 { (2.0 * next() - 1.0).asin().to_degrees() } else { 360.0 * next() - 180.0 },
+        )
     }
 
     #[test]
@@ -374,16 +402,49 @@ mod tests {
         let mut fast = vec![0.0; 3_000];
         let mut portable = vec![0.0; 3_000];
         let mut avx2 = vec![0.0; 3_000];
-        haversine_tile(Isa::detected(), &lat1, &lon1, &lat2, &lon2, &mut fast, 2.0 * R);
-        haversine_tile(Isa::detected().without_avx512(), &lat1, &lon1, &lat2, &lon2, &mut avx2, 2.0 * R);
+        haversine_tile(Isa::detect(), &lat1, &lon1, &lat2, &lon2, &mut fast, 2.0 * R);
+        haversine_tile(Isa::capped(Level::Avx2), &lat1, &lon1, &lat2, &lon2, &mut avx2, 2.0 * R);
         assert_eq!(fast, avx2);
-        haversine_tile(Isa::portable(), &lat1, &lon1, &lat2, &lon2, &mut portable, 2.0 * R);
+        haversine_tile(Isa::capped(Level::Portable), &lat1, &lon1, &lat2, &lon2, &mut portable, 2.0 * R);
         for (x, y) in fast.iter().zip(&portable) {
             assert!((x - y).abs() <= 1e-15 * x + 1e-300, "{x} vs {y}");
         }
-        if Isa::active() == Isa::detected() {
+        if Isa::active() == Ok(Isa::detect()) {
             assert_eq!(fast, ab.to_vec());
         }
+    }
+
+    /// Every `GEOFAST_SIMD` value: the level it selects, and distances that match the libm
+    /// formula (bit-identical between the fused levels, within 1e-15 relative to portable).
+    #[test]
+    fn every_simd_setting_matches_the_reference() {
+        let a = lcg_points(5_000, 7);
+        let b = lcg_points(5_000, 8);
+        let best = Isa::detect();
+        let fused = haversine_with(best, a.view(), b.view(), R).unwrap();
+        for (value, cap) in [
+            ("auto", Level::Avx512),
+            ("avx512", Level::Avx512),
+            ("avx2", Level::Avx2),
+            ("portable", Level::Portable),
+            ("off", Level::Portable),
+            ("scalar", Level::Portable),
+        ] {
+            let isa = Isa::from_setting(Some(value)).unwrap();
+            assert_eq!(isa.level(), cap.min(best.level()), "{value}");
+            let d = haversine_with(isa, a.view(), b.view(), R).unwrap();
+            for i in 0..a.nrows() {
+                let want = textbook(a[[i, 0]], a[[i, 1]], b[[i, 0]], b[[i, 1]]);
+                if want < 0.9 * std::f64::consts::PI * R && want > 10.0 {
+                    assert!((d[i] - want).abs() <= 1e-12 * want, "{value} {i}: {} vs {want}", d[i]);
+                }
+                assert!((d[i] - fused[i]).abs() <= 1e-15 * fused[i] + 1e-300, "{value} {i}");
+            }
+            if isa.avx2() && best.avx2() {
+                assert_eq!(d, fused, "{value}");
+            }
+        }
+        assert!(Isa::from_setting(Some("avx-512")).is_err());
     }
 
     #[test]

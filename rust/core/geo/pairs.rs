@@ -84,7 +84,7 @@ impl<'a, T: Real> Rows<'a, T> {
 
     /// Copy rows `i0..i0 + lat.len()` into `lat`, `lon`; record the first invalid row in `first`.
     #[inline]
-    fn gather(&self, name: &'static str, i0: usize, lat: &mut [f64], lon: &mut [f64], first: &mut Option<GeoError>) {
+    fn gather(&self, isa: Isa, name: &'static str, i0: usize, lat: &mut [f64], lon: &mut [f64], first: &mut Option<GeoError>) {
         let len = lat.len();
         let lon = &mut lon[..len];
         // `ok` folds the checks without branches; NaN fails both comparisons.
@@ -99,7 +99,7 @@ impl<'a, T: Real> Rows<'a, T> {
                 let rows = &flat[2 * i0..2 * (i0 + len)];
                 // SAFETY: T is f64 (same TypeId), so the slice is a slice of f64.
                 let rows = unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const f64, rows.len()) };
-                ok = deinterleave_f64(Isa::active(), rows, lat, lon);
+                ok = deinterleave_f64(isa, rows, lat, lon);
             }
             Rows::Interleaved(flat) => {
                 let rows = &flat[2 * i0..2 * (i0 + len)];
@@ -129,7 +129,7 @@ impl<'a, T: Real> Rows<'a, T> {
 /// Apply `kernel(lat1, lon1, lat2, lon2, out)` (degrees, equal-length tiles) to every pair of
 /// `a` and `b` and return the N results. `min_chunk` is the smallest number of pairs worth a
 /// parallel task (large for cheap kernels, small for expensive ones).
-pub fn map_pairs<A, B, F>(a: &ArrayView2<A>, b: &ArrayView2<B>, min_chunk: usize, kernel: F) -> GeoResult<Array1<f64>>
+pub fn map_pairs<A, B, F>(isa: Isa, a: &ArrayView2<A>, b: &ArrayView2<B>, min_chunk: usize, kernel: F) -> GeoResult<Array1<f64>>
 where
     A: Real,
     B: Real,
@@ -173,8 +173,8 @@ where
                 for (t, out_tile) in out_chunk.chunks_mut(TILE).enumerate() {
                     let i0 = c * chunk + t * TILE;
                     let len = out_tile.len();
-                    rows_a.gather("a", i0, &mut lat1[..len], &mut lon1, &mut first_a);
-                    rows_b.gather("b", i0, &mut lat2[..len], &mut lon2, &mut first_b);
+                    rows_a.gather(isa, "a", i0, &mut lat1[..len], &mut lon1, &mut first_a);
+                    rows_b.gather(isa, "b", i0, &mut lat2[..len], &mut lon2, &mut first_b);
                     kernel(&lat1[..len], &lon1[..len], &lat2[..len], &lon2[..len], &mut res[..len]);
                     write_all(out_tile, &res[..len]);
                 }
@@ -229,27 +229,27 @@ mod tests {
         let n = 3 * TILE + 17;
         let a = ndarray::Array2::from_shape_fn((n, 2), |(i, j)| if j == 0 { (i % 90) as f64 } else { (i % 180) as f64 * 0.5 });
         let b = ndarray::Array2::from_shape_fn((n, 2), |(i, j)| if j == 0 { -((i % 80) as f64) } else { -((i % 170) as f64) });
-        let got = map_pairs(&a.view(), &b.view(), 64, sum_kernel).unwrap();
+        let got = map_pairs(Isa::detect(), &a.view(), &b.view(), 64, sum_kernel).unwrap();
         for i in 0..n {
             let want = a[[i, 0]] + 10.0 * a[[i, 1]] + 100.0 * b[[i, 0]] + 1000.0 * b[[i, 1]];
             assert_eq!(got[i], want);
         }
         // Fortran-order and float32 views read the same values.
         let bt = b.t().to_owned();
-        let got_t = map_pairs(&a.view(), &bt.t(), 64, sum_kernel).unwrap();
+        let got_t = map_pairs(Isa::detect(), &a.view(), &bt.t(), 64, sum_kernel).unwrap();
         assert_eq!(got, got_t);
         let a32 = a.mapv(|v| v as f32);
-        assert_eq!(map_pairs(&a32.view(), &b.view(), 64, sum_kernel).unwrap(), got);
+        assert_eq!(map_pairs(Isa::detect(), &a32.view(), &b.view(), 64, sum_kernel).unwrap(), got);
         // Broadcast one point on either side.
         let p = array![[1.0, 2.0]];
-        let left = map_pairs(&p.view(), &b.view(), 64, sum_kernel).unwrap();
-        let right = map_pairs(&b.view(), &p.view(), 64, sum_kernel).unwrap();
+        let left = map_pairs(Isa::detect(), &p.view(), &b.view(), 64, sum_kernel).unwrap();
+        let right = map_pairs(Isa::detect(), &b.view(), &p.view(), 64, sum_kernel).unwrap();
         for i in 0..n {
             assert_eq!(left[i], 1.0 + 20.0 + 100.0 * b[[i, 0]] + 1000.0 * b[[i, 1]]);
             assert_eq!(right[i], b[[i, 0]] + 10.0 * b[[i, 1]] + 100.0 + 2000.0);
         }
         let empty = ndarray::Array2::<f64>::zeros((0, 2));
-        assert_eq!(map_pairs(&empty.view(), &p.view(), 64, sum_kernel).unwrap().len(), 0);
+        assert_eq!(map_pairs(Isa::detect(), &empty.view(), &p.view(), 64, sum_kernel).unwrap().len(), 0);
     }
 
     #[test]
@@ -262,25 +262,37 @@ mod tests {
         a[[TILE + 4, 0]] = f64::NAN;
         // a's first bad row wins even though b's bad row comes earlier.
         assert_eq!(
-            map_pairs(&a.view(), &b.view(), 1, sum_kernel).unwrap_err(),
+            map_pairs(Isa::detect(), &a.view(), &b.view(), 1, sum_kernel).unwrap_err(),
             GeoError::Longitude { name: "a", row: TILE + 2, value: 200.0 }
         );
         a[[TILE + 2, 1]] = 0.0;
         a[[TILE + 4, 0]] = 0.0;
         assert_eq!(
-            map_pairs(&a.view(), &b.view(), 1, sum_kernel).unwrap_err(),
+            map_pairs(Isa::detect(), &a.view(), &b.view(), 1, sum_kernel).unwrap_err(),
             GeoError::Latitude { name: "b", row: 3, value: 95.0 }
         );
         // A bad broadcast point is reported even with no pairs.
         let bad = array![[0.0, 181.0]];
         let empty = ndarray::Array2::<f64>::zeros((0, 2));
-        assert!(matches!(map_pairs(&empty.view(), &bad.view(), 1, sum_kernel), Err(GeoError::Longitude { name: "b", row: 0, .. })));
-        assert!(matches!(map_pairs(&bad.view(), &b.view(), 1, sum_kernel), Err(GeoError::Longitude { name: "a", row: 0, .. })));
+        assert!(matches!(
+            map_pairs(Isa::detect(), &empty.view(), &bad.view(), 1, sum_kernel),
+            Err(GeoError::Longitude { name: "b", row: 0, .. })
+        ));
+        assert!(matches!(
+            map_pairs(Isa::detect(), &bad.view(), &b.view(), 1, sum_kernel),
+            Err(GeoError::Longitude { name: "a", row: 0, .. })
+        ));
         // ... but after a's own errors.
         let mut a2 = ndarray::Array2::<f64>::zeros((4, 2));
         a2[[2, 0]] = -91.0;
-        assert!(matches!(map_pairs(&a2.view(), &bad.view(), 1, sum_kernel), Err(GeoError::Latitude { name: "a", row: 2, .. })));
+        assert!(matches!(
+            map_pairs(Isa::detect(), &a2.view(), &bad.view(), 1, sum_kernel),
+            Err(GeoError::Latitude { name: "a", row: 2, .. })
+        ));
         let wide = ndarray::Array2::<f64>::zeros((2, 3));
-        assert!(matches!(map_pairs(&wide.view(), &b.view(), 1, sum_kernel), Err(GeoError::Shape { name: "a", .. })));
+        assert!(matches!(
+            map_pairs(Isa::detect(), &wide.view(), &b.view(), 1, sum_kernel),
+            Err(GeoError::Shape { name: "a", .. })
+        ));
     }
 }

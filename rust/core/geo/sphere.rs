@@ -79,8 +79,9 @@ pub fn centroid(points: &[(f64, f64)], weights: Option<&[f64]>) -> Option<(f64, 
         Some(w) => w.iter().map(|x| x.abs()).sum(),
         None => points.len() as f64,
     };
-    // Relative threshold: a mean this short is numerical noise, not a direction.
-    if !(norm > 1e-12 * total.max(f64::MIN_POSITIVE)) {
+    // Relative threshold: a mean this short is numerical noise, not a direction (NaN included).
+    let long_enough = norm > 1e-12 * total.max(f64::MIN_POSITIVE);
+    if !long_enough {
         return None;
     }
     Some(to_latlon([sum[0] / norm, sum[1] / norm, sum[2] / norm]))

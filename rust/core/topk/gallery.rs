@@ -31,14 +31,15 @@ use std::any::Any;
 use ndarray::{Array1, Array2, ArrayView2};
 use rayon::prelude::*;
 
-use super::kernels::{self, padded, F16Rows, F32Rows, I8Rows, Isa};
+use super::kernels::{self, padded, F16Rows, F32Rows, I8Rows};
 use super::scan::{scan, PackedF32, PackedI16, QueryScan, ScanSpec};
 use super::select::{best_k, cut_below, Hit, Lse, TopK};
 use super::{check_k, check_magnitude, pack_queries, Neighbors, Vector};
-use crate::core::coords::Real;
 use crate::core::coords::shape_str;
+use crate::core::coords::Real;
 use crate::core::error::{GeoError, GeoResult};
 use crate::core::parallel;
+use crate::core::simd::Isa;
 
 /// Storage type of a gallery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,17 +75,14 @@ pub struct Buf<T> {
 
 enum BufInner<T> {
     Owned(Vec<T>),
-    External {
-        ptr: *const T,
-        len: usize,
-        counted: bool,
-        _keep: Box<dyn Any + Send + Sync>,
-    },
+    External { ptr: *const T, len: usize, counted: bool, _keep: Box<dyn Any + Send + Sync> },
 }
 
-// SAFETY: the buffer is never written through; external memory stays valid while `_keep` lives
-// (contract of `Buf::external`).
+// SAFETY: a `Buf<T>` only ever hands out `&[T]` (it is never written through). Owned, it is a
+// `Vec<T>`; external, the contract of `Buf::external` makes it equivalent to a `&'static [T]`
+// that lives as long as `_keep` (itself `Send + Sync`). Either is Send and Sync when `T: Sync`.
 unsafe impl<T: Sync> Send for Buf<T> {}
+// SAFETY: as for `Send` above.
 unsafe impl<T: Sync> Sync for Buf<T> {}
 
 impl<T> Buf<T> {
@@ -95,9 +93,13 @@ impl<T> Buf<T> {
     /// Memory owned by someone else.
     ///
     /// # Safety
-    /// `ptr` must point to `len` initialised, aligned `T` that stay valid and unmodified as long
-    /// as `keep` is alive. `counted` says whether `nbytes` reports it (memory the gallery itself
-    /// allocated through another owner, e.g. a private converted array).
+    /// `ptr` must point to `len` initialised, aligned `T` that stay valid, and that nobody
+    /// writes (from any thread, through any alias), as long as `keep` is alive: the buffer hands
+    /// out `&[T]` over them at any time from any thread. A read-only flag on someone else's
+    /// array is not enough (it can be switched back, and other views may be writable); the
+    /// bindings pass only memory no code in the process can write (`py::convert::immutable_memory`)
+    /// or memory only the gallery references. `counted` says whether `nbytes` reports it (memory
+    /// the gallery itself allocated through another owner, e.g. a private converted array).
     pub unsafe fn external(ptr: *const T, len: usize, counted: bool, keep: Box<dyn Any + Send + Sync>) -> Self {
         Buf { inner: BufInner::External { ptr, len, counted, _keep: keep } }
     }
@@ -105,7 +107,8 @@ impl<T> Buf<T> {
     pub fn as_slice(&self) -> &[T] {
         match &self.inner {
             BufInner::Owned(v) => v,
-            // SAFETY: see `external`.
+            // SAFETY: the contract of `external`: `len` valid, initialised `T` at `ptr`, never
+            // written while `_keep` (owned by `self`) lives, which outlives the returned borrow.
             BufInner::External { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
         }
     }
@@ -290,7 +293,7 @@ impl Gallery {
     /// Build from `n` × `d` IEEE half-precision rows (raw bits, C order).
     pub fn from_f16(src: Buf<u16>, n: usize, d: usize, dtype: Dtype) -> GeoResult<Gallery> {
         check_dims(n, d, src.as_slice().len())?;
-        let isa = kernels::active();
+        let isa = Isa::active()?;
         let data = &src.as_slice()[..n * d];
         let to_f32 = |r: usize, buf: &mut Vec<f32>| {
             buf.resize(d, 0.0);
@@ -436,12 +439,12 @@ impl Gallery {
     /// Top-`k` rows by exact inner product for every query (rows of `queries`), best first, and
     /// optionally log Σ_j exp(lse_scale · score_j) over the whole gallery.
     pub fn search<Q: Real>(&self, queries: ArrayView2<Q>, k: i64, lse_scale: Option<f64>) -> GeoResult<Neighbors> {
-        self.search_with(kernels::active(), queries, k, lse_scale)
+        self.search_with(Isa::active()?, queries, k, lse_scale)
     }
 
-    /// [`Gallery::search`] on an explicit SIMD level (tests compare levels).
+    /// [`Gallery::search`] on an explicit SIMD level (tests compare levels; any [`Isa`] is one
+    /// this CPU supports).
     pub fn search_with<Q: Real>(&self, isa: Isa, queries: ArrayView2<Q>, k: i64, lse_scale: Option<f64>) -> GeoResult<Neighbors> {
-        let isa = isa.min(Isa::detected());
         let k = check_k(k, self.n)?;
         if let Some(s) = lse_scale {
             if !s.is_finite() {
@@ -474,8 +477,7 @@ impl Gallery {
             Codes::I8 { codes, scales } => {
                 let rows = I8Rows::new(codes, scales, self.n, self.dp);
                 let (qi16, eps) = quantize_queries(&packed);
-                let margins2: Vec<f64> =
-                    norms.iter().zip(&eps).map(|(&qn, &e)| 2.0 * self.margin(qn, e)).collect();
+                let margins2: Vec<f64> = norms.iter().zip(&eps).map(|(&qn, &e)| 2.0 * self.margin(qn, e)).collect();
                 let spec = ScanSpec { margins2: Some(&margins2), ..spec };
                 let scans = scan(isa, &rows, &qi16, nq, &spec);
                 self.rerank(isa, &packed, scans, &margins2, k, lse_scale)?
@@ -587,7 +589,7 @@ pub(super) fn finish_exact(scans: Vec<QueryScan>) -> GeoResult<(Vec<Vec<Hit>>, V
 
 /// f16 codes of f32 rows (`fill(r, buf)` writes row r), with error statistics.
 fn quantize_f16(n: usize, d: usize, fill: impl Fn(usize, &mut Vec<f32>) + Sync) -> GeoResult<(Vec<u16>, RowStats)> {
-    let isa = kernels::active();
+    let isa = Isa::active()?;
     let mut codes = vec![0u16; n * d];
     let st = parallel::install(|| {
         codes

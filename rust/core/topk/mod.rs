@@ -28,11 +28,11 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
 pub use gallery::{Buf, Dtype, Gallery};
-pub use kernels::Isa;
 
 use crate::core::coords::{shape_str, Real};
 use crate::core::error::{GeoError, GeoResult};
 use crate::core::parallel;
+use crate::core::simd::Isa;
 use kernels::{padded, F32Rows};
 use scan::{scan, PackedF32, ScanSpec};
 
@@ -48,8 +48,8 @@ pub struct Neighbors {
 /// Float element types accepted for queries and gallery vectors.
 pub trait Vector: Real {
     fn to_f32(self) -> f32;
-    /// The rows of `v` as one f32 slice and its row stride, when they can be read in place.
-    fn f32_rows<'a>(_v: &ArrayView2<'a, Self>) -> Option<(&'a [f32], usize)> {
+    /// The rows of `v`, when they can be read in place (f32 with contiguous rows).
+    fn f32_rows<'a>(_v: &ArrayView2<'a, Self>) -> Option<F32Rows<'a>> {
         None
     }
 }
@@ -67,23 +67,8 @@ impl Vector for f32 {
         self
     }
 
-    fn f32_rows<'a>(v: &ArrayView2<'a, f32>) -> Option<(&'a [f32], usize)> {
-        let (n, d) = v.dim();
-        if n == 0 || d == 0 {
-            return None;
-        }
-        let s = v.strides();
-        if d > 1 && s[1] != 1 {
-            return None;
-        }
-        let ld = if n == 1 { d } else { usize::try_from(s[0]).ok()? };
-        if ld < d {
-            return None;
-        }
-        let len = (n - 1) * ld + d;
-        // SAFETY: the view's elements lie in one allocation spanning rows 0..n with stride ld;
-        // the slice covers exactly from the first to the last element of the view.
-        Some((unsafe { std::slice::from_raw_parts(v.as_ptr(), len) }, ld))
+    fn f32_rows<'a>(v: &ArrayView2<'a, f32>) -> Option<F32Rows<'a>> {
+        F32Rows::from_view(v)
     }
 }
 
@@ -163,11 +148,7 @@ pub(crate) fn check_magnitude(norms: &[f64], x_max: f64, lse_scale: Option<f64>)
         }
         if let Some(s) = lse_scale {
             if s.abs() * bound > LIMIT {
-                return Err(GeoError::parameter(
-                    "lse_scale",
-                    "small enough that |lse_scale|·|q|·|x| stays below 1e37",
-                    num(s),
-                ));
+                return Err(GeoError::parameter("lse_scale", "small enough that |lse_scale|·|q|·|x| stays below 1e37", num(s)));
             }
         }
     }
@@ -176,12 +157,11 @@ pub(crate) fn check_magnitude(norms: &[f64], x_max: f64, lse_scale: Option<f64>)
 
 /// Exact top-`k` gallery rows by inner product for each query row, best first.
 pub fn topk<Q: Real, G: Vector>(queries: ArrayView2<Q>, gallery: ArrayView2<G>, k: i64) -> GeoResult<Neighbors> {
-    topk_with(kernels::active(), queries, gallery, k)
+    topk_with(Isa::active()?, queries, gallery, k)
 }
 
-/// [`topk`] on an explicit SIMD level (capped at what the CPU has).
+/// [`topk`] on an explicit SIMD level (any [`Isa`] is one this CPU supports).
 pub fn topk_with<Q: Real, G: Vector>(isa: Isa, queries: ArrayView2<Q>, gallery: ArrayView2<G>, k: i64) -> GeoResult<Neighbors> {
-    let isa = isa.min(Isa::detected());
     let (n, d) = gallery.dim();
     if n == 0 {
         return Err(GeoError::Empty { name: "gallery", hint: "pass at least one gallery vector" });
@@ -196,7 +176,7 @@ pub fn topk_with<Q: Real, G: Vector>(isa: Isa, queries: ArrayView2<Q>, gallery: 
     let (packed, _) = pack_queries(&queries, d)?;
     let owned: Vec<f32>;
     let rows = match G::f32_rows(&gallery) {
-        Some((slice, ld)) => F32Rows::new(slice, n, d, ld),
+        Some(rows) => rows,
         None => {
             owned = gallery.iter().map(|&v| v.to_f32()).collect();
             // `iter` walks in logical (row-major) order.

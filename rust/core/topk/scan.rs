@@ -14,9 +14,10 @@
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-use super::kernels::{self, F16Rows, F32Rows, I8Rows, Isa};
+use super::kernels::{self, F16Rows, F32Rows, I8Rows};
 use super::select::{best_k, Hit, Lse, QState};
 use crate::core::parallel;
+use crate::core::simd::Isa;
 
 /// Packed f32 queries: `n` rows of `dp` floats (zero-padded from `d`).
 pub struct PackedF32 {
@@ -148,9 +149,7 @@ pub fn scan<S: Scorer>(isa: Isa, scorer: &S, q: &S::Q, nq: usize, spec: &ScanSpe
     let scan_chunk = |sb: usize, c: usize| -> Vec<QState> {
         let (q0, q1) = (sb * qsb, ((sb + 1) * qsb).min(nq));
         let (r0, r1) = (c * chunk_rows, ((c + 1) * chunk_rows).min(n));
-        let mut states: Vec<QState> = (q0..q1)
-            .map(|i| QState::new(spec.k, spec.margins2.map(|m| m[i]), r1 - r0))
-            .collect();
+        let mut states: Vec<QState> = (q0..q1).map(|i| QState::new(spec.k, spec.margins2.map(|m| m[i]), r1 - r0)).collect();
         SCRATCH.with(|cell| {
             let mut buf = cell.borrow_mut();
             if buf.len() < (q1 - q0) * t {

@@ -222,9 +222,7 @@ impl QState {
             None => f32::NEG_INFINITY,
             // Exact scans, and quantized ones already marked for an exact rescan.
             Some(h) if !self.collect => h.s,
-            Some(h) => {
-                cut_below(h.s, self.margin2)
-            }
+            Some(h) => cut_below(h.s, self.margin2),
         }
     }
 

@@ -3,10 +3,11 @@
 
 use ndarray::{Array2, ArrayView2};
 
-use super::kernels::{self, scalar, F16Rows, F32Rows, I8Rows, Isa};
+use super::kernels::{self, scalar, F16Rows, F32Rows, I8Rows};
 use super::scan::PackedF32;
 use super::*;
 use crate::core::error::GeoError;
+use crate::core::simd::{Isa, Level};
 
 /// Deterministic pseudo-random numbers (PCG-style LCG + xorshift).
 struct Rng(u64);
@@ -51,9 +52,7 @@ fn brute(q: &Array2<f32>, x: &Array2<f32>, k: usize) -> (Array2<f32>, Array2<i64
     let mut scores = Array2::zeros((b, k));
     let mut idx = Array2::zeros((b, k));
     for i in 0..b {
-        let mut s: Vec<(f32, usize)> = (0..n)
-            .map(|r| (scalar::dot_f32(p.row(i), x.row(r).as_slice().unwrap()), r))
-            .collect();
+        let mut s: Vec<(f32, usize)> = (0..n).map(|r| (scalar::dot_f32(p.row(i), x.row(r).as_slice().unwrap()), r)).collect();
         s.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
         for j in 0..k {
             scores[[i, j]] = s[j].0;
@@ -70,7 +69,7 @@ fn same_bits(a: &Array2<f32>, b: &Array2<f32>) -> bool {
 #[test]
 fn simd_levels_give_identical_bits() {
     let isas = Isa::all_available();
-    assert!(isas.contains(&Isa::Scalar));
+    assert!(isas.contains(&Isa::capped(Level::Portable)));
     for &d in &[1usize, 7, 15, 16, 17, 33, 100, 512, 768] {
         let x = random(23, d, d as u64);
         let q = random(9, d, 100 + d as u64);
@@ -81,8 +80,8 @@ fn simd_levels_give_identical_bits() {
         for nq in [1usize, 2, 3, 5, 9] {
             let mut reference = vec![0f32; nq * 23];
             let mut href = vec![0f32; nq * 23];
-            kernels::score_f32(Isa::Scalar, &p.data, nq, p.dp, &rows, 0, 23, &mut reference, 23);
-            kernels::score_f16(Isa::Scalar, &p.data, nq, p.dp, &hrows, 0, 23, &mut href, 23);
+            kernels::score_f32(Isa::capped(Level::Portable), &p.data, nq, p.dp, &rows, 0, 23, &mut reference, 23);
+            kernels::score_f16(Isa::capped(Level::Portable), &p.data, nq, p.dp, &hrows, 0, 23, &mut href, 23);
             for &isa in &isas {
                 let mut out = vec![0f32; nq * 23];
                 kernels::score_f32(isa, &p.data, nq, p.dp, &rows, 0, 23, &mut out, 23);
@@ -134,7 +133,7 @@ fn int8_kernels_agree_and_are_exact_integers() {
         let rows = I8Rows::new(&codes, &scales, n, dp);
         for nq in [1usize, 3, 7] {
             let mut reference = vec![0f32; nq * n];
-            kernels::score_i8(Isa::Scalar, &q, &qs, nq, &rows, 0, n, &mut reference, n);
+            kernels::score_i8(Isa::capped(Level::Portable), &q, &qs, nq, &rows, 0, n, &mut reference, n);
             for i in 0..nq {
                 for row in 0..n {
                     let exact: i64 = (0..dp).map(|j| q[i * dp + j] as i64 * codes[row * dp + j] as i64).sum();
@@ -183,7 +182,7 @@ fn exp_and_tile_lse_agree_across_levels_and_with_f64() {
     for len in [1usize, 5, 8, 15, 16, 17, 31, 100, 1024] {
         let s: Vec<f32> = (0..len).map(|_| (r.normal() * 0.2) as f32).collect();
         for scale in [39.69f32, 1.0, 0.0, -5.0] {
-            let want = kernels::tile_lse(Isa::Scalar, &s, scale);
+            let want = kernels::tile_lse(Isa::capped(Level::Portable), &s, scale);
             for isa in Isa::all_available() {
                 let got = kernels::tile_lse(isa, &s, scale);
                 assert_eq!((got.0.to_bits(), got.1.to_bits()), (want.0.to_bits(), want.1.to_bits()), "{isa:?} {len}");
@@ -212,6 +211,36 @@ fn topk_matches_brute_force_for_all_shapes() {
     }
 }
 
+/// Every `GEOFAST_SIMD` value: the level it selects, and top-k equal to the brute force (the
+/// same bits at every level) for `topk` and for each gallery storage type.
+#[test]
+fn every_simd_setting_matches_brute_force() {
+    let x = normalized(3001, 33, 71);
+    let q = normalized(5, 33, 72);
+    let (ws, wi) = brute(&q, &x, 7);
+    let best = Isa::detect();
+    for (value, cap) in [
+        ("auto", Level::Avx512),
+        ("avx512", Level::Avx512),
+        ("avx2", Level::Avx2),
+        ("portable", Level::Portable),
+        ("off", Level::Portable),
+        ("scalar", Level::Portable),
+    ] {
+        let isa = Isa::from_setting(Some(value)).unwrap();
+        assert_eq!(isa.level(), cap.min(best.level()), "{value}");
+        let got = topk_with(isa, q.view(), x.view(), 7).unwrap();
+        assert_eq!(got.indices, wi, "{value}");
+        assert!(same_bits(&got.scores, &ws), "{value}");
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::I8] {
+            let g = Gallery::from_view(x.view(), dtype).unwrap();
+            let got = g.search_with(isa, q.view(), 7, None).unwrap();
+            assert_eq!(got.indices, wi, "{value} {dtype:?}");
+            assert!(same_bits(&got.scores, &ws), "{value} {dtype:?}");
+        }
+    }
+}
+
 #[test]
 fn exact_ties_break_by_lower_index() {
     // Integer-valued vectors: every dot product is exact, and many are equal.
@@ -222,9 +251,8 @@ fn exact_ties_break_by_lower_index() {
     for k in [1usize, 10, 333, n] {
         let got = topk(q.view(), x.view(), k as i64).unwrap();
         for i in 0..7 {
-            let mut s: Vec<(i64, usize)> = (0..n)
-                .map(|row| (q.row(i).iter().zip(x.row(row)).map(|(&a, &b)| (a * b) as i64).sum(), row))
-                .collect();
+            let mut s: Vec<(i64, usize)> =
+                (0..n).map(|row| (q.row(i).iter().zip(x.row(row)).map(|(&a, &b)| (a * b) as i64).sum(), row)).collect();
             s.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             for j in 0..k {
                 assert_eq!(got.indices[[i, j]], s[j].1 as i64);
@@ -372,6 +400,8 @@ fn borrowed_storage_is_not_counted() {
     let x = normalized(100, 16, 61);
     let keep = std::sync::Arc::new(x.clone());
     let ptr = keep.as_ptr();
+    // SAFETY: `ptr` points to the 1600 f32 of the array inside `keep`, an `Arc` that the buffer
+    // keeps alive and that nothing writes to.
     let buf = unsafe { Buf::external(ptr, 1600, false, Box::new(keep.clone())) };
     let g = Gallery::from_f32(buf, 100, 16, Dtype::F32).unwrap();
     assert_eq!(g.nbytes(), 0);
@@ -403,16 +433,16 @@ fn errors_name_the_problem() {
         topk(q.view(), badx.view(), 1).unwrap_err(),
         GeoError::NonFinite { name: "gallery", row: 6, value: f64::INFINITY }
     );
-    assert!(matches!(
-        Gallery::from_view(badx.view(), Dtype::I8),
-        Err(GeoError::NonFinite { name: "vectors", row: 6, .. })
-    ));
+    assert!(matches!(Gallery::from_view(badx.view(), Dtype::I8), Err(GeoError::NonFinite { name: "vectors", row: 6, .. })));
     let empty = Array2::<f32>::zeros((0, 8));
     assert!(matches!(topk(q.view(), empty.view(), 1), Err(GeoError::Empty { .. })));
     assert!(matches!(Gallery::from_view(empty.view(), Dtype::F32), Err(GeoError::Empty { .. })));
     // Overflow: finite inputs whose inner products exceed float32.
     let huge = x.mapv(|v| v * 1e30);
-    assert!(matches!(topk(q.mapv(|v| v * 1e30).view(), huge.view(), 1), Err(GeoError::Parameter { name: "gallery", .. }) | Err(GeoError::Parameter { .. })));
+    assert!(matches!(
+        topk(q.mapv(|v| v * 1e30).view(), huge.view(), 1),
+        Err(GeoError::Parameter { name: "gallery", .. }) | Err(GeoError::Parameter { .. })
+    ));
     let g = Gallery::from_view(huge.view(), Dtype::F32).unwrap();
     assert!(matches!(g.search(q.mapv(|v| v * 1e30).view(), 1, None), Err(GeoError::Parameter { name: "queries", .. })));
     assert!(matches!(

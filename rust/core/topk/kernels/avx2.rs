@@ -4,6 +4,12 @@
 //! widened to i16 (`vpmovsxbw`) and multiplied with the i16 query by `vpmaddwd` into i32 lanes.
 //! Also the per-tile helpers (threshold scan, log-sum-exp) used by both SIMD levels.
 //! Bit-identical to `scalar.rs`.
+//!
+//! # Safety (all `unsafe fn` here)
+//! Every function is compiled with `avx2,fma,f16c`: calling one on a CPU without those features
+//! is undefined behaviour. Callers prove the features with a `core::simd::Isa` whose `avx2()` is
+//! true. Pointer arguments must be valid for the reads and writes each function documents; the
+//! safe wrappers in `kernels/mod.rs` check those bounds first.
 
 // Register-blocked loops index accumulator arrays by (query, row): clearer than iterators.
 #![allow(clippy::needless_range_loop)]
@@ -17,7 +23,7 @@ use crate::core::topk::select::QState;
 /// The canonical tree over lanes `lo` (0-7) and `hi` (8-15).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
+fn reduce16(lo: __m256, hi: __m256) -> f32 {
     let v8 = _mm256_add_ps(lo, hi);
     let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
     let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
@@ -28,11 +34,15 @@ unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
 /// Mask selecting the first `n` (0..=8) of 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn lane_mask(n: usize) -> __m256i {
+fn lane_mask(n: usize) -> __m256i {
     let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
 }
 
+/// Eight f32 from `p`.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `p` is valid for reading 8 f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn ld_f32(p: *const f32) -> __m256 {
@@ -40,6 +50,10 @@ unsafe fn ld_f32(p: *const f32) -> __m256 {
 }
 
 /// Lanes `h*8 .. h*8+8` of a tail chunk holding `rem` valid values, zeros elsewhere.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `rem <= 16` and `p` is valid for reading `rem` f32 (the
+/// masked loads touch no lane beyond `rem`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn ld_f32_tail(p: *const f32, rem: usize) -> [__m256; 2] {
@@ -48,12 +62,20 @@ unsafe fn ld_f32_tail(p: *const f32, rem: usize) -> [__m256; 2] {
     [lo, hi]
 }
 
+/// Eight halves from `p`, widened to f32.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `p` is valid for reading 8 u16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn ld_f16(p: *const u16) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
 
+/// The `rem` halves at `p` widened to f32, zeros beyond.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `rem <= 16` and `p` is valid for reading `rem` u16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn ld_f16_tail(p: *const u16, rem: usize) -> [__m256; 2] {
@@ -65,6 +87,12 @@ unsafe fn ld_f16_tail(p: *const u16, rem: usize) -> [__m256; 2] {
 macro_rules! kernels {
     ($micro:ident, $block:ident, $t:ty, $ld:ident, $ldt:ident) => {
         /// MR queries × NR rows over the full dimension; writes MR × NR canonical scores.
+        ///
+        /// # Safety
+        /// The CPU supports AVX2, FMA and F16C; `q` is valid for reading MR rows of `dp` f32
+        /// (stride `dp`, `dp` a multiple of 16 and `>= d`), `x` for reading NR rows of `d`
+        /// elements (stride `ld`), `out` for writing MR rows of NR f32 (stride `ldo`). Rows
+        /// `pf` ahead are only prefetched (a hint, never a read).
         #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $micro<const MR: usize, const NR: usize>(
@@ -120,6 +148,11 @@ macro_rules! kernels {
         }
 
         /// All `nq` queries against `nrows` rows starting at `x`.
+        ///
+        /// # Safety
+        /// The CPU supports AVX2, FMA and F16C; `q` is valid for reading `nq` rows of `dp` f32
+        /// (`dp` a multiple of 16, `>= d`), `x` for reading `nrows` rows of `d` elements at
+        /// stride `ld`, and `out` for writing `nq` rows of `nrows` f32 at stride `ldo`.
         #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $block(
@@ -180,13 +213,19 @@ kernels!(micro_f16, score_f16, u16, ld_f16, ld_f16_tail);
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_epi32(v: __m256i) -> i32 {
+fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
     _mm_cvtsi128_si32(s)
 }
 
+/// MR i16 queries × NR int8 code rows: writes MR × NR approximate scores.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `q` is valid for reading MR rows of `dp` i16 (stride
+/// `dp`, a multiple of 16), `qscale` MR f32, `x` NR rows of `dp` i8 (stride `dp`), `xscale` NR
+/// f32, and `out` for writing MR rows of NR f32 (stride `ldo`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro_i8<const MR: usize, const NR: usize>(
@@ -229,6 +268,11 @@ unsafe fn micro_i8<const MR: usize, const NR: usize>(
 }
 
 /// Approximate int8 scores of `nq` i16 queries against `nrows` code rows starting at `x`.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `q` is valid for reading `nq` rows of `dp` i16 (`dp` a
+/// multiple of 16), `qscale` `nq` f32, `x` `nrows` rows of `dp` i8, `xscale` `nrows` f32, and
+/// `out` for writing `nq` rows of `nrows` f32 at stride `ldo`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn score_i8(
@@ -281,7 +325,7 @@ pub unsafe fn score_i8(
 /// Canonical exp (see `scalar::exp_canon`) of 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn exp8(x: __m256) -> __m256 {
+fn exp8(x: __m256) -> __m256 {
     let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN_ARG));
     let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x);
@@ -297,6 +341,9 @@ unsafe fn exp8(x: __m256) -> __m256 {
 }
 
 /// Reference score (max for scale >= 0, min otherwise) and canonical Σ exp((s - ref) · scale).
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C (all reads stay inside `s`).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile_lse(s: &[f32], scale: f32) -> (f32, f32) {
     let n = s.len();
@@ -348,6 +395,9 @@ pub unsafe fn tile_lse(s: &[f32], scale: f32) -> (f32, f32) {
 }
 
 /// Offer every score above the state's (rising) cut; true if any score is not finite.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C (all reads stay inside `s`).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn scan_tile(s: &[f32], base: u32, st: &mut QState) -> bool {
     let n = s.len();
@@ -361,8 +411,8 @@ pub unsafe fn scan_tile(s: &[f32], base: u32, st: &mut QState) -> bool {
         let zb = _mm256_sub_ps(b, b);
         bad = _mm256_or_ps(bad, _mm256_cmp_ps(za, zb, _CMP_UNORD_Q));
         let cut = _mm256_set1_ps(st.cut);
-        let hit = _mm256_movemask_ps(_mm256_cmp_ps(a, cut, _CMP_GT_OQ))
-            | (_mm256_movemask_ps(_mm256_cmp_ps(b, cut, _CMP_GT_OQ)) << 8);
+        let hit =
+            _mm256_movemask_ps(_mm256_cmp_ps(a, cut, _CMP_GT_OQ)) | (_mm256_movemask_ps(_mm256_cmp_ps(b, cut, _CMP_GT_OQ)) << 8);
         if hit != 0 {
             let mut bits = hit as u32;
             while bits != 0 {
@@ -387,6 +437,9 @@ pub unsafe fn scan_tile(s: &[f32], base: u32, st: &mut QState) -> bool {
 }
 
 /// Half-precision bits to f32 (exact), 8 at a time.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C, and `dst.len() >= src.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
     let n = src.len();
@@ -399,6 +452,9 @@ pub unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
 }
 
 /// f32 to half-precision bits (round to nearest, ties to even), 8 at a time.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C, and `dst.len() >= src.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
     let n = src.len();

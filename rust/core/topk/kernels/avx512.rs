@@ -1,6 +1,12 @@
 //! AVX-512F kernels: one zmm accumulator per (query, row) pair holds the 16 canonical lanes.
 //! Register blocking: 4 queries × 6 rows (24 accumulators + 6 row registers + 1 query register
 //! of the 32 zmm); 1 query × 8 rows for single queries. Bit-identical to `scalar.rs`.
+//!
+//! # Safety (all `unsafe fn` here)
+//! Every function is compiled with `avx512f,avx2,fma,f16c`: calling one on a CPU without those
+//! features is undefined behaviour. Callers prove them with a `core::simd::Isa` whose `avx512()`
+//! is true. Pointer arguments must be valid for the reads and writes each function documents; the
+//! safe wrappers in `kernels/mod.rs` check those bounds first.
 
 // Register-blocked loops index accumulator arrays by (query, row): clearer than iterators.
 #![allow(clippy::needless_range_loop)]
@@ -10,7 +16,7 @@ use std::arch::x86_64::*;
 /// The canonical tree over the 16 lanes of `v`.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn reduce16(v: __m512) -> f32 {
+fn reduce16(v: __m512) -> f32 {
     let lo = _mm512_castps512_ps256(v);
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
     let v8 = _mm256_add_ps(lo, hi);
@@ -22,6 +28,10 @@ unsafe fn reduce16(v: __m512) -> f32 {
 
 /// The canonical tree of 16 accumulators at once (the same pairwise sums as [`reduce16`],
 /// batched by shuffles): `a[4r + m]` holds (query m, row r); writes `out[m * ldo + r]`.
+///
+/// # Safety
+/// The CPU supports AVX-512F, AVX2, FMA and F16C; `out` is valid for writing 4 rows of 4 f32 at
+/// stride `ldo`.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn store_reduced_4x4(a: &[__m512; 16], out: *mut f32, ldo: usize) {
@@ -48,24 +58,40 @@ unsafe fn store_reduced_4x4(a: &[__m512; 16], out: *mut f32, ldo: usize) {
     _mm_storeu_ps(out.add(3 * ldo), _mm512_extractf32x4_ps(s, 3));
 }
 
+/// Sixteen f32 from `p`.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `p` is valid for reading 16 f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn ld_f32(p: *const f32) -> __m512 {
     _mm512_loadu_ps(p)
 }
 
+/// The `rem` f32 at `p`, zeros beyond (a masked load touches no other lane).
+///
+/// # Safety
+/// The CPU supports AVX-512F; `rem < 16` and `p` is valid for reading `rem` f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn ld_f32_tail(p: *const f32, rem: usize) -> __m512 {
     _mm512_maskz_loadu_ps(((1u32 << rem) - 1) as __mmask16, p)
 }
 
+/// Sixteen halves from `p`, widened to f32.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `p` is valid for reading 16 u16.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn ld_f16(p: *const u16) -> __m512 {
     _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
 }
 
+/// The `rem` halves at `p` widened to f32, zeros beyond.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `rem <= 16` and `p` is valid for reading `rem` u16.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn ld_f16_tail(p: *const u16, rem: usize) -> __m512 {
@@ -93,6 +119,12 @@ use super::PF_ROWS;
 macro_rules! kernels {
     ($micro:ident, $block:ident, $t:ty, $ld:ident, $ldt:ident) => {
         /// MR queries × NR rows over the full dimension; writes MR × NR canonical scores.
+        ///
+        /// # Safety
+        /// The CPU supports AVX-512F, AVX2, FMA and F16C; `q` is valid for reading MR rows of
+        /// `dp` f32 (stride `dp`, a multiple of 16 and `>= d`), `x` for reading NR rows of `d`
+        /// elements (stride `ld`), `out` for writing MR rows of NR f32 (stride `ldo`). Rows `pf`
+        /// ahead are only prefetched (a hint, never a read).
         #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
         unsafe fn $micro<const MR: usize, const NR: usize>(
@@ -158,6 +190,11 @@ macro_rules! kernels {
         }
 
         /// All `nq` queries against `nrows` rows starting at `x`.
+        ///
+        /// # Safety
+        /// The CPU supports AVX-512F, AVX2, FMA and F16C; `q` is valid for reading `nq` rows of
+        /// `dp` f32 (`dp` a multiple of 16, `>= d`), `x` for reading `nrows` rows of `d` elements
+        /// at stride `ld`, and `out` for writing `nq` rows of `nrows` f32 at stride `ldo`.
         #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
         pub unsafe fn $block(

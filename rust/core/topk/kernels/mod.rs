@@ -1,11 +1,15 @@
 //! Score kernels and their run-time dispatch.
 //!
 //! Three implementations of the same canonical arithmetic (defined in [`scalar`]): portable
-//! scalar code, AVX2 + FMA + F16C, and AVX-512F. They return identical bits, so results never
-//! depend on the machine, the batch size or the thread count. The level is detected once at run
-//! time (`is_x86_feature_detected!`); the environment variable `GEOFAST_SIMD` (`off`/`scalar`,
-//! `avx2`, `avx512`, `auto`) caps it, read the first time a kernel runs. Core tests pass an
-//! explicit [`Isa`] to compare the paths.
+//! scalar code, AVX2 + FMA + F16C (`avx2.rs`), and AVX-512F (`avx512.rs`). They return identical
+//! bits, so results never depend on the machine, the batch size or the thread count. Each entry
+//! point takes an [`Isa`], the token of `core::simd` that only CPU detection creates, so a caller
+//! cannot select instructions the CPU lacks; kernels use `Isa::active()` (detected once, capped
+//! by `GEOFAST_SIMD`), core tests pass every level of `Isa::all_available()` to compare them.
+//!
+//! The SIMD functions take raw pointers; the safe functions here check every bound they rely on
+//! (`check_block`) before calling them. Level `avx512` runs `avx512.rs` for the f32/f16 scores
+//! and the AVX2 code for everything else (both feature sets are part of the level).
 
 pub mod scalar;
 
@@ -14,8 +18,13 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-use std::sync::OnceLock;
+use std::marker::PhantomData;
 
+use ndarray::ArrayView2;
+
+pub use crate::core::simd::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::core::simd::Level;
 use crate::core::topk::select::QState;
 
 /// Lanes of the canonical dot product and log-sum-exp sums.
@@ -58,85 +67,16 @@ pub(crate) fn line_start(off: usize, elem: usize) -> bool {
     (off * elem).is_multiple_of(64)
 }
 
-/// Environment variable capping the SIMD level.
-pub const SIMD_ENV: &str = "GEOFAST_SIMD";
-
-/// Instruction-set level of the kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Isa {
-    Scalar,
-    Avx2,
-    Avx512,
-}
-
-impl Isa {
-    /// Name as `GEOFAST_SIMD` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Scalar => "scalar",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512 => "avx512",
-        }
-    }
-
-    /// Whether this CPU can run the level.
-    pub fn available(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Isa::Avx2.available() && is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
-    }
-
-    /// The best level this CPU supports.
-    pub fn detected() -> Isa {
-        [Isa::Avx512, Isa::Avx2]
-            .into_iter()
-            .find(|i| i.available())
-            .unwrap_or(Isa::Scalar)
-    }
-
-    /// Every level this CPU supports, lowest first (for tests and benchmarks).
-    pub fn all_available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|i| i.available())
-            .collect()
-    }
-
-    /// The level selected by `value` (a `GEOFAST_SIMD` setting), never above what the CPU has.
-    pub fn from_setting(value: Option<&str>) -> Isa {
-        let best = Isa::detected();
-        let wanted = match value.map(|v| v.trim().to_ascii_lowercase()) {
-            Some(v) if matches!(v.as_str(), "off" | "0" | "false" | "no" | "none" | "scalar") => Isa::Scalar,
-            Some(v) if v == "avx2" => Isa::Avx2,
-            _ => best,
-        };
-        wanted.min(best)
-    }
-}
-
-/// The level kernels use in this process (detected once; capped by `GEOFAST_SIMD`).
-pub fn active() -> Isa {
-    static ACTIVE: OnceLock<Isa> = OnceLock::new();
-    *ACTIVE.get_or_init(|| Isa::from_setting(std::env::var(SIMD_ENV).ok().as_deref()))
-}
-
-/// `n` rows of `d` f32 values, row `r` at `data[r * ld..r * ld + d]`.
+/// `n` rows of `d` f32 values, row `r` at `ptr + r * ld`. The elements between rows (when
+/// `ld > d`) are never read and need not be valid: a column slice of a wider array is read in
+/// place without asserting anything about the columns it leaves out.
 #[derive(Clone, Copy)]
 pub struct F32Rows<'a> {
-    pub data: &'a [f32],
+    ptr: *const f32,
     pub n: usize,
     pub d: usize,
     pub ld: usize,
+    _rows: PhantomData<&'a [f32]>,
 }
 
 /// `n` rows of `d` IEEE half-precision values (raw bits), row `r` at `data[r * ld..]`.
@@ -157,14 +97,53 @@ pub struct I8Rows<'a> {
     pub dp: usize,
 }
 
+// SAFETY: an `F32Rows<'a>` gives exactly the access a set of `&'a [f32]` row slices gives (shared,
+// read-only, for 'a); `&[f32]` is Send and Sync, so sharing or sending the rows is sound too.
+unsafe impl Send for F32Rows<'_> {}
+// SAFETY: as for `Send` above.
+unsafe impl Sync for F32Rows<'_> {}
+
 impl<'a> F32Rows<'a> {
+    /// Rows of a slice: row `r` is `data[r * ld..r * ld + d]`.
     pub fn new(data: &'a [f32], n: usize, d: usize, ld: usize) -> Self {
         assert!(ld >= d && (n == 0 || (n - 1) * ld + d <= data.len()), "F32Rows out of bounds");
-        F32Rows { data, n, d, ld }
+        F32Rows { ptr: data.as_ptr(), n, d, ld, _rows: PhantomData }
     }
+
+    /// The rows of a view whose rows are contiguous (column stride 1), read in place; `None` for
+    /// other layouts and for empty views.
+    pub fn from_view(v: &ArrayView2<'a, f32>) -> Option<Self> {
+        let (n, d) = v.dim();
+        if n == 0 || d == 0 {
+            return None;
+        }
+        let s = v.strides();
+        if d > 1 && s[1] != 1 {
+            return None;
+        }
+        let ld = if n == 1 { d } else { usize::try_from(s[0]).ok()? };
+        if ld < d {
+            return None;
+        }
+        // Element (r, j) of the view is at `as_ptr() + r * ld + j` for r < n, j < d.
+        Some(F32Rows { ptr: v.as_ptr(), n, d, ld, _rows: PhantomData })
+    }
+
+    /// Row `r < n`.
     #[inline]
     pub fn row(&self, r: usize) -> &'a [f32] {
-        &self.data[r * self.ld..r * self.ld + self.d]
+        assert!(r < self.n, "F32Rows row out of bounds");
+        let start = self.row_ptr(r);
+        // SAFETY: both constructors guarantee that rows 0..n, `d` elements each at `ptr + r * ld`,
+        // are initialised f32 values borrowed (shared) for 'a: `new` checks them against the slice
+        // and `from_view` takes them from a view with row stride `ld` and unit column stride.
+        unsafe { std::slice::from_raw_parts(start, self.d) }
+    }
+
+    /// Pointer to the first element of row `r` (`r <= n`; not dereferenceable when `r == n`).
+    #[inline]
+    pub fn row_ptr(&self, r: usize) -> *const f32 {
+        self.ptr.wrapping_add(r * self.ld)
     }
 }
 
@@ -194,7 +173,12 @@ impl<'a> I8Rows<'a> {
 #[allow(clippy::too_many_arguments)]
 fn check_block(qlen: usize, nq: usize, dp: usize, d: usize, n: usize, r0: usize, r1: usize, out: usize, ldo: usize) {
     assert!(
-        dp.is_multiple_of(LANES) && dp >= d && qlen >= nq * dp && r0 <= r1 && r1 <= n && ldo >= r1 - r0
+        dp.is_multiple_of(LANES)
+            && dp >= d
+            && qlen >= nq * dp
+            && r0 <= r1
+            && r1 <= n
+            && ldo >= r1 - r0
             && (nq == 0 || out >= (nq - 1) * ldo + (r1 - r0)),
         "score block out of bounds"
     );
@@ -208,18 +192,25 @@ pub fn score_f32(isa: Isa, q: &[f32], nq: usize, dp: usize, x: &F32Rows, r0: usi
     if nq == 0 || r0 == r1 {
         return;
     }
-    match isa {
-        // SAFETY: bounds checked above; the level is only chosen when the CPU has it.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe {
-            avx512::score_f32(q.as_ptr(), nq, dp, x.data.as_ptr().add(r0 * x.ld), r1 - r0, x.ld, x.d, out.as_mut_ptr(), ldo)
-        },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe {
-            avx2::score_f32(q.as_ptr(), nq, dp, x.data.as_ptr().add(r0 * x.ld), r1 - r0, x.ld, x.d, out.as_mut_ptr(), ldo)
-        },
-        _ => scalar::score_f32(q, nq, dp, x, r0, r1, out, ldo),
+    #[cfg(target_arch = "x86_64")]
+    match isa.level() {
+        Level::Avx512 => {
+            // SAFETY: the `Isa` token proves AVX-512F, AVX2, FMA and F16C (all `avx512.rs`
+            // enables). Bounds, as `avx512::score_f32` requires: `check_block` verified that `q`
+            // holds `nq` rows of `dp >= d` floats, that rows `r0..r1` of `x` exist (each `d`
+            // floats at stride `ld`, valid for the lifetime of `x`), and that `out` holds `nq`
+            // rows of `r1 - r0` scores at stride `ldo`.
+            return unsafe { avx512::score_f32(q.as_ptr(), nq, dp, x.row_ptr(r0), r1 - r0, x.ld, x.d, out.as_mut_ptr(), ldo) };
+        }
+        Level::Avx2 => {
+            // SAFETY: the token proves AVX2, FMA and F16C (all `avx2.rs` enables); bounds as in
+            // the AVX-512 arm.
+            return unsafe { avx2::score_f32(q.as_ptr(), nq, dp, x.row_ptr(r0), r1 - r0, x.ld, x.d, out.as_mut_ptr(), ldo) };
+        }
+        Level::Portable => {}
     }
+    let _ = isa;
+    scalar::score_f32(q, nq, dp, x, r0, r1, out, ldo)
 }
 
 thread_local! {
@@ -233,7 +224,7 @@ pub fn score_f16(isa: Isa, q: &[f32], nq: usize, dp: usize, x: &F16Rows, r0: usi
     if nq == 0 || r0 == r1 {
         return;
     }
-    if nq > 1 && isa != Isa::Scalar {
+    if nq > 1 && isa.avx2() {
         // Several queries: widen the rows once (exact) and run the f32 kernel, instead of
         // converting every row again for each query block.
         F16_SCRATCH.with(|cell| {
@@ -253,17 +244,25 @@ pub fn score_f16(isa: Isa, q: &[f32], nq: usize, dp: usize, x: &F16Rows, r0: usi
         });
         return;
     }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe {
-            avx512::score_f16(q.as_ptr(), nq, dp, x.data.as_ptr().add(r0 * x.ld), r1 - r0, x.ld, x.d, out.as_mut_ptr(), ldo)
-        },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe {
-            avx2::score_f16(q.as_ptr(), nq, dp, x.data.as_ptr().add(r0 * x.ld), r1 - r0, x.ld, x.d, out.as_mut_ptr(), ldo)
-        },
-        _ => scalar::score_f16(q, nq, dp, x, r0, r1, out, ldo),
+    #[cfg(target_arch = "x86_64")]
+    match isa.level() {
+        Level::Avx512 => {
+            // SAFETY: the token proves every feature `avx512.rs` enables; `check_block` verified
+            // the bounds `avx512::score_f16` requires (as in `score_f32`), and `F16Rows::new`
+            // that rows `r0..r1` lie inside `x.data`.
+            return unsafe {
+                avx512::score_f16(q.as_ptr(), nq, dp, x.data[r0 * x.ld..].as_ptr(), r1 - r0, x.ld, x.d, out.as_mut_ptr(), ldo)
+            };
+        }
+        Level::Avx2 => {
+            // SAFETY: the token proves every feature `avx2.rs` enables; bounds as above.
+            return unsafe {
+                avx2::score_f16(q.as_ptr(), nq, dp, x.data[r0 * x.ld..].as_ptr(), r1 - r0, x.ld, x.d, out.as_mut_ptr(), ldo)
+            };
+        }
+        Level::Portable => {}
     }
+    scalar::score_f16(q, nq, dp, x, r0, r1, out, ldo)
 }
 
 /// Approximate scores from int8 codes for `nq` i16 queries (`x.dp` values each) with scales
@@ -275,23 +274,20 @@ pub fn score_i8(isa: Isa, q: &[i16], qscale: &[f32], nq: usize, x: &I8Rows, r0: 
     if nq == 0 || r0 == r1 {
         return;
     }
-    match isa {
+    if isa.avx2() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => unsafe {
-            avx2::score_i8(
-                q.as_ptr(),
-                qscale.as_ptr(),
-                nq,
-                x.dp,
-                x.codes.as_ptr().add(r0 * x.dp),
-                x.scales.as_ptr().add(r0),
-                r1 - r0,
-                out.as_mut_ptr(),
-                ldo,
-            )
-        },
-        _ => scalar::score_i8(q, qscale, nq, x, r0, r1, out, ldo),
+        {
+            let (codes, scales) = (x.codes[r0 * x.dp..].as_ptr(), x.scales[r0..].as_ptr());
+            // SAFETY: the token proves AVX2, FMA and F16C (every level with `avx2()` has them).
+            // Bounds, as `avx2::score_i8` requires: `check_block` verified `nq` query rows of
+            // `dp` i16 and the `out` block; `I8Rows::new` that rows `r0..r1` of `dp` codes and
+            // their scales exist; `qscale` holds `nq` scales (asserted above).
+            return unsafe {
+                avx2::score_i8(q.as_ptr(), qscale.as_ptr(), nq, x.dp, codes, scales, r1 - r0, out.as_mut_ptr(), ldo)
+            };
+        }
     }
+    scalar::score_i8(q, qscale, nq, x, r0, r1, out, ldo)
 }
 
 /// Canonical dot product of one packed query with one f32 row.
@@ -312,41 +308,46 @@ pub fn dot_f16(isa: Isa, q: &[f32], x: &[u16]) -> f32 {
 
 /// The tile's log-sum-exp reference score and Σ exp((s - ref) · scale).
 pub fn tile_lse(isa: Isa, s: &[f32], scale: f32) -> (f32, f32) {
-    match isa {
+    if isa.avx2() {
+        // SAFETY: the token proves AVX2, FMA and F16C, all `avx2::tile_lse` enables; it reads
+        // only within `s`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::tile_lse(s, scale) },
-        _ => {
-            let r = scalar::tile_ref(s, scale);
-            (r, scalar::tile_expsum(s, r, scale))
-        }
+        return unsafe { avx2::tile_lse(s, scale) };
     }
+    let r = scalar::tile_ref(s, scale);
+    (r, scalar::tile_expsum(s, r, scale))
 }
 
 /// Offer the tile's scores above the state's cut (indices `base + j`); true if any is not finite.
 pub fn scan_tile(isa: Isa, s: &[f32], base: u32, st: &mut QState) -> bool {
-    match isa {
+    if isa.avx2() {
+        // SAFETY: the token proves the features `avx2::scan_tile` enables; it reads only within `s`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::scan_tile(s, base, st) },
-        _ => scalar::scan_tile(s, base, st),
+        return unsafe { avx2::scan_tile(s, base, st) };
     }
+    scalar::scan_tile(s, base, st)
 }
 
 /// Convert half-precision bits to f32 (exact).
 pub fn f16_to_f32(isa: Isa, src: &[u16], dst: &mut [f32]) {
     assert!(dst.len() >= src.len());
-    match isa {
+    if isa.avx2() {
+        // SAFETY: the token proves the features `avx2::f16_to_f32` enables; `dst` is at least as
+        // long as `src` (asserted above), as it requires.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::f16_to_f32(src, dst) },
-        _ => scalar::f16_to_f32(src, dst),
+        return unsafe { avx2::f16_to_f32(src, dst) };
     }
+    scalar::f16_to_f32(src, dst)
 }
 
 /// Round f32 values to IEEE half precision (nearest, ties to even; overflow gives ±inf).
 pub fn f32_to_f16(isa: Isa, src: &[f32], dst: &mut [u16]) {
     assert!(dst.len() >= src.len());
-    match isa {
+    if isa.avx2() {
+        // SAFETY: the token proves the features `avx2::f32_to_f16` enables; `dst` is at least as
+        // long as `src` (asserted above), as it requires.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::f32_to_f16(src, dst) },
-        _ => scalar::f32_to_f16(src, dst),
+        return unsafe { avx2::f32_to_f16(src, dst) };
     }
+    scalar::f32_to_f16(src, dst)
 }

@@ -1,0 +1,44 @@
+# The CI steps, one target each. `make check` runs what .ci/test runs; `make quick` is the
+# inner loop (no slow tests, about 3 minutes on 2 cores).
+PY ?= .venv/bin/python
+export PYO3_PYTHON := $(abspath $(PY))
+
+.PHONY: setup build lint fmt rust-test stubtest mypy test quick check bench
+
+setup:            ## create .venv with every dependency and build the extension (release)
+	bash .ci/setup
+
+build:            ## rebuild the Rust extension into the editable install
+	$(PY) -m pip install --quiet -c .ci/constraints.txt -e '.[test,all]'
+
+lint:             ## ruff, rustfmt and clippy (warnings are errors)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	cargo fmt --check
+	cargo clippy --quiet --all-targets --no-default-features -- -D warnings
+	cargo clippy --quiet --all-targets -- -D warnings
+
+fmt:              ## format Python and Rust sources in place
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+	cargo fmt
+
+rust-test:        ## the Rust core's tests, without Python
+	cargo test --no-default-features --quiet
+
+stubtest:         ## the hand-written _geofast.pyi against the built extension
+	$(PY) -m mypy.stubtest geofast._geofast
+
+mypy:
+	$(PY) -m mypy
+
+test:             ## the whole pytest suite
+	$(PY) -m pytest -q
+
+quick:            ## the inner loop: everything but the slow tests
+	$(PY) -m pytest -q -m "not slow"
+
+check: lint rust-test stubtest mypy test   ## what CI runs after set-up (.ci/test)
+
+bench:            ## every benchmark against its anchor (about 15 minutes)
+	$(PY) -m geofast bench --threads 2

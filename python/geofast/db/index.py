@@ -1,0 +1,85 @@
+"""FAISS indexes of non-flat databases: factory strings, default search parameters, training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from geofast.db.format import Event
+from geofast.errors import DatabaseError, ParameterError
+
+#: Rows used to train a non-flat FAISS index (random sample, seed 0).
+DEFAULT_TRAIN_SIZE = 262_144
+
+# ----------------------------------------------------------------------------------------------
+# FAISS indexes (non-flat)
+# ----------------------------------------------------------------------------------------------
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - faiss-cpu is a dependency
+        raise DatabaseError("FAISS is not installed; non-flat indexes need it", hint="pip install faiss-cpu") from e
+    return faiss
+
+
+def _new_faiss_index(factory: str, dim: int) -> Any:
+    faiss = _faiss()
+    try:
+        return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except Exception as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ParameterError(
+            f"--index {factory!r} is not a FAISS index factory string ({first})",
+            hint="use Flat (exact, default), IVF4096,SQ8, IVF1024,Flat or HNSW32",
+        ) from e
+
+
+def _default_search_params(factory: str, index: Any) -> str:
+    faiss = _faiss()
+    parts = []
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except Exception:
+        ivf = None
+    if ivf is not None:
+        nlist = int(ivf.nlist)
+        parts.append(f"nprobe={min(nlist, max(16, nlist // 32))}")
+    if "hnsw" in factory.lower():
+        parts.append("efSearch=128")
+    return ",".join(parts)
+
+
+def _apply_search_params(index: Any, params: str) -> None:
+    faiss = _faiss()
+    try:
+        faiss.ParameterSpace().set_index_parameters(index, params)
+    except Exception as e:
+        raise ParameterError(
+            f"invalid FAISS search parameters {params!r}: {str(e).strip().splitlines()[-1]}",
+            hint="e.g. nprobe=64 for IVF indexes, efSearch=128 for HNSW",
+        ) from e
+
+
+def _train_and_fill(index: Any, embeddings: np.ndarray, train_size: int, on_event: Event | None, start: int = 0) -> Any:
+    n = embeddings.shape[0]
+    if not index.is_trained:
+        m = min(n, max(1, train_size))
+        if on_event:
+            on_event(f"training the index on {m:,} of {n:,} embeddings")
+        rows = np.sort(np.random.default_rng(0).choice(n, size=m, replace=False)) if m < n else np.arange(n)
+        sample = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+        try:
+            index.train(sample)
+        except Exception as e:
+            raise DatabaseError(
+                f"cannot train the FAISS index on {m:,} embeddings: {str(e).strip().splitlines()[-1]}",
+                hint="use fewer lists (e.g. IVF256,SQ8 for small databases) or --index Flat",
+            ) from e
+    if on_event and n - start > 0:
+        on_event(f"adding {n - start:,} embeddings to the index")
+    for s in range(start, n, 65536):
+        index.add(np.ascontiguousarray(embeddings[s : s + 65536], dtype=np.float32))
+    return index
