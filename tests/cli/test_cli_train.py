@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from cli.test_cli_db import assert_clean_error, run_cli
 
+from cli.test_cli_db import assert_clean_error, run_cli
 from geofast.cli import main
 from geofast.train import synthetic
 

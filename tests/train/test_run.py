@@ -364,9 +364,8 @@ def test_bad_databases(tmp_path, world_dbs):
 
 
 def test_coordinates_out_of_range_are_refused(tmp_path):
-    import hashlib
-
-    from geofast.database import _sample_sha256
+    """A database whose coordinates were changed behind geofast's back (checksums updated too)."""
+    from geofast.db.format import _npy_file_record
 
     ll = synthetic.sample_points(30, 1)
     gf.Database.from_arrays(tmp_path / "db", np.random.default_rng(0).standard_normal((30, 768)), ll)
@@ -374,11 +373,7 @@ def test_coordinates_out_of_range_are_refused(tmp_path):
     bad[4, 0] = 95.0
     np.save(tmp_path / "db" / "coords.npy", bad)
     manifest = json.loads((tmp_path / "db" / "manifest.json").read_text())
-    data = (tmp_path / "db" / "coords.npy").read_bytes()
-    rec = manifest["files"]["coords.npy"]
-    rec.update(
-        bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), sample_sha256=_sample_sha256(tmp_path / "db" / "coords.npy")
-    )
+    manifest["files"]["coords.npy"] = _npy_file_record(tmp_path / "db" / "coords.npy")
     (tmp_path / "db" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(gf.DatabaseError, match="coordinates of row 4 are invalid"):
         train(**_cfg(tmp_path / "db", tmp_path / "run"))
