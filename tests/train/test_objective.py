@@ -15,15 +15,18 @@ from geofast.train.module import TrainableHeads, initial_model
 from geofast.train.objective import GeoCLIPStep, GPSQueue, fourier_inputs, loss_sum
 
 
-def _batches(n_steps: int, batch: int, seed: int = 0):
+def _batches(n_steps: int, batch: int, seed: int = 0, places: int | None = None):
+    """Random batches; with ``places``, every photo is taken at one of that many coordinates."""
     rng = np.random.default_rng(seed)
+    spots = np.column_stack([np.degrees(np.arcsin(rng.uniform(-1, 1, places or 1))), rng.uniform(-180, 180, places or 1)])
     out = []
     for _ in range(n_steps):
         feats = (rng.standard_normal((batch, 768)) * 0.7).astype(np.float32)
-        lat = np.degrees(np.arcsin(rng.uniform(-1, 1, batch)))
-        lon = rng.uniform(-180, 180, batch)
-        gps = np.column_stack([lat, lon]).astype(np.float32).astype(np.float64)  # float32-exact, as geoclip holds them
-        out.append((feats, gps))
+        if places:
+            gps = spots[rng.integers(0, places, batch)]
+        else:
+            gps = np.column_stack([np.degrees(np.arcsin(rng.uniform(-1, 1, batch))), rng.uniform(-180, 180, batch)])
+        out.append((feats, gps.astype(np.float32).astype(np.float64)))  # float32-exact, as geoclip holds them
     return out
 
 
@@ -45,11 +48,17 @@ def _trainable(params: dict) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "init,batch,queue_size",
-    [("geoclip", 24, 64), ("geoclip", 48, 40), ("scratch", 16, 16), ("geoclip", 80, 32)],
-    ids=["divides", "wraps", "scratch-equal", "batch>queue"],
+    "init,batch,queue_size,places",
+    [
+        ("geoclip", 24, 64, None),
+        ("geoclip", 48, 40, None),
+        ("scratch", 16, 16, None),
+        ("geoclip", 80, 32, None),
+        ("geoclip", 32, 48, 12),
+    ],
+    ids=["divides", "wraps", "scratch-equal", "batch>queue", "repeated-places"],
 )
-def test_loss_queue_and_gradients_equal_the_released_objective(init, batch, queue_size):
+def test_loss_queue_and_gradients_equal_the_released_objective(init, batch, queue_size, places):
     """Step by step: the reference gets geofast's current weights, both compute loss and gradients
     on the same batch and queue; then geofast takes its AdamW step."""
     start = initial_model(init, (), seed=3)
@@ -58,7 +67,7 @@ def test_loss_queue_and_gradients_equal_the_released_objective(init, batch, queu
     ref_queue = released_queue(queue.gps)
     opt = torch.optim.AdamW([p for p in ours.parameters()], lr=3e-5, weight_decay=1e-6)
     step = GeoCLIPStep(ours, ours.b_matrices(), queue, torch.device("cpu"))
-    for k, (feats, gps) in enumerate(_batches(4, batch)):
+    for k, (feats, gps) in enumerate(_batches(4, batch, places=places)):
         params = reference_params(ours.release_state())
         frozen_opt = torch.optim.SGD(_trainable(params), lr=0.0)  # the reference only computes gradients here
         opt.zero_grad()
@@ -67,7 +76,7 @@ def test_loss_queue_and_gradients_equal_the_released_objective(init, batch, queu
         ref_loss = released_train_step(
             lambda f, g: reference_logits(params, f, g), ref_queue, frozen_opt, torch.from_numpy(feats), torch.from_numpy(gps)
         )
-        assert abs(float(loss) - ref_loss) <= 2e-5 * max(1.0, abs(ref_loss)), (k, float(loss), ref_loss)
+        assert abs(float(loss.detach()) - ref_loss) <= 2e-5 * max(1.0, abs(ref_loss)), (k, float(loss.detach()), ref_loss)
         np.testing.assert_array_equal(queue.gps.numpy(), ref_queue.gps_queue.t().double().numpy())
         assert queue.ptr == int(ref_queue.gps_queue_ptr[0])
         grads = _our_grads(ours)

@@ -131,24 +131,14 @@ def find_model_folder(source: str | os.PathLike[str]) -> Path | None:
 
 
 def _hub_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from geofast.models.hub import snapshot
 
-    patterns = [CONFIG, WEIGHTS, "*.csv"]
-    try:
-        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception as cached_error:
-        if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0"):
-            raise ModelError(
-                f"model {repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
-                hint="download the release folder on a connected machine and pass its path",
-            ) from cached_error
-    try:
-        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns))
-    except Exception as e:
-        raise ModelError(
-            f"model {repo_id!r} is neither a local folder nor a downloadable release ({type(e).__name__})",
-            hint="pass a model folder (geofast train RUN_DIR, geofast export DIR) or geoclip / geomapclip",
-        ) from e
+    return snapshot(
+        repo_id,
+        [CONFIG, WEIGHTS, "*.csv"],
+        what="model release",
+        hint="pass a model folder (a geofast train run, a geofast export, a geoclip release) or geoclip / geomapclip",
+    )
 
 
 def read_release(folder: str | os.PathLike[str], *, name: str | None = None) -> Release:

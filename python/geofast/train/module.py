@@ -39,8 +39,9 @@ from geofast.models.release import DEFAULT_SIGMAS
 
 
 class TrainableHeads(nn.Module):
-    """``forward(features, fourier)`` → (image embeddings, location embeddings, raw logit scale),
-    both unnormalised; ``fourier`` holds each capsule's Fourier features of the GPS to score."""
+    """``forward(features, fourier, index)`` → (image embeddings, location embeddings, raw logit
+    scale), both unnormalised; ``fourier`` holds each capsule's Fourier features of the distinct
+    GPS to score, ``index`` (optional) maps every scored GPS to its distinct row."""
 
     def __init__(self, state: Mapping[str, torch.Tensor], sigmas: Sequence[float], where: str = "model") -> None:
         super().__init__()
@@ -59,13 +60,17 @@ class TrainableHeads(nn.Module):
     def b_matrices(self) -> list[np.ndarray]:
         return [np.asarray(c.b, dtype=np.float64) for c in self.capsules]
 
-    def forward(self, features: torch.Tensor, fourier: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, fourier: Sequence[torch.Tensor], index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image = self.image(features)
         location: torch.Tensor | None = None
         for cap, f in zip(self.capsules, fourier):
             out = cap.mlp(f)
             location = out if location is None else location + out
         assert location is not None
+        if index is not None:
+            location = location[index]
         return image, location, self.logit_scale
 
     def release_state(self) -> dict[str, torch.Tensor]:

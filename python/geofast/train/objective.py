@@ -127,7 +127,9 @@ Gather = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
 
 
 class GeoCLIPStep:
-    """The loss of one step on one rank, updating the queue (call once per optimizer step)."""
+    """The loss of one step on one rank, updating the queue (call once per optimizer step).
+    ``model(features, fourier, index)`` returns (image, location, raw logit scale) embeddings,
+    the location rows gathered by ``index`` when it is not None."""
 
     def __init__(
         self,
@@ -155,9 +157,13 @@ class GeoCLIPStep:
         n_global = int(batch.shape[0])
         all_gps = torch.cat([batch, self.queue.gps]).numpy()  # the queue as it was before this step
         self.queue.push(batch)
-        fourier = fourier_inputs(all_gps, self.b_matrices, self.device)
+        # Repeated coordinates (many photos share a place) are encoded once and gathered back:
+        # the same logits and gradients, less location-encoder work.
+        distinct, inverse = np.unique(all_gps, axis=0, return_inverse=True)
+        index = None if distinct.shape[0] == all_gps.shape[0] else torch.from_numpy(inverse.reshape(-1)).to(self.device)
+        fourier = fourier_inputs(distinct if index is not None else all_gps, self.b_matrices, self.device)
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device, non_blocking=True)
-        image, location, raw_scale = self.model(x, fourier)
+        image, location, raw_scale = self.model(x, fourier, index)
         offset = sum(sizes[: self.rank])
         targets = torch.arange(offset, offset + x.shape[0], device=image.device)
         return loss_sum(image, location, raw_scale, targets) * (self.world / n_global)
