@@ -86,7 +86,7 @@ class Result:
             "name": self.name,
             "kernel": self.kernel,
             "anchor": self.anchor,
-            "geofast_s": self.geofast_s,
+            "geofast_s": None if self.skipped else self.geofast_s,  # a skipped row has no time (NaN is not JSON)
             "anchor_s": self.anchor_s,
             "speedup": self.speedup,
             "target": self.target,

@@ -411,6 +411,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("nothing to train: the image head and every capsule are frozen", hint="freeze fewer parts")
+    module = fabric.setup_module(model)  # on its device before the optimizer (and its restored state) sees it
     optimizer = adamw(params, config.lr, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
     queue = GPSQueue(config.queue_size, seed=config.seed)
@@ -435,7 +436,6 @@ def train(
         _restore_rng(ckpt.get("rng"))
         say(f"resuming {run.root} at epoch {start_epoch + 1}, batch {start_batch + 1} (step {global_step})")
 
-    module = fabric.setup_module(model)
     optimizer = fabric.setup_optimizers(optimizer)
     device = fabric.device
     step = GeoCLIPStep(
