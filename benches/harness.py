@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Modules that contribute workloads, in report order.
-AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm", "db", "serve", "train")
+AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm", "db", "serve", "train", "scale")
+#: The areas run when none is named: ``scale`` (the growth benchmark, up to 4.7M rows and ~15 GB
+#: of temporary data) runs only when asked for with ``--area scale``.
+DEFAULT_AREAS: tuple[str, ...] = tuple(a for a in AREAS if a != "scale")
 
 
 @dataclass
@@ -186,4 +189,4 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-__all__ = ["AREAS", "Result", "Skip", "Workload", "collect", "quiet_libraries", "run_workload", "time_call"]
+__all__ = ["AREAS", "DEFAULT_AREAS", "Result", "Skip", "Workload", "collect", "quiet_libraries", "run_workload", "time_call"]

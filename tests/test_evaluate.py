@@ -97,7 +97,7 @@ def test_prediction_log_drops_a_partial_last_line(tmp_path):
     with open(tmp_path / "p.csv", "a") as f:
         f.write("b,3,4,3.0")  # a crash mid-row
     again = ev.PredictionLog.open(tmp_path / "p.csv")
-    assert list(again.done) == ["a"]
+    assert "a" in again.done and len(again.done) == 1
     assert (tmp_path / "p.csv").read_text().endswith("\n")
 
 

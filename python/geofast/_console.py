@@ -43,23 +43,18 @@ def print_json(payload: Any) -> None:
 
 
 def error_line(message: str, hint: str | None = None) -> None:
-    """Print ``error: message`` (one line) and an optional ``hint:`` line to stderr (their text is
-    printed as is: ``pip install 'geofast[train]'`` is not rich markup)."""
+    """Print ``error: message`` (one line) and an optional ``hint:`` line to stderr."""
     from rich.markup import escape
 
-    first = " ".join(str(message).split())
+    first = " ".join(str(message).split())  # escaped: messages hold paths and [extras] that are not markup
     err.print(f"[bold red]error:[/] {escape(first)}", markup=True, highlight=False, soft_wrap=True)
     if hint:
         err.print(f"[dim]hint:[/] {escape(hint)}", markup=True, highlight=False, soft_wrap=True)
 
 
-def progress(label: str, *, unit: str | None = None, transient: bool = True) -> Any:
-    """A rich progress bar on stderr: label, bar, done/total (unit), elapsed, eta."""
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def progress(label: str, *, unit: str | None = None, transient: bool = True, info: bool = False) -> Any:
+    """A rich progress bar on the CLI's stderr console: label, bar, done/total (unit), elapsed, eta;
+    with ``info`` a last column showing each task's ``info`` field (add tasks with ``info=""``)."""
+    from geofast._progress import progress_bar
 
-    columns = [TextColumn(f"[bold]{escape(label)}"), BarColumn(), MofNCompleteColumn()]
-    if unit:
-        columns.append(TextColumn(unit))
-    columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    return Progress(*columns, console=err, transient=transient)
+    return progress_bar(label, unit=unit, transient=transient, console=err, info=info)

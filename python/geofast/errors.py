@@ -22,6 +22,7 @@ __all__ = [
     "DatabaseError",
     "LLMError",
     "TrainingError",
+    "ClusterError",
 ]
 
 
@@ -89,3 +90,6 @@ class LLMError(GeofastError):
 
 class TrainingError(GeofastError):
     """A training run cannot start or continue (a missing dependency, its run folder, its checkpoint)."""
+class ClusterError(GeofastError):
+    """A Ray cluster cannot run the work: Ray missing, address unreachable, too few GPUs, or
+    workers with another geofast version or backbone."""

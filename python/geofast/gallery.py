@@ -9,8 +9,11 @@ GeoCLIP's reference code re-encodes its whole gallery on every ``predict()`` (~1
 L2-normalised embeddings under ``$GEOFAST_CACHE/galleries/`` as ``.npy`` + a JSON sidecar with
 the file's sha256. The cache key is a hash of the location-encoder weights, the gallery's float32
 coordinates, the storage dtype and :data:`ENCODER_VERSION`; files are written atomically (temp
-file + rename) and verified on load (size, shape, dtype, sha256); a missing or corrupt entry is
-rebuilt with a progress bar.
+file + rename). A load checks the size, the ``.npy`` header (shape, dtype) and a *sampled* sha256
+(:func:`sample_sha256`: the first and last 64 KiB and 16 evenly spaced 64 KiB blocks, about 1 MiB
+whatever the file size); ``verify=True`` also checks the full-file sha256. A missing or corrupt
+entry is rebuilt with a progress bar. A flipped byte outside the sampled blocks is caught only
+by the full check (``EmbeddingCache.load(..., verify=True)``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geofast import __version__
+from geofast._geofast import __version__
 from geofast._io import atomic_write, atomic_write_text, file_sha256
 from geofast.cache import cache_root
 from geofast.errors import CacheError, CoordinateError, InputError, ShapeError
@@ -132,6 +135,34 @@ def region_mask(latlon: np.ndarray, region: tuple[float, float, float, float]) -
     return in_lat & in_lon
 
 
+#: Block size and number of evenly spaced interior blocks of :func:`sample_sha256`.
+SAMPLE_BLOCK_BYTES = 1 << 16
+SAMPLE_BLOCKS = 16
+
+
+def sample_offsets(size: int, block: int = SAMPLE_BLOCK_BYTES, blocks: int = SAMPLE_BLOCKS) -> list[int]:
+    """Start offsets of the blocks :func:`sample_sha256` reads: the first block, ``blocks``
+    evenly spaced ones and the last; the whole file when it is small."""
+    if size <= (blocks + 2) * block:
+        return list(range(0, size, block))
+    last = size - block
+    inner = [int(round(last * (k + 1) / (blocks + 1))) for k in range(blocks)]
+    return [0, *inner, last]
+
+
+def sample_sha256(path: str | os.PathLike[str], block: int = SAMPLE_BLOCK_BYTES, blocks: int = SAMPLE_BLOCKS) -> str:
+    """sha256 of the file size and of the blocks at :func:`sample_offsets` (cheap to compute for
+    any file size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        h.update(str(size).encode() + b"\0")
+        for off in sample_offsets(size, block, blocks):
+            f.seek(off)
+            h.update(f.read(block))
+    return h.hexdigest()
+
+
 def coords_digest(latlon: np.ndarray) -> str:
     """sha256 of the float32 coordinates the encoder sees."""
     return hashlib.sha256(np.ascontiguousarray(latlon, dtype=np.float32).tobytes()).hexdigest()
@@ -159,8 +190,12 @@ class EmbeddingCache:
         stem = f"{model}-{key[:24]}"
         return self.root / f"{stem}.npy", self.root / f"{stem}.json"
 
-    def load(self, model: str, key: str, n: int, dim: int, dtype: str) -> np.ndarray | None:
-        """The cached embeddings (read-only memory map), or None when missing or failing verification."""
+    def load(self, model: str, key: str, n: int, dim: int, dtype: str, *, verify: bool = False) -> np.ndarray | None:
+        """The cached embeddings (read-only memory map), or None when missing or failing verification.
+
+        Checks the size, the header (shape, dtype) and the sampled sha256; ``verify`` also checks
+        the full-file sha256 (reads the whole file). Entries written before sampled digests
+        existed are always fully checked."""
         data_path, meta_path = self.paths(model, key)
         if not data_path.is_file() or not meta_path.is_file():
             return None
@@ -170,7 +205,10 @@ class EmbeddingCache:
                 return None
             if meta.get("bytes") != data_path.stat().st_size:
                 return None
-            if meta.get("sha256") != file_sha256(data_path):
+            sampled = meta.get("sample_sha256")
+            if sampled is not None and sampled != sample_sha256(data_path):
+                return None
+            if (verify or sampled is None) and meta.get("sha256") != file_sha256(data_path):
                 return None
             arr = np.load(data_path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, json.JSONDecodeError):
@@ -193,6 +231,7 @@ class EmbeddingCache:
                 "dtype": "f16" if embeddings.dtype == np.float16 else "f32",
                 "bytes": data_path.stat().st_size,
                 "sha256": file_sha256(data_path),
+                "sample_sha256": sample_sha256(data_path),
                 "geofast": __version__,
                 "encoder_version": ENCODER_VERSION,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -216,14 +255,16 @@ class EmbeddingCache:
         *,
         label: str,
         progress: bool = True,
+        verify: bool = False,
     ) -> tuple[np.ndarray, bool]:
-        """Cached embeddings of ``latlon``, building them with ``encode(latlon, advance)`` when needed.
+        """Cached embeddings of ``latlon``, building them with ``encode(latlon, advance)`` when needed
+        (``verify``: check the full-file sha256 of a cached entry, not only the sampled one).
 
         Returns (embeddings, built) where ``built`` is True when they were computed now."""
         if dtype not in ("f32", "f16"):
             raise InputError(f"gallery cache dtype must be 'f32' or 'f16', got {dtype!r}")
         key = self.key(model, location_digest, latlon, dtype)
-        cached = self.load(model, key, latlon.shape[0], 512, dtype)
+        cached = self.load(model, key, latlon.shape[0], 512, dtype, verify=verify)
         if cached is not None:
             return cached, False
         emb = _encode_with_progress(encode, latlon, label, progress)
@@ -241,8 +282,8 @@ def _encode_with_progress(
 ) -> np.ndarray:
     if not show:
         return encode(latlon, lambda _n: None)
-    from geofast._console import progress
+    from geofast._progress import progress_bar
 
-    with progress(f"encoding gallery {label} (once; cached)", unit="points", transient=False) as bar:
+    with progress_bar(f"encoding gallery {label} (once; cached)", unit="points", transient=False) as bar:
         task = bar.add_task("encode", total=int(latlon.shape[0]))
         return encode(latlon, lambda n: bar.advance(task, n))

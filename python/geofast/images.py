@@ -432,6 +432,65 @@ def iter_loaded(
             yield i, name, None, e
 
 
+Loaded = tuple[int, str, Image.Image | None, ImageError | None]
+
+#: Environment variable overriding the number of image-decoding threads of :func:`iter_loaded_batches`.
+LOADER_THREADS_ENV = "GEOFAST_LOADER_THREADS"
+
+
+def default_loader_threads() -> int:
+    """Decoding threads: ``$GEOFAST_LOADER_THREADS``, else one per spare core (at most 4, at least 1)."""
+    raw = os.environ.get(LOADER_THREADS_ENV, "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _load_one(i: int, item: ImageInput) -> Loaded:
+    name = image_name(item, i)
+    try:
+        return i, name, load_image(item), None
+    except ImageError as e:
+        return i, name, None, e
+
+
+def iter_loaded_batches(
+    images: Sequence[ImageInput],
+    batch_size: int,
+    *,
+    threads: int | None = None,
+    first_index: int = 0,
+) -> Iterator[list[Loaded]]:
+    """Yield the inputs batch by batch as ``(index, name, image or None, error or None)`` lists, in
+    order, never raising for a bad file (as :func:`iter_loaded`).
+
+    The next batch is decoded by a small thread pool (PIL releases the GIL) while the caller
+    works on the current one, so at most two batches of decoded images exist at a time. Stopping
+    the iteration early cancels the decoding not yet started. Indices (and the names of
+    in-memory images, ``<image N>``) count from ``first_index``."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    size = max(1, int(batch_size))
+    starts = list(range(0, len(images), size))
+    if not starts:
+        return
+    pool = ThreadPoolExecutor(max_workers=threads or default_loader_threads(), thread_name_prefix="geofast-decode")
+
+    def submit(start: int) -> list[Future[Loaded]]:
+        return [pool.submit(_load_one, first_index + i, images[i]) for i in range(start, min(len(images), start + size))]
+
+    try:
+        ahead = submit(starts[0])
+        for k in range(len(starts)):
+            current = ahead
+            ahead = submit(starts[k + 1]) if k + 1 < len(starts) else []
+            batch = [f.result() for f in current]
+            del current
+            yield batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def encode_jpeg(im: Image.Image, *, max_side: int | None = None, quality: int = 90) -> bytes:
     """JPEG bytes of an RGB image, downscaled (Lanczos) so its longest side is at most ``max_side``."""
     if max_side is not None and max(im.size) > max_side:
@@ -455,7 +514,9 @@ __all__ = [
     "encode_jpeg",
     "expand_images",
     "image_name",
+    "default_loader_threads",
     "iter_loaded",
+    "iter_loaded_batches",
     "load_image",
     "load_image_bytes",
     "max_pixels",

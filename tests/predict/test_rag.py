@@ -135,7 +135,7 @@ def test_geo_verify_is_the_cosine_of_the_encoder_outputs():
     pts = random_places(20, 4)
     ref = enc.encode_locations(pts).astype(np.float64)
     ref = (ref / np.linalg.norm(ref, axis=1, keepdims=True)) @ (img / np.linalg.norm(img))
-    np.testing.assert_allclose(geo_verify(img, pts, enc), ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(geo_verify(img, pts, enc), ref, rtol=0, atol=1e-6)  # float32 by design (bounded memory)
 
 
 def test_verification_ranks_candidates_by_cosine_similarity(server):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import typer
 
 from geofast import __version__, _console
+from geofast.cli._options import RAY_LOCAL
 from geofast.errors import GeofastError
 
 app = typer.Typer(
@@ -71,13 +72,30 @@ def as_flags(text: str, params: Sequence[str]) -> str:
     return "".join(parts)
 
 
+#: Options whose value may be left out (``--ray`` alone: a local cluster), with the value used then.
+_OPTIONAL_VALUE = {"--ray": RAY_LOCAL}
+
+
+def _optional_values(args: list[str]) -> list[str]:
+    """Give a bare ``--ray`` (last, or followed by another option) its implicit value."""
+    out: list[str] = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a == "--":
+            out.extend(args[i + 1 :])
+            break
+        if a in _OPTIONAL_VALUE and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(_OPTIONAL_VALUE[a])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
     typer handles usage errors itself (exit 2); geofast's errors and anything unexpected end
     here as one line on stderr and exit 1.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _optional_values(list(sys.argv[1:] if argv is None else argv))
     try:
         app(args=args, prog_name="geofast", standalone_mode=True)
         code: int = 0

@@ -125,6 +125,15 @@ LlmRetries = Annotated[
         "--llm-retries", min=0, rich_help_panel=_LLM, help="Retries on 429/5xx/connection errors (exponential backoff)."
     ),
 ]
+LlmDeadline = Annotated[
+    float,
+    typer.Option(
+        "--llm-deadline",
+        min=0.1,
+        rich_help_panel=_LLM,
+        help="Seconds one image may spend in the LLM stage; past it the retrieval answer is used, flagged as a fallback.",
+    ),
+]
 LlmImageSize = Annotated[
     int, typer.Option("--llm-image-size", min=16, rich_help_panel=_LLM, help="Longest side (px) of the image sent to the model.")
 ]
@@ -157,6 +166,7 @@ def llm_config(
     image_size: int,
     max_tokens: int,
     cache: bool,
+    deadline: float | None = None,
 ) -> Any:
     """The :class:`~geofast.llm.LLMConfig` of the ``--llm-*`` options."""
     from geofast.errors import InputError
@@ -174,6 +184,8 @@ def llm_config(
         max_tokens=max_tokens,
         cache=cache,
     )
+    if deadline is not None:
+        overrides["deadline_s"] = deadline
     if references is not None:
         try:
             overrides["references"] = tuple(int(x) for x in references.split(",") if x.strip())
@@ -186,3 +198,46 @@ def llm_config(
         if value is not None:
             overrides[key] = value
     return LLMConfig.g3(**overrides) if recipe == "g3" else LLMConfig.img2loc(**overrides)
+
+
+_RAY = "Ray cluster (pip install 'geofast[scale]')"
+#: ``--ray`` without an address (geofast.cli.main supplies it): a local cluster (every CPU and GPU of this machine).
+RAY_LOCAL = "local"
+Ray = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        rich_help_panel=_RAY,
+        help="Encode on a Ray cluster: HOST:PORT of a running one (ray start --head prints it), or no address for a local cluster using every GPU of this machine. Same results as without --ray.",
+    ),
+]
+RayActors = Annotated[
+    int | None,
+    typer.Option(
+        "--ray-actors", min=1, rich_help_panel=_RAY, help="Encoder actors, each loading the backbone once (default: one per GPU)."
+    ),
+]
+RayGpusPerActor = Annotated[
+    float | None,
+    typer.Option(
+        "--ray-gpus-per-actor",
+        min=0.0,
+        rich_help_panel=_RAY,
+        help="GPUs per encoder actor (default 1 when the cluster has GPUs, else 0: encode on CPUs).",
+    ),
+]
+
+
+def ray_options(address: str | None, actors: int | None, gpus_per_actor: float | None) -> Any:
+    """``--ray``, ``--ray-actors``, ``--ray-gpus-per-actor`` → RayOptions, or None without ``--ray``."""
+    from geofast.errors import InputError
+
+    if address is None:
+        if actors is not None or gpus_per_actor is not None:
+            raise InputError("--ray-actors and --ray-gpus-per-actor need --ray", hint="add --ray [ADDRESS]")
+        return None
+    from geofast.db.ray_executor import RayOptions
+
+    address = address.strip()
+    return RayOptions(address=None if address in ("", RAY_LOCAL) else address, actors=actors, gpus_per_actor=gpus_per_actor)

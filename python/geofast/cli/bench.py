@@ -67,7 +67,9 @@ def bench(
         None, "--only", metavar="TEXT", help="Run only workloads whose name or kernel contains TEXT."
     ),
     area: list[str] | None = typer.Option(
-        None, "--area", help="Restrict to these areas (geo, cluster, search, e2e, llm, db, serve, train); repeatable."
+        None,
+        "--area",
+        help="Restrict to these areas (geo, cluster, search, e2e, llm, db, serve, train; scale: the growth benchmark, run only when named); repeatable.",
     ),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Threads for geofast's kernels (default: GEOFAST_NUM_THREADS or all CPUs)."
@@ -88,7 +90,7 @@ def bench(
     if threads is not None:
         gf.set_num_threads(threads)
     n_threads = gf.get_num_threads()
-    areas = tuple(area) if area else lib.AREAS
+    areas = tuple(area) if area else lib.DEFAULT_AREAS
     unknown = sorted(set(areas) - set(lib.AREAS))
     if unknown:
         raise gf.ParameterError(f"unknown bench area {', '.join(unknown)}", hint=f"choose from {', '.join(lib.AREAS)}")
@@ -131,6 +133,7 @@ def bench(
             r.agreement,
         )
     _console.out.print(table)
+    growth = _growth_table() if "scale" in areas else None
 
     if json_file is not None:
         payload = {
@@ -144,8 +147,52 @@ def bench(
             },
             "date": time.strftime("%Y-%m-%d"),
             "results": [r.as_dict() for r in results],
+            **({"growth": growth} if growth else {}),
         }
         from geofast._io import atomic_write_text
 
         atomic_write_text(json_file, json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n")
         _console.err.print(f"wrote {json_file}")
+
+
+def _fmt_bytes(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+
+
+def _growth_table() -> list[dict[str, object]]:
+    """The growth benchmark's per-N table: time and peak RSS per N, and each cost's growth
+    divided by the growth of N between consecutive sizes (≤ 1: at most linear)."""
+    from benches.workloads import scale
+
+    rows = scale.growth_rows()
+    if not rows:
+        return rows
+    sizes = [c["n"] for c in rows[0]["cells"]]
+    table = Table(title="growth with N (time · peak RSS; growth = time ratio ÷ N ratio, ≤ 1 is at most linear)")
+    table.add_column("cost")
+    for n in sizes:
+        table.add_column(f"N = {n:,}", justify="right")
+    for a, b in zip(sizes, sizes[1:]):
+        table.add_column(f"growth {a // 1000:,}K→{b // 1000:,}K", justify="right")
+    for r in rows:
+        cells = [
+            f"{_fmt_time(c['seconds'])} · {_fmt_bytes(c['peak_rss_bytes'])}" + (f" · {c['extra']}" if c["extra"] else "")
+            for c in r["cells"]
+        ]
+        growth = []
+        for g in r["growth_vs_n"]:
+            if g is None:
+                growth.append("-")
+            else:
+                growth.append(f"[{'green' if g <= 1.15 else 'red'}]{g:.2f}[/]")
+        table.add_row(str(r["cost"]), *cells, *growth)
+    _console.out.print(table)
+    for n in sizes:
+        m = scale.MEASURED[n]
+        base = m.get("baseline_kb")
+        _console.err.print(
+            f"N = {n:,}: generated in {m.get('generate_s', 0):.1f} s, from_arrays {m.get('from_arrays_s', 0):.1f} s, "
+            f"IVF{m.get('nlist')} build {m.get('ivf_build_s', 0):.1f} s; search process RSS before the searches "
+            f"(torch, GeoCLIP, its gallery) {_fmt_bytes(int(base) * 1024 if base else None)}"
+        )
+    return rows

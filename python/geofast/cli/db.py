@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from geofast import _console
+from geofast.cli import _options as o
 from geofast.cli import app
 
 db_app = typer.Typer(
@@ -86,6 +88,20 @@ def _report(report, as_json: bool, verb: str) -> None:  # type: ignore[no-untype
         _console.err.print(f"skipped photos are listed in {report.failed_file}")
 
 
+@contextlib.contextmanager
+def _executor(ray: str | None, actors: int | None, gpus_per_actor: float | None) -> Iterator[Any]:
+    """``--ray [ADDRESS]``: the Ray executor (its local cluster stopped on exit); else None (local)."""
+    opts = o.ray_options(ray, actors, gpus_per_actor)
+    if opts is None:
+        yield None
+        return
+    from geofast.db.ray_executor import RayExecutor
+
+    with RayExecutor(opts) as executor:
+        executor.connect()  # an unreachable or too small cluster fails before the model loads
+        yield executor
+
+
 @db_app.command("build")
 def build(
     source: str = typer.Argument(
@@ -119,11 +135,18 @@ def build(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print only the build report as JSON."),
+    ray: o.Ray = None,
+    ray_actors: o.RayActors = None,
+    ray_gpus_per_actor: o.RayGpusPerActor = None,
 ) -> None:
     """Build an image database from geotagged photos (resumes an interrupted build of the same SOURCE)."""
     from geofast.db import Database
 
-    with _plan_progress(progress) as on_plan, _progress(progress, "encoding") as (advance, event):
+    with (
+        _executor(ray, ray_actors, ray_gpus_per_actor) as executor,
+        _plan_progress(progress) as on_plan,
+        _progress(progress, "encoding") as (advance, event),
+    ):
         report = Database.build(
             source,
             out,
@@ -134,6 +157,7 @@ def build(
             index=index,
             chunk_size=chunk_size,
             workers=workers,
+            executor=executor,
             on_progress=advance,
             on_event=event,
             on_plan=on_plan,
@@ -156,11 +180,18 @@ def add(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print only the report as JSON."),
+    ray: o.Ray = None,
+    ray_actors: o.RayActors = None,
+    ray_gpus_per_actor: o.RayGpusPerActor = None,
 ) -> None:
     """Add photos to a database (photos already in it are skipped; the old database stays valid until the new one is complete)."""
     from geofast.db import Database
 
-    with _plan_progress(progress) as on_plan, _progress(progress, "encoding") as (advance, event):
+    with (
+        _executor(ray, ray_actors, ray_gpus_per_actor) as executor,
+        _plan_progress(progress) as on_plan,
+        _progress(progress, "encoding") as (advance, event),
+    ):
         report = Database.add(
             directory,
             source,
@@ -169,6 +200,7 @@ def add(
             batch_size=batch_size,
             chunk_size=chunk_size,
             workers=workers,
+            executor=executor,
             on_progress=advance,
             on_event=event,
             on_plan=on_plan,

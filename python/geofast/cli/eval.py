@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,21 +75,30 @@ def evaluate(
     llm_image_size: o.LlmImageSize = 512,
     llm_max_tokens: o.LlmMaxTokens = 256,
     llm_cache: o.LlmCache = True,
+    llm_deadline: o.LlmDeadline = 180.0,
+    ray: o.Ray = None,
+    ray_actors: o.RayActors = None,
+    ray_gpus_per_actor: o.RayGpusPerActor = None,
 ) -> None:
     """Evaluate geolocation accuracy: accuracy at radii, median/mean error, GeoScore, PD split.
 
     GeoCLIP's top-1 is the best place after merging gallery points listed more than once
     (probabilities summed), which can differ from the reference's argmax; --raw-candidates scores
     the reference's raw argmax (the published numbers). Use a fresh --out when switching."""
+    import numpy as np
+
     import geofast as gf
     from geofast import evaluate as ev
 
     radii_km = _parse_radii(radii)
+    ray_opts = o.ray_options(ray, ray_actors, ray_gpus_per_actor)
     if distance not in ("geodesic", "haversine"):
         raise gf.InputError(f"--distance {distance!r} is not geodesic or haversine")
     if predictions is not None:
-        if dataset is not None or images is not None:
-            raise gf.InputError("--predictions scores a file on its own", hint="drop DATASET/--images, or drop --predictions")
+        if dataset is not None or images is not None or ray_opts is not None:
+            raise gf.InputError(
+                "--predictions scores a file on its own", hint="drop DATASET/--images/--ray, or drop --predictions"
+            )
         scored = ev.read_predictions(predictions)
         title = str(predictions)
     else:
@@ -119,13 +130,15 @@ def evaluate(
         if not images.is_dir():
             raise gf.InputError(f"--images {images} is not a folder")
         data = ev.read_dataset(dataset)
+        created = not out.exists()
         log = ev.PredictionLog.open(out)
-        todo = sum(1 for name in data.images if name not in log.done)
+        todo = int(np.count_nonzero(~log.done.contains_many(data.images)))
         if todo:
             with _console.err.status(f"loading {model} ...", spinner="dots"):
                 predictor = make_predictor(opts, database)
-            _predict_all(data, images, predictor, log, batch_size, method)
-        scored = _subset(ev.read_predictions(out), set(data.images))
+            with _on_ray(predictor, ray_opts, out if created else None):
+                _predict_all(data, images, predictor, log, batch_size, method)
+        scored = ev.read_predictions(out).subset(data.images)
         title = f"{dataset.name} ({method}, {model})"
 
     metrics = ev.score(scored.truth, scored.pred, radii=radii_km, distance=distance, strict=strict, confidence=scored.confidence)
@@ -145,21 +158,36 @@ def evaluate(
         _console.err.print(f"... and {len(scored.failed) - 10} more (see --json)")
 
 
-def _subset(scored: Any, names: set[str]) -> Any:
-    from geofast.evaluate import ScoredFile
+@contextlib.contextmanager
+def _on_ray(predictor: Any, ray_opts: Any, created: Path | None) -> Iterator[None]:
+    """With --ray: the CLIP forward passes on Ray actors; a cluster that cannot run them leaves
+    no predictions file behind (``created``: the file this run created)."""
+    if ray_opts is None:
+        yield
+        return
+    from geofast.db.ray_executor import ray_forward
 
-    keep = [i for i, name in enumerate(scored.images) if name in names]
-    conf = scored.confidence[keep] if scored.confidence is not None else None
-    return ScoredFile(
-        scored.truth[keep], scored.pred[keep], conf, [scored.images[i] for i in keep], [f for f in scored.failed if f[0] in names]
-    )
+    with contextlib.ExitStack() as stack:
+        try:
+            with _console.err.status("starting the Ray encoder actors ...", spinner="dots"):
+                forward = stack.enter_context(ray_forward(predictor, ray_opts))
+        except Exception:
+            if created is not None:
+                created.unlink(missing_ok=True)
+            raise
+        _console.err.print(f"encoding on Ray: {forward.describe()}")
+        yield
 
 
 def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: int, method: str) -> None:
+    from geofast.cli import _llm
     from geofast.evaluate import run_predictions
 
-    with _console.progress("evaluating", unit="images") as bar:
-        task = bar.add_task("eval", total=len(data.images))
+    rag = method == "rag"
+    with _console.progress("evaluating", unit="images", info=rag) as bar:
+        task = bar.add_task("eval", total=len(data.images), info="")
+        if rag:
+            _llm.attach(predictor, bar, task)
         run_predictions(
             data,
             images,

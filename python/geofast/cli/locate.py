@@ -17,7 +17,7 @@ from geofast.cli import app
 @app.command("locate")
 def locate(
     images: list[str] | None = typer.Argument(
-        None, metavar="[IMAGE|URL]...", help="Image files, folders (searched recursively), glob patterns or http(s) URLs."
+        None, metavar="IMAGE|URL", help="Image files, folders (searched recursively), glob patterns or http(s) URLs."
     ),
     texts: list[str] | None = typer.Option(
         None,
@@ -68,6 +68,7 @@ def locate(
     llm_image_size: o.LlmImageSize = 512,
     llm_max_tokens: o.LlmMaxTokens = 256,
     llm_cache: o.LlmCache = True,
+    llm_deadline: o.LlmDeadline = 180.0,
 ) -> None:
     """Predict where each photo was taken: ranked coordinates with probabilities, place names and a confidence.
 
@@ -134,6 +135,7 @@ def locate(
             lambda items, advance: predictor.predict(
                 items, top_k=top_k, batch_size=batch_size, places=places, on_progress=advance
             ),
+            predictor if method == "rag" else None,
         )
         if paths
         else []
@@ -168,12 +170,22 @@ def locate(
         raise typer.Exit(1)
 
 
-def _with_progress(items: list[Any], batch_size: int, run: Callable[[list[Any], Callable[[int], None]], list[Any]]) -> list[Any]:
-    """``run(items, advance)`` under a progress bar with ETA when there is more than one batch."""
-    if len(items) <= batch_size:
+def _with_progress(
+    items: list[Any],
+    batch_size: int,
+    run: Callable[[list[Any], Callable[[int], None]], list[Any]],
+    llm_predictor: Any = None,
+) -> list[Any]:
+    """``run(items, advance)`` under a progress bar with ETA when there is more than one batch
+    (always for the LLM stage of ``rag``: requests/s and tokens as they come)."""
+    if len(items) <= batch_size and llm_predictor is None:
         return run(items, lambda _n: None)
-    with _console.progress("locating", unit="images") as bar:
-        task = bar.add_task("locate", total=len(items))
+    from geofast.cli import _llm
+
+    with _console.progress("locating", unit="images", info=llm_predictor is not None) as bar:
+        task = bar.add_task("locate", total=len(items), info="")
+        if llm_predictor is not None:
+            _llm.attach(llm_predictor, bar, task)
         return run(items, lambda n: bar.advance(task, n))
 
 

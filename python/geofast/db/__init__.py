@@ -26,6 +26,8 @@ The package, one concern per module (imports point down):
 * :mod:`geofast.db.builder` — the resumable chunked builder and its executors (:class:`Executor`:
   ``encode(jobs)`` yields one :class:`EncodedBatch` per :class:`BatchJob`, in order;
   :class:`LocalExecutor` is this machine's loader threads + backbone);
+* :mod:`geofast.db.ray_executor` — :class:`~geofast.db.ray_executor.RayExecutor`, the same jobs on
+  a Ray cluster (Ray Data decode tasks + encoder actors; Ray imported only when used);
 * :mod:`geofast.db.database` — :class:`Database` (open, check, search, metadata, build/add).
 
 **Search.** Flat databases (the default, FAISS ``IndexFlatIP`` semantics: exact maximum inner

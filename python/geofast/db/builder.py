@@ -423,6 +423,11 @@ class Executor(Protocol):
     backbone; remote executors check their workers'). :func:`prepare_batch` and
     :func:`encode_prepared` are the two halves of the local pipeline, for reuse."""
 
+    def start(self, backbone: Backbone, probe: np.ndarray) -> None:
+        """Called once before anything is written, with the driver's backbone and its probe
+        embedding: connect, check the workers (version, backbone), or raise."""
+        ...
+
     def encode(self, jobs: Iterable[BatchJob]) -> Iterator[EncodedBatch]: ...
 
 
@@ -503,6 +508,9 @@ class LocalExecutor:
     def __init__(self, backbone: Backbone, workers: int | None = None) -> None:
         self.backbone = backbone
         self.workers = _loader_workers(workers, backbone)
+
+    def start(self, backbone: Backbone, probe: np.ndarray) -> None:
+        """Nothing to check: this executor encodes with the driver's backbone itself."""
 
     def encode(self, jobs: Iterable[BatchJob]) -> Iterator[EncodedBatch]:
         from concurrent.futures import Future, ThreadPoolExecutor
@@ -617,6 +625,9 @@ class _Builder:
             duplicates = len(plan) - int(keep.shape[0])
             if duplicates:
                 plan = plan.subset(keep)
+        if executor is None:
+            executor = LocalExecutor(backbone, workers)
+        executor.start(backbone, probe)  # before anything is written: a remote executor checks its workers
         n = len(plan.entries)
         n_chunks = (n + chunk_size - 1) // chunk_size
         digest = self._plan_digest(plan, chunk_size, dtype, dim, base)
@@ -628,7 +639,7 @@ class _Builder:
             on_progress(sum(min(chunk_size, n - c * chunk_size) for c in done), n)
         encoded, enc_s, wait_s = self._encode(
             plan,
-            executor if executor is not None else LocalExecutor(backbone, workers),
+            executor,
             done,
             n_chunks,
             chunk_size,

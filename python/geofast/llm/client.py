@@ -8,9 +8,14 @@ does not have:
 
 - a concurrency limit (an ``asyncio.Semaphore`` around every HTTP request, retries included);
 - an on-disk response cache (:mod:`geofast.llm.cache`) consulted before the limit;
-- a circuit breaker: when the endpoint cannot be reached or times out before any request has
-  succeeded, the run stops with :class:`~geofast.errors.LLMError` instead of retrying every
-  image; authentication and unknown-model errors stop it at once;
+- a circuit breaker shared by the whole run (one client per run): when the endpoint cannot be
+  reached or times out before any request has succeeded, or when ``breaker_failures``
+  requests in a row have failed after earlier successes, the run stops with
+  :class:`~geofast.errors.LLMError` and queued requests are never sent; authentication and
+  unknown-model errors stop it at once. A short outage (fewer failures in a row) does not stop
+  the run: the images it hit fall back to the retrieval answer, flagged;
+- running totals of the run (:attr:`LLMClient.stats`: requests, tokens, failures; and the
+  requests per second since the first request) for a progress display;
 - token usage per request, summed by the caller.
 
 The API key comes from ``GEOFAST_LLM_API_KEY`` or ``OPENAI_API_KEY`` (or the ``api_key``
@@ -69,7 +74,11 @@ OPTION_NAMES: dict[str, str] = {
     "image_max_side": "--llm-image-size",
     "max_tokens": "--llm-max-tokens",
     "cache": "--llm-cache/--no-llm-cache",
+    "deadline_s": "--llm-deadline",
 }
+
+#: Default seconds an image may spend in the LLM stage before its retrieval answer is used.
+DEFAULT_DEADLINE_S = 180.0
 
 T = TypeVar("T")
 
@@ -84,7 +93,9 @@ class LLMConfig:
     candidates) and the first r of the ``farthest`` neighbours, and is sampled ``samples``
     times at ``temperature``. ``base_url`` None means ``$GEOFAST_LLM_BASE_URL``,
     ``$OPENAI_BASE_URL`` or OpenAI's; ``model`` None means ``$GEOFAST_LLM_MODEL`` or
-    ``gpt-4o-mini``.
+    ``gpt-4o-mini``. ``deadline_s`` bounds the time one image spends in the LLM stage (its
+    requests, retries and waits for a free request slot); past it, the image's pending requests
+    are cancelled and it gets its retrieval answer, flagged as a fallback.
     """
 
     base_url: str | None = None
@@ -100,6 +111,7 @@ class LLMConfig:
     image_max_side: int = 512
     max_tokens: int = 256
     cache: bool = True
+    deadline_s: float = DEFAULT_DEADLINE_S
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "references", tuple(int(r) for r in self.references))
@@ -112,6 +124,8 @@ class LLMConfig:
 
         if not self.timeout_s > 0:
             raise bad("timeout_s", "the request timeout must be > 0 seconds")
+        if not self.deadline_s > 0:
+            raise bad("deadline_s", "the per-image deadline must be > 0 seconds")
         if self.max_retries < 0:
             raise bad("max_retries", "retries must be >= 0")
         if self.concurrency < 1:
@@ -303,16 +317,32 @@ class LLMClient:
         if self.config.cache:
             self.cache = cache if cache is not None else ResponseCache()
         self._client: Any = None
+        self._loop: Any = None
         self._sem: asyncio.Semaphore | None = None
         self._succeeded = False
         self._fatal: LLMError | None = None
+        #: Failed requests in a row since the last answer; the breaker opens at ``breaker_failures``.
+        self.breaker_failures = max(8, 2 * self.config.concurrency)
+        self._streak = 0
+        self._last_error = ""
+        #: Running totals of this client's run (all sessions): requests, tokens, failures, cache hits.
+        self.stats = Usage()
+        self._first_request_at: float | None = None
 
     def __repr__(self) -> str:
         return f"LLMClient(base_url={self.base_url!r}, model={self.model!r}, cache={self.cache!r})"
 
     async def __aenter__(self) -> LLMClient:
+        """Open the HTTP client on this event loop. The breaker and the totals are the run's:
+        they carry over from one ``async with`` to the next (one client per run, used batch by
+        batch); :meth:`reset` starts a new run."""
         import openai
 
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is loop:
+            return self
+        if self._client is not None:  # opened on another (finished) loop: its connections are gone
+            self._client = None
         extra: dict[str, Any] = {}
         if urlparse(self.base_url).scheme == "http":
             extra["http_client"] = openai.DefaultAsyncHttpxClient(verify=_ssl_context())
@@ -324,9 +354,54 @@ class LLMClient:
             **extra,
         )
         self._sem = asyncio.Semaphore(self.config.concurrency)
+        self._loop = loop
+        return self
+
+    def reset(self) -> None:
+        """Forget the breaker state and the totals (a new run with the same client)."""
         self._succeeded = False
         self._fatal = None
-        return self
+        self._streak = 0
+        self._last_error = ""
+        self.stats = Usage()
+        self._first_request_at = None
+
+    @property
+    def fatal(self) -> LLMError | None:
+        """The error that stopped the run, if the breaker is open."""
+        return self._fatal
+
+    def requests_per_second(self) -> float:
+        """Answered and failed requests per second since the first request of the run."""
+        import time
+
+        if self._first_request_at is None:
+            return 0.0
+        elapsed = time.monotonic() - self._first_request_at
+        done = self.stats.requests + self.stats.failed
+        return done / elapsed if elapsed > 0 else 0.0
+
+    def _count(self, usage: Usage) -> None:
+        self.stats = self.stats + usage
+
+    def _failed(self, error: str) -> ChatAnswer:
+        """A request that failed after the client's retries: counted towards the breaker."""
+        usage = Usage(failed=1)
+        self._count(usage)
+        self._streak += 1
+        self._last_error = error
+        if self._streak >= self.breaker_failures and self._fatal is None:
+            self._fatal = LLMError(
+                f"{self.base_url} is failing: {self._streak} requests in a row failed "
+                f"(last error: {error}); stopped sending requests",
+                hint=f"check that the server behind {OPTION_NAMES['base_url']} is running, then rerun (answers so far are cached)",
+            )
+        return ChatAnswer(None, usage, error=error)
+
+    def cancelled(self, n: int = 1) -> None:
+        """Count ``n`` requests abandoned at an image's deadline as failures of the endpoint."""
+        for _ in range(n):
+            self._failed("deadline exceeded")
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -335,6 +410,7 @@ class LLMClient:
         if self._client is not None:
             await self._client.close()
             self._client = None
+            self._loop = None
 
     def key(self, prompt: str, image: EncodedImage, sample: int) -> str:
         """The cache key of one request."""
@@ -360,6 +436,13 @@ class LLMClient:
             }
         ]
 
+    def _answer_error(self, error: str) -> ChatAnswer:
+        """A request the endpoint answered with an error about the request itself (HTTP 400, a
+        body that is not a completion): counted as failed, but the endpoint is up."""
+        usage = Usage(failed=1)
+        self._count(usage)
+        return ChatAnswer(None, usage, error=error)
+
     def _stop(self, message: str, hint: str) -> LLMError:
         """Remember a configuration error so that queued requests fail without being sent."""
         self._fatal = LLMError(message, hint=hint)
@@ -377,14 +460,19 @@ class LLMClient:
         if self.cache is not None:
             record = self.cache.get(key)
             if record is not None:
+                self._count(Usage(cached=1))
                 return ChatAnswer(record["content"], Usage(cached=1), cached=True)
+
+        import time
 
         import openai
 
         cfg = self.config
         async with self._sem:
-            if self._fatal is not None:  # another request already found the endpoint unusable
+            if self._fatal is not None:  # the breaker is open: nothing more is sent
                 raise self._fatal
+            if self._first_request_at is None:
+                self._first_request_at = time.monotonic()
             try:
                 raw = await self._client.chat.completions.with_raw_response.create(
                     model=self.model,
@@ -409,22 +497,25 @@ class LLMClient:
                         f"request to {self.base_url} {msg}",
                         hint=f"raise {OPTION_NAMES['timeout_s']} or lower {OPTION_NAMES['concurrency']}",
                     ) from None
-                return ChatAnswer(None, Usage(failed=1), error=msg)
+                return self._failed(msg)
             except openai.APIConnectionError as e:
                 msg = f"cannot connect to {self.base_url}: {_error_message(e.__cause__ or e)}"
                 if not self._succeeded:
                     raise self._stop(msg, hint=f"check {OPTION_NAMES['base_url']} and that the server is running") from None
-                return ChatAnswer(None, Usage(failed=1), error=msg)
+                return self._failed(msg)
             except openai.APIStatusError as e:
-                return ChatAnswer(None, Usage(failed=1), error=f"HTTP {e.status_code}: {_error_message(e)}")
+                if e.status_code >= 500 or e.status_code in (408, 429):
+                    return self._failed(f"HTTP {e.status_code}: {_error_message(e)}")
+                return self._answer_error(f"HTTP {e.status_code}: {_error_message(e)}")
             except openai.APIError as e:
-                return ChatAnswer(None, Usage(failed=1), error=f"bad response: {_error_message(e)}")
+                return self._answer_error(f"bad response: {_error_message(e)}")
             try:
                 response = raw.parse()
             except Exception as e:
-                return ChatAnswer(None, Usage(failed=1), error=f"bad response: {type(e).__name__}: {_error_message(e)}")
+                return self._answer_error(f"bad response: {type(e).__name__}: {_error_message(e)}")
 
         self._succeeded = True
+        self._streak = 0
         choices = getattr(response, "choices", None) or []
         message = getattr(choices[0], "message", None) if choices else None
         content = _text_of(getattr(message, "content", None))
@@ -436,6 +527,7 @@ class LLMClient:
             requests=1,
             retries=int(getattr(raw, "retries_taken", 0) or 0),
         )
+        self._count(usage)
         if content is None:
             return ChatAnswer(None, usage, error="empty reply")
         if self.cache is not None:

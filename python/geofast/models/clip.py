@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -278,6 +278,10 @@ class Backbone:
             inputs = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
             return tower.model(**inputs).text_embeds.float()
 
+    #: When set, :meth:`encode` runs the forward pass there (``remote.encode(pixel_values)``,
+    #: e.g. :class:`geofast.db.ray_executor.RayForward`: an evaluation's encoding on Ray actors).
+    remote: Any = None
+
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """CLIP pixel values ``(B, 3, 224, 224)`` float32 for RGB PIL images."""
         return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -286,10 +290,47 @@ class Backbone:
         """Projected CLIP image features ``(B, 768)`` float32 (not normalised)."""
         import torch
 
+        if self.remote is not None:
+            return self.remote.encode(pixel_values)
         with torch.inference_mode():
             x = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
             out = self.model(pixel_values=x).image_embeds
             return out.float()
+
+
+def _backbone_folder(source: str) -> Path:
+    """The local folder holding the backbone ``source`` (a folder, or a hub id from the cache)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError(f"--clip {source}: is a file; pass the folder that holds config.json", hint=_HINT)
+    if path.is_absolute() or source.startswith((".", "~")) or source.count("/") != 1:
+        raise ModelError(f"CLIP backbone folder {source} does not exist", hint=_HINT)
+    return _snapshot(source)
+
+
+def _load_processor(folder: Path) -> Any:
+    from transformers import AutoImageProcessor, CLIPImageProcessor
+
+    if not (folder / "preprocessor_config.json").is_file():
+        return CLIPImageProcessor()
+    with quiet_transformers():
+        try:
+            return AutoImageProcessor.from_pretrained(folder)
+        except Exception as e:
+            raise ModelError(f"cannot read {folder / 'preprocessor_config.json'}: {e}", hint=_HINT) from e
+
+
+def load_preprocess(clip: str | os.PathLike[str] | None = None) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
+    """Only the backbone's preprocessing (:meth:`Backbone.preprocess`, no weights loaded): what
+    image-decoding workers of a distributed build run."""
+    processor = _load_processor(_backbone_folder(resolve_source(clip)))
+
+    def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
+        return processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    return preprocess
 
 
 def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None = None) -> Backbone:
@@ -297,22 +338,14 @@ def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None
     import torch
 
     source = resolve_source(clip)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        folder = path
-    elif path.exists():
-        raise ModelError(f"--clip {source}: is a file; pass the folder that holds config.json", hint=_HINT)
-    elif path.is_absolute() or source.startswith((".", "~")) or source.count("/") != 1:
-        raise ModelError(f"CLIP backbone folder {source} does not exist", hint=_HINT)
-    else:
-        folder = _snapshot(source)
+    folder = _backbone_folder(source)
     config = _vision_config(folder)
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
         raise ModelError(f"CLIP backbone folder {folder} has no weights (model.safetensors)", hint=_HINT)
 
     dev = pick_device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    from transformers import AutoImageProcessor, CLIPImageProcessor, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionModelWithProjection
 
     with quiet_transformers():
         try:
@@ -331,13 +364,7 @@ def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None
                 f"({len(missing)} tensors missing or mismatched, e.g. {missing[0]})",
                 hint=_HINT,
             )
-        if (folder / "preprocessor_config.json").is_file():
-            try:
-                processor = AutoImageProcessor.from_pretrained(folder)
-            except Exception as e:
-                raise ModelError(f"cannot read {folder / 'preprocessor_config.json'}: {e}", hint=_HINT) from e
-        else:
-            processor = CLIPImageProcessor()
+    processor = _load_processor(folder)
     model = model.to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -20,7 +20,6 @@ scan's top-K is then O(K) per query. The merged top-k is exact, not approximate:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,20 +57,15 @@ class DuplicateGroups:
         return self.max_size > 1
 
 
-def merge_row(
-    idx: np.ndarray,
-    probs: np.ndarray,
-    groups: DuplicateGroups,
-    top_k: int,
-    complete: bool,
-    multi_probs: Callable[[], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray] | None:
+def merge_scanned(
+    idx: np.ndarray, probs: np.ndarray, groups: DuplicateGroups, top_k: int, complete: bool
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Merge one query's raw top-K (``idx``, ``probs``, sorted by decreasing probability).
 
-    Returns (canonical rows, summed probabilities) of the top ``min(top_k, n_distinct)`` distinct
-    coordinates, or ``None`` when the scan was too short to be sure (scan again with a larger K).
-    ``complete`` says the scan covered the whole gallery; ``multi_probs()`` gives the exact summed
-    probability of every group in ``groups.multi`` (called only when needed).
+    Returns (canonical rows, summed probabilities, certain) ranked by summed probability;
+    ``certain`` says that no coordinate outside the scan can enter the top ``top_k``
+    (``complete``: the scan covered the whole gallery). When not certain, call
+    :func:`merge_exact`.
     """
     want = min(top_k, groups.n_distinct)
     canon = groups.canon[idx]
@@ -83,22 +77,30 @@ def merge_row(
     summed = mean * groups.size[uniq]
     order = np.lexsort((first, -summed))  # by summed probability, ties in scan order
     rows, vals = uniq[order], summed[order]
-    if complete:
-        return rows[:want], vals[:want]
-    p_last = float(probs[-1])
-    if rows.shape[0] >= want and vals[want - 1] >= groups.max_size * p_last:
-        return rows[:want], vals[:want]
-    # Exact sums for every multi-row group; unscanned single rows stay below p_last.
+    certain = complete or (rows.shape[0] >= want and vals[want - 1] >= groups.max_size * float(probs[-1]))
+    return rows, vals, bool(certain)
+
+
+def merge_exact(
+    rows: np.ndarray, vals: np.ndarray, p_last: float, groups: DuplicateGroups, top_k: int, multi_probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Complete :func:`merge_scanned`'s answer with ``multi_probs``, the exact summed probability
+    of every group in ``groups.multi``: only unscanned single rows remain, each at most
+    ``p_last`` (the scan's last raw probability). ``None``: scan deeper."""
+    want = min(top_k, groups.n_distinct)
     single = groups.size[rows] == 1
-    multi = groups.multi
-    mp = multi_probs()
-    all_rows = np.concatenate([rows[single], multi])
-    all_vals = np.concatenate([vals[single], mp])
+    all_rows = np.concatenate([rows[single], groups.multi])
+    all_vals = np.concatenate([vals[single], multi_probs])
+    if all_rows.shape[0] < want:
+        return None
+    if all_rows.shape[0] > want:  # the best ``want`` without sorting them all
+        top = np.argpartition(-all_vals, want - 1)[:want]
+        all_rows, all_vals = all_rows[top], all_vals[top]
     order = np.lexsort((all_rows, -all_vals))
     all_rows, all_vals = all_rows[order], all_vals[order]
-    if all_rows.shape[0] >= want and all_vals[want - 1] >= p_last:
-        return all_rows[:want], all_vals[:want]
+    if all_vals[want - 1] >= p_last:
+        return all_rows, all_vals
     return None
 
 
-__all__ = ["MERGE_MARGIN", "DuplicateGroups", "merge_row"]
+__all__ = ["MERGE_MARGIN", "DuplicateGroups", "merge_exact", "merge_scanned"]

@@ -1,7 +1,7 @@
 """GeoCLIP / GeoMapCLIP prediction: image → ranked GPS candidates with probabilities.
 
 The image embedding (CLIP ViT-L/14 → GeoCLIP MLP → L2 norm) is scored against every gallery
-location embedding (cached once, see :mod:`geofast.gallery`) by ``gf.Gallery``; the same scan
+location embedding (cached once, see :mod:`geofast.gallery`) by ``Gallery``; the same scan
 returns the log-sum-exp of ``logit_scale · score`` over the whole gallery, so the top-k softmax
 probabilities are ``exp(logit_scale · s − lse)`` without a second pass.
 
@@ -15,15 +15,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import geofast as gf
-from geofast.errors import InputError
-from geofast.images import ImageInput, ImageURL, expand_images, iter_loaded, load_image
-from geofast.predict.duplicates import MERGE_MARGIN, DuplicateGroups, merge_row
+from geofast._geofast import Gallery, haversine_matrix, swc
+from geofast.errors import EmptyInputError, InputError, ParameterError, ShapeError
+from geofast.images import ImageInput, ImageURL, expand_images, iter_loaded_batches, load_image
+from geofast.predict.duplicates import MERGE_MARGIN, DuplicateGroups, merge_exact, merge_scanned
 from geofast.predict.types import Candidate, Prediction
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ class GalleryData:
     latlon: np.ndarray  # (N, 2) float64
     embeddings: np.ndarray  # (N, 512) float32/float16, L2-normalised
     label: str
-    search: Any = field(repr=False)  # gf.Gallery
+    search: Any = field(repr=False)  # Gallery
     built: bool = False
     _duplicates: DuplicateGroups | None = field(default=None, repr=False)
     _multi_embeddings: np.ndarray | None = field(default=None, repr=False)
@@ -65,6 +64,10 @@ class GalleryData:
         return self._multi_embeddings
 
 
+#: Memory budget of one block of the query × gallery distance matrix in :func:`prediction_density`.
+PD_BLOCK_BYTES = 32 << 20
+
+
 def prediction_density(
     query: np.ndarray,
     top1_latlon: np.ndarray,
@@ -72,16 +75,28 @@ def prediction_density(
     scale: float,
     lse: np.ndarray,
     radius_km: float = PD_RADIUS_KM,
+    *,
+    block_bytes: int = PD_BLOCK_BYTES,
 ) -> np.ndarray:
-    """PD_r for each query: softmax mass of gallery points within ``radius_km`` of its top-1."""
-    if query.shape[0] == 0:
+    """PD_r for each query: softmax mass of gallery points within ``radius_km`` of its top-1.
+
+    The distances are computed for blocks of queries (``block_bytes`` of float64 per block, at
+    least one query), so memory does not depend on how many queries are passed at once; each
+    query's value is the same whatever the block size."""
+    n = int(query.shape[0])
+    if n == 0:
         return np.zeros(0)
-    dist = gf.haversine_matrix(top1_latlon, gallery.latlon)
-    out = np.empty(query.shape[0])
-    for b in range(query.shape[0]):
-        near = np.flatnonzero(dist[b] <= radius_km)
-        s = np.asarray(gallery.embeddings[near], dtype=np.float32) @ query[b].astype(np.float32)
-        out[b] = float(np.exp(scale * s.astype(np.float64) - lse[b]).sum())
+    n_gallery = int(gallery.latlon.shape[0])
+    rows = max(1, int(block_bytes) // max(1, 8 * n_gallery))
+    out = np.empty(n)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        dist = haversine_matrix(top1_latlon[start:stop], gallery.latlon)
+        for b in range(start, stop):
+            near = np.flatnonzero(dist[b - start] <= radius_km)
+            s = np.asarray(gallery.embeddings[near], dtype=np.float32) @ query[b].astype(np.float32)
+            out[b] = float(np.exp(scale * s.astype(np.float64) - lse[b]).sum())
+        del dist
     return np.minimum(out, 1.0)
 
 
@@ -224,8 +239,9 @@ class Geolocator:
         return idx, probs, pd, lse
 
     def _search_merged(self, emb: np.ndarray, top_k: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Merged top-k (see :mod:`geofast.predict.duplicates`): scan top_k + margin, merge, and
-        rescan deeper only the queries whose merged list is not yet provably complete."""
+        """Merged top-k (see :mod:`geofast.predict.duplicates`): scan top_k + margin and merge;
+        queries whose merged list is not yet provably complete get the exact sums of every
+        multi-row group (one matrix product for all of them), and a deeper scan if still needed."""
         groups = self.gallery.duplicates
         n = self.gallery.latlon.shape[0]
         want = min(top_k, groups.n_distinct)
@@ -238,23 +254,33 @@ class Geolocator:
         while todo.size:
             scores, idx, row_lse = self.gallery.search.search(emb[todo], k, lse_scale=scale)
             probs = np.exp(scale * scores.astype(np.float64) - row_lse[:, None])
-            retry: list[int] = []
+            lse[todo] = row_lse
+            pending: list[tuple[int, np.ndarray, np.ndarray, float]] = []
             for j, q in enumerate(todo.tolist()):
-                lse[q] = row_lse[j]
-                merged = merge_row(idx[j], probs[j], groups, top_k, k >= n, partial(self._multi_probs, emb[q], float(row_lse[j])))
-                if merged is None:
-                    retry.append(q)
+                rows, vals, certain = merge_scanned(idx[j], probs[j], groups, top_k, k >= n)
+                if certain:
+                    out_idx[q], out_prob[q] = rows[:want], vals[:want]
                 else:
-                    out_idx[q], out_prob[q] = merged
+                    pending.append((q, rows, vals, float(probs[j, -1])))
+            retry: list[int] = []
+            if pending:
+                queries = np.asarray([q for q, *_ in pending], dtype=np.int64)
+                multi = self._multi_probs(emb[queries], lse[queries])
+                for (q, rows, vals, p_last), mp in zip(pending, multi):
+                    merged = merge_exact(rows, vals, p_last, groups, top_k, mp)
+                    if merged is None:
+                        retry.append(q)
+                    else:
+                        out_idx[q], out_prob[q] = merged
             todo = np.asarray(retry, dtype=np.int64)
             k = min(n, k * 4)
         return out_idx, out_prob, lse
 
-    def _multi_probs(self, query: np.ndarray, lse: float) -> np.ndarray:
-        """Exact summed probability of every multi-row duplicate group for one query."""
+    def _multi_probs(self, queries: np.ndarray, lse: np.ndarray) -> np.ndarray:
+        """Exact summed probability ``(B, M)`` of every multi-row duplicate group for each query."""
         groups = self.gallery.duplicates
-        s = (self.gallery.multi_embeddings @ query.astype(np.float32)).astype(np.float64)
-        return np.exp(self.logit_scale * s - lse) * groups.size[groups.multi]
+        s = (queries.astype(np.float32) @ self.gallery.multi_embeddings.T).astype(np.float64)
+        return np.exp(self.logit_scale * s - lse[:, None]) * groups.size[groups.multi][None, :]
 
     def predict(
         self,
@@ -279,7 +305,7 @@ class Geolocator:
         if method not in ("geoclip", "swc"):
             raise InputError(f"unknown method {method!r} for Geolocator.predict", hint="use geoclip or swc")
         if top_k < 1:
-            raise gf.ParameterError(f"top_k must be >= 1, got {top_k}")
+            raise ParameterError(f"top_k must be >= 1, got {top_k}")
         return predict_in_batches(
             _as_items(images),
             batch_size,
@@ -338,11 +364,11 @@ class Geolocator:
         ``encode_texts``)."""
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(names):
-            raise gf.ShapeError(f"embeddings must have shape ({len(names)}, 512) for {len(names)} names, got {emb.shape}")
+            raise ShapeError(f"embeddings must have shape ({len(names)}, 512) for {len(names)} names, got {emb.shape}")
         if emb.shape[0] == 0:
             return []
         if top_k < 1:
-            raise gf.ParameterError(f"top_k must be >= 1, got {top_k}")
+            raise ParameterError(f"top_k must be >= 1, got {top_k}")
         idx, probs, pd, _ = self.search_embeddings(emb, top_k, merge_duplicates=merge_duplicates)
         return [
             self._prediction(name, idx[k], probs[k], float(pd[k]), method, swc_eps_km, places) for k, name in enumerate(names)
@@ -377,7 +403,7 @@ class Geolocator:
             method=method,
         )
         if method == "swc":
-            lat, lon, members = gf.swc(latlon, probs, eps_km=swc_eps_km, weight_exponent=1.0)
+            lat, lon, members = swc(latlon, probs, eps_km=swc_eps_km, weight_exponent=1.0)
             pred.lat, pred.lon = float(lat), float(lon)
             pred.prob = float(probs[members].sum())
             pred.members = [int(m) for m in members]
@@ -450,18 +476,26 @@ def predict_in_batches(
     method: str,
     predict: Callable[[list[str], list[Any]], list[Prediction]],
     on_progress: Callable[[int], None] | None = None,
+    *,
+    loader_threads: int | None = None,
+    first_index: int = 0,
 ) -> list[Prediction]:
     """Load ``items`` batch by batch and call ``predict(names, rgb_images)`` on the readable ones;
-    an unreadable image becomes a Prediction carrying its error, in its place."""
+    an unreadable image becomes a Prediction carrying its error, in its place.
+
+    The next batch is decoded in background threads (:func:`geofast.images.iter_loaded_batches`)
+    while ``predict`` runs on the current one; at most two batches of images are held."""
     results: list[Prediction] = []
-    for start in range(0, len(items), max(1, batch_size)):
-        loaded = list(iter_loaded(items[start : start + batch_size]))
+    for loaded in iter_loaded_batches(items, batch_size, threads=loader_threads, first_index=first_index):
         good = [(name, im) for _, name, im, _ in loaded if im is not None]
         located = iter(predict([n for n, _ in good], [im for _, im in good]) if good else [])
+        del good
         for _, name, im, err in loaded:
             results.append(next(located) if im is not None else Prediction(image=name, method=method, error=str(err)))
+        n = len(loaded)
+        del loaded
         if on_progress is not None:
-            on_progress(len(loaded))
+            on_progress(n)
     return results
 
 
@@ -489,7 +523,7 @@ def build_gallery(
     cache_dtype: str = "f32",
     progress: bool = True,
 ) -> GalleryData:
-    """Coordinates + cached embeddings + a ``gf.Gallery`` for a model's gallery choice."""
+    """Coordinates + cached embeddings + a ``Gallery`` for a model's gallery choice."""
     from geofast.gallery import EmbeddingCache, check_latlon_array, parse_region, read_gallery_file, region_mask
 
     if gallery is None:
@@ -502,7 +536,7 @@ def build_gallery(
         latlon = read_gallery_file(gallery)
         label = os.fspath(gallery)
     if latlon.shape[0] == 0:
-        raise gf.EmptyInputError("the gallery is empty")
+        raise EmptyInputError("the gallery is empty")
     # GeoCLIP holds its gallery as float32; encode exactly those coordinates.
     enc_latlon = latlon.astype(np.float32).astype(np.float64)
     cache = EmbeddingCache.default(cache_dir)
@@ -528,5 +562,5 @@ def build_gallery(
         latlon = latlon[mask]
         emb = np.ascontiguousarray(emb[mask])
         emb.setflags(write=False)
-    search = gf.Gallery(emb, dtype="f16" if emb.dtype == np.float16 else "f32")
+    search = Gallery(emb, dtype="f16" if emb.dtype == np.float16 else "f32")
     return GalleryData(latlon=latlon, embeddings=emb, label=label, search=search, built=built)

@@ -55,6 +55,7 @@ __all__ = [
     "predict_rag",
     "run_rag",
     "total_usage",
+    "verify_scores",
 ]
 
 #: Called after each image's LLM stage with (images done, images in total).
@@ -219,11 +220,14 @@ def geo_verify(image_embedding: np.ndarray, latlon: np.ndarray, encoder: Locatio
     latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
     if latlon.shape[0] == 0:
         return np.zeros(0)
-    return _cosines(np.asarray(encoder.encode_locations(latlon), dtype=np.float64), np.asarray(image_embedding, dtype=np.float64))
+    return _cosines(np.asarray(encoder.encode_locations(latlon), dtype=np.float32), np.asarray(image_embedding, dtype=np.float32))
 
 
 def _cosines(loc: np.ndarray, img: np.ndarray) -> np.ndarray:
-    img = img.reshape(-1)
+    """Cosine of each row of ``loc`` with ``img``, computed in float32 and returned as float64;
+    -1 for a zero vector."""
+    loc = np.asarray(loc, dtype=np.float32)
+    img = np.asarray(img, dtype=np.float32).reshape(-1)
     if loc.ndim != 2 or loc.shape[1] != img.shape[0]:
         raise ShapeError(
             f"location embeddings of shape {loc.shape} do not match an image embedding of size {img.shape[0]}",
@@ -232,7 +236,7 @@ def _cosines(loc: np.ndarray, img: np.ndarray) -> np.ndarray:
     denom = np.linalg.norm(loc, axis=1) * np.linalg.norm(img)
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = (loc @ img) / denom
-    return np.where(denom > 0, cos, -1.0)
+    return np.where(denom > 0, cos, np.float32(-1.0)).astype(np.float64)
 
 
 def _haversine_rad(latlon: np.ndarray) -> np.ndarray:
@@ -283,11 +287,20 @@ async def _ask_image(inp: RagInput, llm: LLMClient, cfg: LLMConfig, slots: async
             out.error = str(e)
             return out
         jobs: list[tuple[str, asyncio.Task]] = []  # type: ignore[type-arg]
-        async with asyncio.TaskGroup() as tg:
-            for spec in _plan(inp, cfg):
-                for s in range(cfg.samples):
-                    jobs.append((f"llm:p{spec.n_refs}s{s}", tg.create_task(llm.ask(spec.text, enc, s))))
+        try:
+            async with asyncio.timeout(cfg.deadline_s):
+                async with asyncio.TaskGroup() as tg:
+                    for spec in _plan(inp, cfg):
+                        for s in range(cfg.samples):
+                            jobs.append((f"llm:p{spec.n_refs}s{s}", tg.create_task(llm.ask(spec.text, enc, s))))
+        except TimeoutError:
+            late = sum(1 for _, t in jobs if t.cancelled())
+            out.errors.append(f"deadline of {cfg.deadline_s:g} s exceeded ({late} of {len(jobs)} requests unanswered)")
+            out.usage = out.usage + Usage(failed=late)
+            llm.cancelled(late)
     for source, task in jobs:
+        if task.cancelled():
+            continue
         answer = task.result()
         out.usage = out.usage + answer.usage
         if answer.content is None:
@@ -319,7 +332,10 @@ def _first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-
 async def _llm_stage(inputs: Sequence[RagInput], llm: LLMClient, cfg: LLMConfig, progress: Progress | None) -> list[_Outcome]:
     # Images being prepared or waiting for answers at once: enough to keep every request slot
     # busy, few enough that 10k images do not all sit in memory as JPEGs.
-    slots = asyncio.Semaphore(max(4, 2 * cfg.concurrency))
+    # With G3's 8 requests per image, 2 × concurrency requests queued keep every slot busy
+    # without making an image's deadline run out while it waits behind the others.
+    per_image = max(1, len(cfg.references) * cfg.samples)
+    slots = asyncio.Semaphore(max(2, math.ceil(2 * cfg.concurrency / per_image)))
     done = 0
 
     async def one(inp: RagInput) -> _Outcome:
@@ -380,7 +396,12 @@ def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str)
     fallback = not best.source.startswith("llm")
     reason = None
     if fallback:
-        reason = "no usable LLM answer" if not out.llm else "a retrieval candidate verified better"
+        if out.llm:
+            reason = "a retrieval candidate verified better"
+        elif out.errors:
+            reason = f"no usable LLM answer ({out.errors[-1]})"
+        else:
+            reason = "no usable LLM answer"
     return Prediction(
         image=inp.name,
         lat=best.lat,
@@ -421,31 +442,66 @@ async def arun_rag(
     outcomes = await _llm_stage(inputs, llm, cfg, progress) if inputs else []
 
     total = Usage.total(o.usage for o in outcomes)
-    if total.failed > 0 and total.requests == 0 and total.cached == 0:
+    run = llm.stats  # the whole run's totals: a batch hit by a short outage does not stop a run that worked
+    if total.failed > 0 and run.requests == 0 and run.cached == 0:
         last = next((e for o in reversed(outcomes) for e in reversed(o.errors)), "unknown error")
         raise LLMError(
             f"all {total.failed} requests to {llm.base_url} failed; last error: {last}",
             hint=f"check {OPTION_NAMES['base_url']}, {OPTION_NAMES['model']} and that the model accepts images",
         )
 
-    # Verification: one encode_locations call for the candidates of all images.
     per_image: list[list[Candidate]] = [
         o.llm + inp.retrieval if o.error is None else [] for inp, o in zip(inputs, outcomes, strict=True)
     ]
     scores: list[np.ndarray | None] = [None] * len(inputs)
     if encoder is not None:
-        flat = [(c.lat, c.lon) for cands in per_image for c in cands]
-        if flat:
-            loc = np.asarray(encoder.encode_locations(np.asarray(flat, dtype=np.float64)), dtype=np.float64)
-            if loc.ndim != 2 or loc.shape[0] != len(flat):
-                raise ShapeError(f"encode_locations returned {loc.shape} for {len(flat)} locations")
-            start = 0
-            for i, (inp, cands) in enumerate(zip(inputs, per_image, strict=True)):
-                if cands:
-                    assert inp.embedding is not None
-                    scores[i] = _cosines(loc[start : start + len(cands)], np.asarray(inp.embedding, dtype=np.float64))
-                    start += len(cands)
+        scores = verify_scores(inputs, per_image, encoder)
     return [_finish(inp, o, s, llm.model) for inp, o, s in zip(inputs, outcomes, scores, strict=True)]
+
+
+#: Locations encoded per ``encode_locations`` call in verification (bounds its memory).
+VERIFY_BLOCK = 4096
+
+
+def verify_scores(
+    inputs: Sequence[RagInput],
+    per_image: Sequence[Sequence[Candidate]],
+    encoder: LocationEncoder,
+    *,
+    block: int = VERIFY_BLOCK,
+) -> list[np.ndarray | None]:
+    """Geo-verification scores of every image's candidates, in float32, encoding the candidates
+    of consecutive images together up to ``block`` locations per call (one image's candidates are
+    never split), so memory is bounded whatever the number of images. None for an image without
+    candidates."""
+    scores: list[np.ndarray | None] = [None] * len(inputs)
+    i = 0
+    while i < len(inputs):
+        j, count = i, 0
+        while j < len(inputs) and (count == 0 or count + len(per_image[j]) <= block):
+            count += len(per_image[j])
+            j += 1
+        if count:
+            flat = np.empty((count, 2), dtype=np.float64)
+            pos = 0
+            for cands in per_image[i:j]:
+                for c in cands:
+                    flat[pos] = (c.lat, c.lon)
+                    pos += 1
+            loc = np.asarray(encoder.encode_locations(flat), dtype=np.float32)
+            if loc.ndim != 2 or loc.shape[0] != count:
+                raise ShapeError(f"encode_locations returned {loc.shape} for {count} locations")
+            start = 0
+            for k in range(i, j):
+                n = len(per_image[k])
+                if n:
+                    emb = inputs[k].embedding
+                    assert emb is not None
+                    scores[k] = _cosines(loc[start : start + n], np.asarray(emb, dtype=np.float32))
+                    start += n
+            del loc, flat
+        i = j
+    return scores
 
 
 def total_usage(predictions: Sequence[Prediction]) -> Usage:
@@ -556,7 +612,10 @@ class RagPredictor:
         self.merge_duplicates = merge_duplicates
         self.database = database
         self.config = config if config is not None else LLMConfig()
-        self.client = client
+        #: One client for the whole run (every batch): one circuit breaker, one set of totals.
+        self.client = client if client is not None else LLMClient(self.config)
+        #: Called with (images done, images in this call) during the LLM stage, when set.
+        self.llm_progress: Progress | None = None
 
     def predict(
         self,
@@ -568,11 +627,45 @@ class RagPredictor:
         on_progress: Callable[[int], None] | None = None,
         llm_progress: Progress | None = None,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per image (``method="rag"``); unreadable images carry ``error``."""
-        from geofast.images import ImageURL, is_url
-        from geofast.predict.geoclip import _as_items, predict_in_batches
+        """One :class:`Prediction` per image (``method="rag"``); unreadable images carry ``error``.
+
+        Images are handled in chunks of :attr:`chunk` (retrieval, then the LLM stage of the
+        chunk's images concurrently), so memory does not grow with the number of images beyond
+        the predictions themselves. ``on_progress(n)`` counts images finished (LLM stage done or
+        unreadable); ``llm_progress(done, total)`` (default :attr:`llm_progress`) is called per
+        image of a chunk's LLM stage."""
+        from geofast.predict.geoclip import _as_items
 
         items = _as_items(images)
+        results: list[Prediction] = []
+        for start in range(0, len(items), max(1, self.chunk)):
+            results += self._predict_chunk(
+                items[start : start + self.chunk],
+                start,
+                top_k,
+                batch_size,
+                places,
+                on_progress,
+                llm_progress or self.llm_progress,
+            )
+        return results
+
+    #: Images whose LLM stage runs together (their requests share the concurrency limit).
+    chunk = 512
+
+    def _predict_chunk(
+        self,
+        items: list[Any],
+        first_index: int,
+        top_k: int,
+        batch_size: int,
+        places: bool,
+        on_progress: Callable[[int], None] | None,
+        llm_progress: Progress | None,
+    ) -> list[Prediction]:
+        from geofast.images import ImageURL, is_url
+        from geofast.predict.geoclip import predict_in_batches
+
         geo_emb: list[np.ndarray] = []
         db_emb: list[np.ndarray] = []
         urls = {str(x) for x in items if isinstance(x, ImageURL) or is_url(x)}
@@ -587,11 +680,20 @@ class RagPredictor:
             return self.geolocator.predict_embeddings(g, names, top_k, places=False, merge_duplicates=self.merge_duplicates)
 
         # Stage 1, batch by batch: one CLIP forward per image, GeoCLIP's candidates.
-        results = predict_in_batches(items, batch_size, "rag", retrieval, on_progress)
+        results = predict_in_batches(items, batch_size, "rag", retrieval, first_index=first_index)
         keep = [i for i, p in enumerate(results) if p.error is None]
+        if on_progress is not None and len(keep) < len(results):
+            on_progress(len(results) - len(keep))
         if not keep:
             return results
-        # Stage 2, all images at once: the LLM requests run concurrently up to the limit.
+
+        def progress(done: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(1)
+            if llm_progress is not None:
+                llm_progress(done, total)
+
+        # Stage 2, the chunk's images at once: the LLM requests run concurrently up to the limit.
         preds = predict_rag(
             [fetched.get(results[i].image, items[i]) for i in keep],
             config=self.config,
@@ -602,7 +704,7 @@ class RagPredictor:
             encoder=self.geolocator,
             names=[results[i].image for i in keep],
             client=self.client,
-            progress=llm_progress,
+            progress=progress,
         )
         if places:
             self._name_places(preds)

@@ -2,7 +2,7 @@
 
 ``swc`` (the visloc predictor): the photo's L2-normalised CLIP embedding is searched in a
 :class:`~geofast.db.Database`; its ``k`` = 10 nearest neighbours (inner product) are
-clustered by ``gf.swc_batch`` — DBSCAN with eps = 1 km, min_samples = 1, haversine on R = 6371 km
+clustered by ``swc_batch`` — DBSCAN with eps = 1 km, min_samples = 1, haversine on R = 6371 km
 — and the answer is the spherical centroid (re-normalised mean of unit vectors, weights
 ``similarity ** weight_exponent``, default equal weights) of the largest cluster (ties: the
 cluster holding the most similar neighbour).
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import geofast as gf
+from geofast._geofast import swc, swc_batch
 from geofast.db import Database, Neighbours, normalize_rows
 from geofast.errors import InputError, ParameterError
 from geofast.images import ImageInput
@@ -200,7 +200,7 @@ class SwcPredictor:
 
         k = min(self.k, len(self.database))
         nb = self.database.search(q, k, normalize=False)
-        lat, lon, members = gf.swc_batch(
+        lat, lon, members = swc_batch(
             nb.latlon,
             nb.sims,
             eps_km=self.eps_km,
@@ -245,7 +245,7 @@ class SwcPredictor:
                 found.append(None)
                 continue
             nb = self.database.search_rows(q[i], rows, self.k, normalize=False)
-            lat, lon, members = gf.swc(
+            lat, lon, members = swc(
                 nb.latlon[0],
                 nb.sims[0],
                 eps_km=self.eps_km,

@@ -339,9 +339,7 @@ class StubChatProcess:
         self._port: int | None = None
 
     def start(self) -> StubChatProcess:
-        import geofast
-
-        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(geofast.__file__)))
+        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "geofast.testing.openai_stub", "--delay", repr(self.delay_s)],

@@ -108,7 +108,7 @@ def test_load_nothing_lost_no_5xx_memory_flat(server, geolocator, tmp_path):
     ref = {p.name: pred for p, pred in zip(images, geolocator.predict([str(p) for p in images], top_k=2))}
     payloads = {p.name: p.read_bytes() for p in images}
 
-    total, clients, budget_s = 2_000, 8, 300.0
+    total, clients, budget_s = 2_000, 8, 480.0
     counter = iter(range(total))
     lock = threading.Lock()
     done: list[int] = []
