@@ -90,6 +90,8 @@ class LLMError(GeofastError):
 
 class TrainingError(GeofastError):
     """A training run cannot start or continue (a missing dependency, its run folder, its checkpoint)."""
+
+
 class ClusterError(GeofastError):
     """A Ray cluster cannot run the work: Ray missing, address unreachable, too few GPUs, or
     workers with another geofast version or backbone."""

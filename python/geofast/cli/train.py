@@ -134,21 +134,21 @@ def train(
         gallery_size=gallery_size,
         checkpoint_every_s=checkpoint_every,
     )
-    bar = _console.progress("training", unit="batches", transient=True)
+    bar = _console.progress("training", unit="batches", transient=True, info=True)
     state: dict[str, Any] = {}
 
     def on_step(s: Any) -> None:
         if not progress:
             return
-        if state.get("epoch") != s.epoch:
+        if state.get("epoch") != s.epoch:  # one bar per epoch
             if "task" in state:
                 bar.remove_task(state["task"])
             else:
                 bar.start()
             state["epoch"] = s.epoch
-            state["task"] = bar.add_task("", total=s.batches, completed=s.batch - 1)
-        bar.update(state["task"], completed=s.batch)
-        bar.columns[0].text_format = f"[bold]epoch {s.epoch}/{s.epochs}  loss {s.loss:.4f}  {s.samples_per_s:,.0f} samples/s"
+            state["task"] = bar.add_task("", total=s.batches, completed=s.batch - 1, info="")
+        info = f"epoch {s.epoch}/{s.epochs}, loss {s.loss:.4f}, {s.samples_per_s:,.0f} samples/s"
+        bar.update(state["task"], completed=s.batch, info=info)
 
     def on_epoch(row: dict[str, Any]) -> None:
         if as_json:
