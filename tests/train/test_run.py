@@ -133,7 +133,6 @@ def test_fine_tuning_geoclip_on_a_region_beats_untrained_geoclip(tmp_path):
     assert tuned["acc_200km"] > untrained["accuracy"]["200"] + 10.0, (tuned, untrained)
 
 
-@pytest.mark.slow
 def test_new_capsules_start_silent_and_frozen_parts_stay_fixed(world_dbs, tmp_path):
     start = initial_model("geoclip", (4096.0,), seed=0)
     assert start.sigmas == (1.0, 16.0, 256.0, 4096.0)
