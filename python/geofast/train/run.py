@@ -52,7 +52,7 @@ from geofast.train.data import (
     rank_slice,
 )
 from geofast.train.module import InitialModel, TrainableHeads, initial_model
-from geofast.train.objective import GeoCLIPStep, GPSQueue, adamw
+from geofast.train.objective import LOGIT_SCALE_MAX, GeoCLIPStep, GPSQueue, adamw
 
 RUN_FORMAT = "geofast-train-run"
 CKPT_FORMAT = "geofast-train-checkpoint"
@@ -547,7 +547,7 @@ def train(
                 "step": global_step,
                 "loss": carry["loss_sum"] / max(carry["samples"], 1),
                 "lr": lr,
-                "logit_scale": math.exp(min(float(model.logit_scale.detach()), math.log(100.0))),
+                "logit_scale": math.exp(min(float(model.logit_scale.detach()), LOGIT_SCALE_MAX)),
                 "samples_per_s": carry["samples"] / max(carry["seconds"], 1e-9),
                 "epoch_s": time.perf_counter() - t_epoch,
                 **_metric_row(val),
