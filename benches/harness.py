@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Modules that contribute workloads, in report order.
-AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm", "db", "serve", "scale")
+AREAS: tuple[str, ...] = ("geo", "cluster", "search", "e2e", "llm", "db", "serve", "train", "scale")
 #: The areas run when none is named: ``scale`` (the growth benchmark, up to 4.7M rows and ~15 GB
 #: of temporary data) runs only when asked for with ``--area scale``.
 DEFAULT_AREAS: tuple[str, ...] = tuple(a for a in AREAS if a != "scale")
@@ -89,7 +89,7 @@ class Result:
             "name": self.name,
             "kernel": self.kernel,
             "anchor": self.anchor,
-            "geofast_s": self.geofast_s,
+            "geofast_s": None if self.skipped else self.geofast_s,  # a skipped row has no time (NaN is not JSON)
             "anchor_s": self.anchor_s,
             "speedup": self.speedup,
             "target": self.target,

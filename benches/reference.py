@@ -141,3 +141,90 @@ def logsumexp64(queries: np.ndarray, gallery: np.ndarray, scale: float) -> np.nd
     s = scale * (np.atleast_2d(np.asarray(queries, np.float64)) @ np.asarray(gallery, np.float64).T)
     m = s.max(axis=1, keepdims=True)
     return (m + np.log(np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+# --- GeoCLIP training (plain torch) -----------------------------------------------------------
+# The objective of geoclip 1.3.0's train() loop body, written from the released code's semantics,
+# independently of geofast: parameters as plain leaf tensors under the release names, the queue as
+# GeoCLIP's (2, Q) buffer updated by ``geoclip.GeoCLIP.dequeue_and_enqueue`` itself, mean
+# cross-entropy against [batch GPS; queue]. ``reference_logits`` evaluates Equal Earth and the
+# Fourier features in float64 (then float32 into the MLPs) so it is exact to float32 rounding;
+# the released float32 torch code carries ~2e-3 rad phase errors at σ = 256.
+
+_CAPSULE_LAYERS = ("capsule.1", "capsule.3", "capsule.5", "head.0")
+
+
+def reference_params(state):  # -> dict[str, torch.Tensor]
+    """GeoCLIP's heads from a release-layout state dict: float32 leaves that require grad
+    (the B matrices float64, fixed)."""
+    import torch
+
+    out = {}
+    for k, v in state.items():
+        if k.endswith("capsule.0.b"):
+            out[k] = v.detach().to(torch.float64).clone()
+        else:
+            out[k] = v.detach().to(torch.float32).clone().reshape(v.shape).requires_grad_(True)
+    return out
+
+
+def reference_location(params, latlon: np.ndarray):  # -> torch.Tensor (N, 512)
+    import torch
+    import torch.nn.functional as F
+
+    xy = numpy_equal_earth(np.asarray(latlon, np.float64))
+    n_caps = sum(1 for k in params if k.endswith("capsule.0.b"))
+    total = None
+    for i in range(n_caps):
+        p = f"location_encoder.LocEnc{i}."
+        h = torch.from_numpy(float64_features(xy, params[p + "capsule.0.b"].numpy())).float()
+        for j, name in enumerate(_CAPSULE_LAYERS):
+            h = F.linear(h, params[f"{p}{name}.weight"], params[f"{p}{name}.bias"])
+            if j < 3:
+                h = F.relu(h)
+        total = h if total is None else total + h
+    return total
+
+
+def reference_logits(params, feats, latlon: np.ndarray):  # -> torch.Tensor (B, N)
+    """GeoCLIP.forward on cached CLIP features: logit_scale.exp() · cos(MLP(feats), L(latlon))."""
+    import torch.nn.functional as F
+
+    p = "image_encoder.mlp."
+    img = F.linear(
+        F.relu(F.linear(feats, params[p + "0.weight"], params[p + "0.bias"])), params[p + "2.weight"], params[p + "2.bias"]
+    )
+    img = F.normalize(img, dim=1)
+    loc = F.normalize(reference_location(params, latlon), dim=1)
+    return params["logit_scale"].exp() * (img @ loc.t())
+
+
+def released_queue(initial_gps):  # -> types.SimpleNamespace
+    """Stand-in for a ``GeoCLIP`` object's queue attributes, holding ``initial_gps`` (Q, 2)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    gps = torch.as_tensor(initial_gps)
+    return SimpleNamespace(
+        queue_size=gps.shape[0], gps_queue=gps.t().float().clone(), gps_queue_ptr=torch.zeros(1, dtype=torch.long)
+    )
+
+
+def released_train_step(logits_fn, queue, optimizer, feats, gps) -> float:
+    """One iteration of ``geoclip.train``'s loop on cached features: ``logits_fn(feats, gps_all)``
+    is the model's forward without the CLIP backbone; the queue is updated by geoclip's own
+    ``GeoCLIP.dequeue_and_enqueue`` between building ``gps_all`` and the forward, as released."""
+    import torch
+    import torch.nn.functional as F
+    from geoclip import GeoCLIP
+
+    gps = torch.as_tensor(gps).float()
+    targets = torch.arange(feats.shape[0])
+    optimizer.zero_grad()
+    gps_all = torch.cat([gps, queue.gps_queue.t()], dim=0)
+    GeoCLIP.dequeue_and_enqueue(queue, gps)
+    loss = F.cross_entropy(logits_fn(feats, gps_all.double().numpy()), targets)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())

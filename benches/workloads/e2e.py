@@ -105,7 +105,7 @@ def workloads(quick: bool) -> list[Workload]:
         loc = Geolocator.from_pretrained("geoclip", clip=clip_dir, gallery=gallery, device="cpu", progress=False)
         with tempfile.TemporaryDirectory(prefix="geofast-bench-cache-") as cold:
             t0 = time.perf_counter()
-            build_gallery(loc.heads, files, gallery, cache_dir=cold, progress=False)
+            build_gallery(loc.heads, files.default_gallery, gallery, cache_dir=cold, progress=False)
             state["cold_build_s"] = time.perf_counter() - t0
         loc.predict([photos[0]], top_k=5)  # warm: places index, allocator, threads
         with quiet_libraries():

@@ -46,7 +46,9 @@ from geofast.errors import (
     ParameterError,
     ShapeError,
     TooLargeError,
+    TrainingError,
 )
+from geofast.models.location import LocationEncoder
 from geofast.predict.geoclip import Geolocator
 from geofast.predict.types import Candidate, Prediction
 
@@ -83,9 +85,11 @@ __all__ = [
     "CacheError",
     "DatabaseError",
     "LLMError",
+    "TrainingError",
     # image database
     "Database",
     "Geolocator",
+    "LocationEncoder",
     "Prediction",
     "Candidate",
 ]

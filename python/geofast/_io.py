@@ -48,3 +48,19 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(8 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def replace_dir(staged: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Install the complete folder ``staged`` as ``target`` by renames (``target → target.old``,
+    ``staged → target``, then remove ``.old``): a reader sees the old folder or the new one."""
+    import shutil
+
+    src, dst = Path(staged), Path(target)
+    old = dst.with_name(dst.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst

@@ -21,6 +21,7 @@ __all__ = [
     "CacheError",
     "DatabaseError",
     "LLMError",
+    "TrainingError",
     "ClusterError",
 ]
 
@@ -85,6 +86,10 @@ class DatabaseError(GeofastError):
 
 class LLMError(GeofastError):
     """The LLM endpoint cannot be used (configuration, authentication, repeated failures)."""
+
+
+class TrainingError(GeofastError):
+    """A training run cannot start or continue (a missing dependency, its run folder, its checkpoint)."""
 
 
 class ClusterError(GeofastError):

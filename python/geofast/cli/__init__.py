@@ -47,8 +47,10 @@ def _register_commands() -> None:
         bench,
         db,
         eval,
+        export,
         locate,
         serve,
+        train,
     )
 
 

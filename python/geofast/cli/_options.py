@@ -17,7 +17,15 @@ Method = Annotated[
         help="geoclip; swc (Search-within-Cell over --db photos, else over GeoCLIP's top-k); geoclip+swc (SwC among --db photos inside GeoCLIP's top-1 cell); rag (an LLM with retrieved references, Img2Loc/G3).",
     ),
 ]
-Model = Annotated[str, typer.Option("--model", "-m", help="geoclip (photos) or geomapclip (map images).")]
+Model = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help="geoclip (photos), geomapclip (map images), a geofast train run folder, or a geoclip release folder.",
+    ),
+]
 Clip = Annotated[
     str | None,
     typer.Option(

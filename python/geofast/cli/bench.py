@@ -69,7 +69,7 @@ def bench(
     area: list[str] | None = typer.Option(
         None,
         "--area",
-        help="Restrict to these areas (geo, cluster, search, e2e, llm, db, serve; scale: the growth benchmark, run only when named); repeatable.",
+        help="Restrict to these areas (geo, cluster, search, e2e, llm, db, serve, train; scale: the growth benchmark, run only when named); repeatable.",
     ),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Threads for geofast's kernels (default: GEOFAST_NUM_THREADS or all CPUs)."

@@ -9,6 +9,8 @@ gives the location — holding one L2-normalised CLIP image embedding per photo:
                           sources, and for every file its size, sha256 and sampled sha256.
     DIR/embeddings.npy    (N, D) float16 (default) or float32, C order: memory-mapped on open.
     DIR/coords.npy        (N, 2) float64 latitude, longitude in degrees.
+    DIR/norms.npy         (N,) float32 norm of each photo's CLIP feature before normalisation:
+                          row × norm is the raw feature GeoCLIP's image MLP takes (training).
     DIR/meta.jsonl        one JSON object per row: {"image": absolute path, <extra CSV columns>}.
     DIR/failed.csv        image,reason — unreadable photos, photos without GPS, bad CSV rows.
     DIR/index.faiss       only for non-flat FAISS indexes (``index="IVF4096,SQ8"``, ``"HNSW32"``).

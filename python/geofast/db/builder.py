@@ -37,7 +37,6 @@ from geofast._io import atomic_write, atomic_write_text
 from geofast.db.encode import PROBE_MIN_COSINE, _backbone_info, _probe_cosine, probe_embedding
 from geofast.db.format import (
     _DTYPES,
-    APPENDABLE,
     COORDS,
     EMBEDDINGS,
     FAILED,
@@ -50,6 +49,7 @@ from geofast.db.format import (
     META,
     META_KEYS,
     META_OFFSETS,
+    NORMS,
     STATE,
     Event,
     Progress,
@@ -62,6 +62,7 @@ from geofast.db.format import (
     _npy_header,
     _sample_sha256,
     _sibling,
+    appendable_files,
     npy_layout,
 )
 from geofast.db.index import DEFAULT_TRAIN_SIZE, _default_search_params, _faiss, _new_faiss_index, _train_and_fill
@@ -171,7 +172,7 @@ def _appendable(base: Database, factory: str, dtype: str, n_new: int) -> bool:
     files = base.manifest["files"]
     if base.dtype != dtype or base.index_factory != factory:
         return False
-    if any(name not in files or "segments" not in files[name] for name in APPENDABLE):
+    if any(name not in files or "segments" not in files[name] for name in appendable_files(base.manifest)):
         return False
     grown = npy_layout({**base.manifest, "count": len(base) + n_new})
     for name, (shape, dt) in grown.items():
@@ -214,12 +215,14 @@ def _append(
     n_new: int,
     emb_blocks: Iterable[np.ndarray],
     latlon: np.ndarray,
+    norms: np.ndarray,
     meta_lines: Iterable[tuple[str, str]],
     failures: list[tuple[str, str]],
     manifest_extra: dict[str, Any],
     on_event: Event | None,
 ) -> None:
-    """Grow ``base`` in place by ``n_new`` rows (see the protocol above; the caller holds the lock)."""
+    """Grow ``base`` in place by ``n_new`` rows (see the protocol above; the caller holds the lock).
+    ``norms`` are appended when the database keeps them (:data:`NORMS`)."""
     root = base.path
     old_m = base.manifest
     files = old_m["files"]
@@ -227,7 +230,8 @@ def _append(
     dim = base.dim
     np_dtype = np.dtype(_DTYPES[base.dtype])
     has_index = not base.is_flat
-    old_bytes = {name: int(files[name]["bytes"]) for name in APPENDABLE}
+    grown_files = appendable_files(old_m)
+    old_bytes = {name: int(files[name]["bytes"]) for name in grown_files}
     journal = {"count": old_count, "bytes": old_bytes, "index": has_index}
     atomic_write_text(root / JOURNAL, json.dumps(journal))
     if has_index:
@@ -250,6 +254,11 @@ def _append(
     segs[EMBEDDINGS] = _append_bytes(root / EMBEDDINGS, old_bytes[EMBEDDINGS], emb_bytes())
     ll = np.ascontiguousarray(latlon, dtype=np.float64).reshape(-1, 2)
     segs[COORDS] = _append_bytes(root / COORDS, old_bytes[COORDS], [ll.data.cast("B")] if ll.shape[0] else [])
+    if NORMS in old_bytes:
+        nv = np.ascontiguousarray(norms, dtype=np.float32).reshape(-1)
+        if nv.shape[0] != n_new:
+            raise DatabaseError(f"internal error: {nv.shape[0]} norms for {n_new} rows")
+        segs[NORMS] = _append_bytes(root / NORMS, old_bytes[NORMS], [nv.data.cast("B")] if n_new else [])
     meta_start = old_bytes[META]
     ends: array[int] = array("Q")
     keys: array[int] = array("Q")
@@ -276,7 +285,7 @@ def _append(
     for name, (shape, dt) in npy_layout(new_m).items():
         _write_npy_header(root / name, shape, dt, int(files[name]["segments"][0][0]))
     records = {name: dict(rec) for name, rec in files.items()}
-    for name in APPENDABLE:
+    for name in grown_files:
         rec = records[name]
         rec.pop("sha256", None)
         seg = segs.get(name)
@@ -531,6 +540,7 @@ class LocalExecutor:
 class _ChunkAccumulator:
     rows: list[int] = field(default_factory=list)
     emb: list[np.ndarray] = field(default_factory=list)
+    norms: list[np.ndarray] = field(default_factory=list)
     latlon: list[tuple[float, float]] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)
     no_gps: list[int] = field(default_factory=list)
@@ -685,6 +695,11 @@ class _Builder:
             return report
         latlon_new = np.concatenate([p["latlon"] for p in parts]) if parts else np.zeros((0, 2))
         latlon = latlon_new if base is None else np.concatenate([np.asarray(base.latlon), latlon_new])
+        norms_new = np.concatenate([p["norms"] for p in parts]) if parts else np.zeros(0, dtype=np.float32)
+        # A database created without norms (from unnormalised arrays) stays without them.
+        norms = (
+            norms_new if base is None else (None if base.norms is None else np.concatenate([np.asarray(base.norms), norms_new]))
+        )
 
         def emb_blocks() -> Iterator[np.ndarray]:
             if base is not None:
@@ -744,6 +759,7 @@ class _Builder:
                     n_new=new_count,
                     emb_blocks=new_emb_blocks(),
                     latlon=latlon_new,
+                    norms=norms_new,
                     meta_lines=new_meta_lines(),
                     failures=failures,
                     manifest_extra=manifest_extra,
@@ -760,6 +776,7 @@ class _Builder:
             factory=factory,
             emb_blocks=emb_blocks(),
             latlon=latlon,
+            norms=lambda: norms,
             meta_lines=meta_lines(),
             failures=all_failures,
             manifest_extra=manifest_extra,
@@ -850,12 +867,16 @@ class _Builder:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["digest"]) != digest:
                     return None
-                part = {k: z[k] for k in ("rows", "latlon", "fail_rows", "fail_reasons", "nogps_rows")}
+                part = {k: z[k] for k in ("rows", "latlon", "norms", "fail_rows", "fail_reasons", "nogps_rows")}
         except (OSError, ValueError, KeyError, EOFError):
             return None
         lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
         rows = part["rows"]
-        ok = part["latlon"].shape == (rows.shape[0], 2) and bool(((rows >= lo) & (rows < hi)).all())
+        ok = (
+            part["latlon"].shape == (rows.shape[0], 2)
+            and part["norms"].shape == (rows.shape[0],)
+            and bool(((rows >= lo) & (rows < hi)).all())
+        )
         return part if ok else None
 
     def _write_chunk(self, c: int, digest: str, acc: _ChunkAccumulator, dim: int, dtype: str) -> None:
@@ -868,6 +889,7 @@ class _Builder:
             "digest": np.array(digest),
             "rows": rows[order],
             "emb": emb,
+            "norms": (np.concatenate(acc.norms) if acc.norms else np.zeros(0, dtype=np.float32))[order],
             "latlon": np.asarray(acc.latlon, dtype=np.float64).reshape(-1, 2)[order],
             "fail_rows": np.asarray([r for r, _ in failures], dtype=np.int64),
             "fail_reasons": np.asarray([s for _, s in failures], dtype=np.str_) if failures else np.zeros(0, dtype="<U1"),
@@ -924,6 +946,7 @@ class _Builder:
                     sel = np.flatnonzero(good)
                     if sel.shape[0]:
                         acc.emb.append((feats[sel] / norms[sel, None]).astype(np.float32))
+                        acc.norms.append(norms[sel].astype(np.float32))
                         acc.rows.extend(batch.rows[i] for i in sel)
                         acc.latlon.extend(batch.latlon[i] for i in sel)
                 acc.failures.extend(batch.failures)
@@ -950,13 +973,15 @@ class _Builder:
         factory: str,
         emb_blocks: Iterable[np.ndarray],
         latlon: np.ndarray,
+        norms: Callable[[], np.ndarray | None],
         meta_lines: Iterable[tuple[str, str]],
         failures: list[tuple[str, str]],
         manifest_extra: dict[str, Any],
         train_size: int,
         base: Database | None,
     ) -> None:
-        """Write the complete new database into ``DIR.partial/db`` (manifest last)."""
+        """Write the complete new database into ``DIR.partial/db`` (manifest last). ``norms()``
+        (called once the embeddings are written) gives the feature norms, or None to keep none."""
         if self.staged.exists():
             shutil.rmtree(self.staged)
         self.staged.mkdir(parents=True)
@@ -992,6 +1017,16 @@ class _Builder:
         path = self.staged / COORDS
         atomic_write(path, lambda f: np.save(f, ll, allow_pickle=False))
         records[COORDS] = _npy_file_record(path)
+
+        # norms.npy
+        nv = norms()
+        if nv is not None:
+            nv = np.ascontiguousarray(nv, dtype=np.float32)
+            if nv.shape != (n_rows,):
+                raise DatabaseError(f"internal error: {nv.shape} norms for {n_rows} rows")
+            path = self.staged / NORMS
+            atomic_write(path, lambda f: np.save(f, nv, allow_pickle=False))
+            records[NORMS] = _npy_file_record(path)
 
         # meta.jsonl, with its row-offset and image-key indexes
         path = self.staged / META

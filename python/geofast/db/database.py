@@ -38,6 +38,7 @@ from geofast.db.format import (
     META,
     META_KEYS,
     META_OFFSETS,
+    NORMS,
     Event,
     Progress,
     _check_checksums,
@@ -97,11 +98,15 @@ class Database:
     >>> sims, latlon, ids = db.search(query_embeddings, k=10)  # doctest: +SKIP
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], embeddings: np.ndarray, latlon: np.ndarray) -> None:
+    def __init__(
+        self, path: Path, manifest: dict[str, Any], embeddings: np.ndarray, latlon: np.ndarray, norms: np.ndarray | None = None
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.embeddings = embeddings  # read-only memmap (N, D) float16/float32
         self.latlon = latlon  # (N, 2) float64
+        #: (N,) float32 norms of the raw CLIP features (None: rows stored as given, unnormalised)
+        self.norms = norms
         self._gallery: Any = None
         self._faiss_index: Any = None
         self._meta_offsets: np.ndarray | None = None
@@ -199,7 +204,8 @@ class Database:
         if not lat_ok.all():
             row = int(np.argmin(lat_ok))
             raise DatabaseError(f"database {root}: coordinates of row {row} are invalid ({latlon[row].tolist()})", hint=hint)
-        db = cls(root, manifest, emb, latlon)
+        norms = np.load(root / NORMS, mmap_mode="r", allow_pickle=False) if NORMS in files else None
+        db = cls(root, manifest, emb, latlon, norms)
         if full:
             db._check_meta_lines(hint)
         if backbone is not None:
@@ -689,10 +695,15 @@ class Database:
                 _new_faiss_index(factory, embeddings.shape[1])
             np_dtype = _DTYPES[dtype]
 
+            norms = np.empty(ll.shape[0], dtype=np.float32) if normalize else None
+
             def blocks() -> Iterator[np.ndarray]:
                 for s in range(0, embeddings.shape[0], 65536):
                     blk = np.asarray(embeddings[s : s + 65536], dtype=np.float32)
-                    blk = normalize_rows(blk) if normalize else blk
+                    if norms is not None:
+                        unit = normalize_rows(blk)
+                        norms[s : s + blk.shape[0]] = np.linalg.norm(blk.astype(np.float64), axis=1)
+                        blk = unit
                     yield blk.astype(np_dtype)
 
             metas = meta if meta is not None else [{"image": f"row{i}"} for i in range(ll.shape[0])]
@@ -711,6 +722,7 @@ class Database:
                 factory=factory,
                 emb_blocks=blocks(),
                 latlon=ll,
+                norms=lambda: norms,
                 meta_lines=((str(m.get("image", "")), json.dumps(m, ensure_ascii=False)) for m in metas),
                 failures=[],
                 manifest_extra=manifest_extra,

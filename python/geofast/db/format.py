@@ -26,6 +26,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 COORDS = "coords.npy"
+#: (N,) float32: the L2 norm of each photo's CLIP feature before normalisation (row × norm is the
+#: raw feature GeoCLIP's image MLP takes: what training needs). Absent for rows stored as given.
+NORMS = "norms.npy"
 META = "meta.jsonl"
 FAILED = "failed.csv"
 INDEX = "index.faiss"
@@ -39,6 +42,12 @@ JOURNAL = "append.journal.json"
 INDEX_BACKUP = "index.faiss.bak"
 #: Files an ``add`` extends in place (each with one checksum per appended segment).
 APPENDABLE = ("embeddings.npy", "coords.npy", "meta.jsonl", "meta.offsets.npy", "meta.keys.npy", "failed.csv")
+
+
+def appendable_files(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """:data:`APPENDABLE` plus the optional per-row files this database has (:data:`NORMS`)."""
+    return APPENDABLE + ((NORMS,) if NORMS in manifest.get("files", {}) else ())
+
 
 #: Databases up to this size are fully checksummed on every open; larger ones get a sampled check.
 FULL_VERIFY_BYTES = 256 << 20
@@ -171,6 +180,8 @@ def npy_layout(manifest: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], np.
         COORDS: ((count, 2), np.dtype(np.float64)),
     }
     files = manifest.get("files", {})
+    if NORMS in files:
+        out[NORMS] = ((count,), np.dtype(np.float32))
     if META_OFFSETS in files:
         out[META_OFFSETS] = ((count + 1,), np.dtype(np.uint64))
     if META_KEYS in files:

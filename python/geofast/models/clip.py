@@ -99,25 +99,9 @@ def quiet_transformers() -> Iterator[None]:
 
 def _snapshot(repo_id: str) -> Path:
     """A local folder with the backbone files of a hub repo: cache first, then the network."""
-    from huggingface_hub import snapshot_download
+    from geofast.models.hub import snapshot
 
-    patterns = ["config.json", "preprocessor_config.json", "model.safetensors"]
-    try:
-        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception as cached_error:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
-        if offline:
-            raise ModelError(
-                f"no CLIP backbone: {repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
-                hint=_HINT,
-            ) from cached_error
-    try:
-        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns))
-    except Exception as e:
-        raise ModelError(
-            f"no CLIP backbone: {repo_id!r} is neither cached nor downloadable ({type(e).__name__})",
-            hint=_HINT,
-        ) from e
+    return snapshot(repo_id, ["config.json", "preprocessor_config.json", "model.safetensors"], what="CLIP backbone", hint=_HINT)
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")

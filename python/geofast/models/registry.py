@@ -26,6 +26,8 @@ class ModelSpec:
     pin: str
     description: str
     default_gallery: str
+    #: σ of the location encoder's random-Fourier-feature capsules (their B matrices are stored).
+    sigmas: tuple[float, ...] = (2.0**0, 2.0**4, 2.0**8)
     image_mlp: str = "model/weights/image_encoder_mlp_weights.pth"
     location_encoder: str = "model/weights/location_encoder_weights.pth"
     logit_scale: str = "model/weights/logit_scale_weights.pth"

@@ -127,7 +127,7 @@ class Geolocator:
     @classmethod
     def from_pretrained(
         cls,
-        name: str = "geoclip",
+        name: str | os.PathLike[str] = "geoclip",
         clip: str | os.PathLike[str] | None = None,
         device: str | None = None,
         gallery: str | os.PathLike[str] | np.ndarray | None = None,
@@ -137,14 +137,19 @@ class Geolocator:
         cache_dtype: str = "f32",
         progress: bool = True,
     ) -> Geolocator:
-        """Load a pretrained model: CLIP backbone (``clip``, ``$GEOFAST_CLIP`` or the hub id), the
-        model's trained heads, and its gallery (default, a CSV/.npy file, or an ``(N, 2)`` array),
-        optionally restricted to ``region`` = (lat_min, lon_min, lat_max, lon_max)."""
+        """Load a pretrained model: CLIP backbone (``clip``, ``$GEOFAST_CLIP``, the backbone a model
+        folder records, or the hub id), the model's trained heads, and its gallery (default, a
+        CSV/.npy file, or an ``(N, 2)`` array), optionally restricted to ``region`` = (lat_min,
+        lon_min, lat_max, lon_max). ``name``: "geoclip", "geomapclip", a ``geofast train`` run
+        folder, a model folder in ``geoclip``'s release format, or a hub id of one."""
         from geofast.models import load_model_parts
 
-        backbone, heads, files = load_model_parts(name, clip=clip, device=device)
-        gal = build_gallery(heads, files, gallery, region=region, cache_dir=cache_dir, cache_dtype=cache_dtype, progress=progress)
-        return cls(files.spec.name, backbone, heads, gal, cache_dir=cache_dir)
+        backbone, loaded = load_model_parts(name, clip=clip, device=device)
+        heads = loaded.heads
+        gal = build_gallery(
+            heads, loaded.default_gallery, gallery, region=region, cache_dir=cache_dir, cache_dtype=cache_dtype, progress=progress
+        )
+        return cls(heads.name, backbone, heads, gal, cache_dir=cache_dir)
 
     # -- encoders -----------------------------------------------------------------------------
     @property
@@ -509,7 +514,7 @@ def _as_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
 
 def build_gallery(
     heads: Heads,
-    files: Any,
+    default_gallery: os.PathLike[str],
     gallery: str | os.PathLike[str] | np.ndarray | None,
     *,
     region: str | Sequence[float] | None = None,
@@ -521,8 +526,8 @@ def build_gallery(
     from geofast.gallery import EmbeddingCache, check_latlon_array, parse_region, read_gallery_file, region_mask
 
     if gallery is None:
-        latlon = read_gallery_file(files.default_gallery)
-        label = f"{files.spec.name} default ({files.default_gallery.name})"
+        latlon = read_gallery_file(default_gallery)
+        label = f"{heads.name} default ({os.path.basename(default_gallery)})"
     elif isinstance(gallery, np.ndarray):
         latlon = check_latlon_array(gallery, "gallery")
         label = f"array of {latlon.shape[0]} points"
