@@ -16,8 +16,8 @@ import pytest
 
 from geofast.errors import LLMError
 from geofast.llm import LLMClient, LLMConfig
-from geofast.testing.openai_stub import StubChatServer, StubReply
 from geofast.predict.rag import RagPredictor, predict_rag
+from geofast.testing.openai_stub import StubChatServer, StubReply
 from llm_support import SphereEncoder, geoclip_prediction, jpeg_size, noise_image
 
 GOOD = '{"latitude": 48.8566, "longitude": 2.3522}'

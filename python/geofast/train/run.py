@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geofast import __version__
+from geofast._geofast import __version__
 from geofast._io import atomic_write, atomic_write_text
 from geofast.errors import DatabaseError, TrainingError
 from geofast.train.config import TrainConfig
