@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import geofast as gf
 
 
@@ -44,6 +46,7 @@ def test_geofast_error_prints_one_line_and_hint():
     assert r.returncode == 1 and "Traceback" in r.stderr
 
 
+@pytest.mark.slow
 def test_bench_writes_json(tmp_path):
     out = tmp_path / "sub" / "bench.json"
     r = run_cli("bench", "--quick", "--only", "equal_earth", "--threads", "1", "--json", str(out))

@@ -77,6 +77,7 @@ def cli_db(photos, tiny_clip_dir):
     return out, json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_build_json_report(cli_db, photos):
     out, report = cli_db
     assert (report["rows"], report["added"], report["failed"], report["no_gps"]) == (12, 12, 1, 0)
@@ -105,6 +106,7 @@ def test_info_json_and_table_and_map(cli_db, tmp_path):
     assert cov["rows"] == 12 and sum(c[2] for c in cov["cells"]) == 12
 
 
+@pytest.mark.slow
 def test_add_grows(cli_db, photos, tmp_path, tiny_clip_dir):
     import shutil
 
@@ -118,6 +120,7 @@ def test_add_grows(cli_db, photos, tmp_path, tiny_clip_dir):
     np.testing.assert_array_equal(np.asarray(db.latlon)[12:], [[-30.0, -60.0], [-31.0, -59.0], [-32.0, -58.0]])
 
 
+@pytest.mark.slow
 def test_locate_swc_db_matches_library(cli_db, photos, tiny_clip_dir):
     from geofast.models.clip import load_backbone
     from geofast.predict.swc import SwcPredictor
@@ -195,6 +198,7 @@ def test_locate_geoclip_plus_swc_cli(cli_db, photos, tiny_clip_dir, cache_dir, g
     assert "cluster centroid" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_errors(cli_db, photos, tmp_path, tiny_clip_dir):
     out, _ = cli_db
     assert_clean_error(run_cli("db", "info", tmp_path / "nowhere"), "does not exist", "geofast db build")

@@ -131,6 +131,7 @@ def test_table_geojson_map_region_gallery_and_swc(geolocator, tiny_clip_dir, cac
     assert abs(x["predictions"][0]["lat"] - lat) < 1e-9 and abs(x["predictions"][0]["lon"] - lon) < 1e-9
 
 
+@pytest.mark.slow
 def test_missing_backbone_and_bad_options(tmp_path, photo_dir):
     img = sorted(photo_dir.iterdir())[0]
     env = {"HF_HOME": str(tmp_path / "hf")}

@@ -32,6 +32,7 @@ def _verified(geolocator, image, cands):
     return loc @ img / (np.linalg.norm(loc, axis=1) * np.linalg.norm(img))
 
 
+@pytest.mark.slow
 def test_library_rag_with_real_encoder(geolocator, photo_dir, tmp_path):
     img = str(sorted(photo_dir.iterdir())[0])
     answers = {"0": '{"latitude": 48.8566, "longitude": 2.3522}', "5": "Probably Kyoto, around 35.01°N, 135.77°E."}

@@ -535,6 +535,7 @@ def test_concurrent_build_is_refused(dataset, backbone, tmp_path):
             Database.build(dataset["csv"], out, backbone=backbone)
 
 
+@pytest.mark.slow
 def test_sigkill_during_build_then_resume(tiny_clip_dir, backbone, tmp_path):
     """A real build process killed with SIGKILL after some chunks: the rerun encodes only the rest
     and gives the same database as an uninterrupted build."""

@@ -35,6 +35,7 @@ def geoclip_bs() -> list[torch.Tensor]:
     return bs
 
 
+@pytest.mark.slow
 def test_geoclip_matrices_100k_points_within_2e6(geoclip_bs):
     """The brief's accuracy requirement: ≤ 2e-6 max abs error vs float64 over GeoCLIP's three
     real B matrices and 100K random points (measured: ~3e-8, float32 rounding)."""

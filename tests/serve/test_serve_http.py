@@ -181,6 +181,7 @@ def test_refuses_non_loopback_without_key(cache_dir, tmp_path):
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
+@pytest.mark.slow
 def test_model_load_failure_stops_the_server_with_one_line(cache_dir, tmp_path):
     port = free_port()
     r = subprocess.run(
