@@ -491,14 +491,19 @@ def iter_loaded_batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def encode_jpeg(im: Image.Image, *, max_side: int | None = None, quality: int = 90) -> bytes:
-    """JPEG bytes of an RGB image, downscaled (Lanczos) so its longest side is at most ``max_side``."""
-    if max_side is not None and max(im.size) > max_side:
-        im = im.copy()
-        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+def as_image_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    """One image or many → a flat list: folders and globs expanded (once, here), PIL images and
+    URLs kept as they are."""
+
+    if isinstance(images, (str, os.PathLike, Image.Image, ImageURL)):
+        images = [images]
+    items: list[ImageInput] = []
+    for x in images:
+        if isinstance(x, (Image.Image, ImageURL)):
+            items.append(x)
+        else:
+            items.extend(expand_images([x]))
+    return items
 
 
 __all__ = [
@@ -511,7 +516,7 @@ __all__ = [
     "address_refused",
     "is_url",
     "load_url",
-    "encode_jpeg",
+    "as_image_items",
     "expand_images",
     "image_name",
     "default_loader_threads",

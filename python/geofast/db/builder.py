@@ -34,7 +34,7 @@ import numpy as np
 
 from geofast._geofast import __version__
 from geofast._io import atomic_write, atomic_write_text
-from geofast.db.encode import PROBE_MIN_COSINE, _backbone_info, _probe_cosine, probe_embedding
+from geofast.db.encode import PROBE_MIN_COSINE, backbone_info, probe_cosine, probe_embedding
 from geofast.db.format import (
     _DTYPES,
     COORDS,
@@ -742,7 +742,7 @@ class _Builder:
         }
         base_m = base.manifest if base is not None else {}
         manifest_extra: dict[str, Any] = {
-            "backbone": _backbone_info(backbone, probe),
+            "backbone": backbone_info(backbone, probe),
             "sources": list(base_m.get("sources", [])) + [src_record],
             "failed": int(base_m.get("failed", 0)) + n_failed,
             "no_gps": int(base_m.get("no_gps", 0)) + no_gps,
@@ -822,7 +822,7 @@ class _Builder:
         reusable = (
             state is not None
             and state.get("digest") == digest
-            and _probe_cosine(state.get("probe") or [], probe) >= PROBE_MIN_COSINE
+            and probe_cosine(state.get("probe") or [], probe) >= PROBE_MIN_COSINE
         )
         if state is not None and not reusable and self.chunks.exists() and any(self.chunks.iterdir()):
             if state.get("mode") != self.mode:

@@ -27,7 +27,7 @@ from geofast.db.builder import (
     _recover_append_locked,
     _recover_swap,
 )
-from geofast.db.encode import PROBE_MIN_COSINE, _probe_cosine, normalize_rows, probe_embedding
+from geofast.db.encode import PROBE_MIN_COSINE, normalize_rows, probe_cosine, probe_embedding
 from geofast.db.format import (
     _DTYPES,
     COORDS,
@@ -242,7 +242,7 @@ class Database:
                 f"the backbone {backbone.source} gives {probe.shape[0]}-d embeddings; database {self.path} holds {self.dim}-d ones",
                 hint=f"use --clip {info.get('source')} (the backbone this database was built with), or rebuild it",
             )
-        cos = _probe_cosine(stored, probe)
+        cos = probe_cosine(stored, probe)
         if cos < PROBE_MIN_COSINE:
             raise DatabaseError(
                 f"wrong backbone: database {self.path} was built with {info.get('source')}, whose embeddings "

@@ -62,7 +62,7 @@ def probe_embedding(backbone: Backbone) -> np.ndarray:
     return encode_pil(backbone, [probe_image()])[0]
 
 
-def _probe_cosine(a: Sequence[float] | np.ndarray, b: np.ndarray) -> float:
+def probe_cosine(a: Sequence[float] | np.ndarray, b: np.ndarray) -> float:
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.shape != y.shape:
@@ -71,7 +71,7 @@ def _probe_cosine(a: Sequence[float] | np.ndarray, b: np.ndarray) -> float:
     return float(x @ y) / max(denom, 1e-300)
 
 
-def _backbone_info(backbone: Backbone, probe: np.ndarray) -> dict[str, Any]:
+def backbone_info(backbone: Backbone, probe: np.ndarray) -> dict[str, Any]:
     config = Path(backbone.folder) / "config.json"
     digest = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
     return {

@@ -296,7 +296,7 @@ def _set_threads(cpus: float) -> None:
 def _load_checked(plan: _Plan) -> tuple[Backbone | None, str]:
     """A worker's backbone, or the one-line reason it must not encode (version, backbone, load)."""
     from geofast._geofast import __version__ as mine
-    from geofast.db.encode import PROBE_MIN_COSINE, _probe_cosine, probe_embedding
+    from geofast.db.encode import PROBE_MIN_COSINE, probe_cosine, probe_embedding
     from geofast.models.clip import load_backbone
 
     if mine != plan.version:
@@ -307,7 +307,7 @@ def _load_checked(plan: _Plan) -> tuple[Backbone | None, str]:
         probe = probe_embedding(backbone)
     except Exception as e:
         return None, f"a Ray worker {_where()} cannot load the backbone {plan.source}: {_last_line(e)}"
-    cos = _probe_cosine(list(plan.probe), probe)
+    cos = probe_cosine(list(plan.probe), probe)
     if cos < PROBE_MIN_COSINE:
         return None, (
             f"a Ray worker {_where()} runs another backbone than the driver: {plan.source} there gives other "

@@ -22,7 +22,7 @@ import numpy as np
 from geofast._geofast import Gallery, haversine_matrix, swc
 from geofast.constants import LOCALIZABLE_THRESHOLD, PD_RADIUS_KM
 from geofast.errors import EmptyInputError, InputError, ParameterError, ShapeError
-from geofast.images import ImageInput, ImageURL, expand_images, iter_loaded_batches, load_image
+from geofast.images import ImageInput, as_image_items, iter_loaded_batches, load_image
 from geofast.predict.duplicates import MERGE_MARGIN, DuplicateGroups, merge_exact, merge_scanned
 from geofast.predict.types import Candidate, Prediction
 
@@ -306,7 +306,7 @@ class Geolocator:
         if top_k < 1:
             raise ParameterError(f"top_k must be >= 1, got {top_k}")
         return predict_in_batches(
-            _as_items(images),
+            as_image_items(images),
             batch_size,
             method,
             lambda names, ims: self.predict_embeddings(
@@ -496,20 +496,6 @@ def predict_in_batches(
         if on_progress is not None:
             on_progress(n)
     return results
-
-
-def _as_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
-    from PIL import Image
-
-    if isinstance(images, (str, os.PathLike, Image.Image, ImageURL)):
-        images = [images]
-    items: list[ImageInput] = []
-    for x in images:
-        if isinstance(x, (Image.Image, ImageURL)):
-            items.append(x)
-        else:
-            items.extend(expand_images([x]))
-    return items
 
 
 def build_gallery(

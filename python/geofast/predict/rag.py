@@ -54,7 +54,6 @@ __all__ = [
     "build_inputs",
     "geo_verify",
     "predict_rag",
-    "run_rag",
     "total_usage",
     "verify_scores",
 ]
@@ -515,18 +514,6 @@ def total_usage(predictions: Sequence[Prediction]) -> Usage:
     return Usage.total(p.llm.usage for p in predictions if p.llm is not None)
 
 
-def run_rag(
-    inputs: Sequence[RagInput],
-    *,
-    config: LLMConfig | None = None,
-    encoder: LocationEncoder | None = None,
-    client: LLMClient | None = None,
-    progress: Progress | None = None,
-) -> list[Prediction]:
-    """Synchronous :func:`arun_rag`."""
-    return run_sync(arun_rag(inputs, config=config, encoder=encoder, client=client, progress=progress))
-
-
 async def apredict_rag(
     images: Sequence[ImageLike],
     *,
@@ -639,9 +626,9 @@ class RagPredictor:
         the predictions themselves. ``on_progress(n)`` counts images finished (LLM stage done or
         unreadable); ``llm_progress(done, total)`` (default :attr:`llm_progress`) is called per
         image of a chunk's LLM stage."""
-        from geofast.predict.geoclip import _as_items
+        from geofast.images import as_image_items
 
-        items = _as_items(images)
+        items = as_image_items(images)
         results: list[Prediction] = []
         for start in range(0, len(items), max(1, self.chunk)):
             results += self._predict_chunk(

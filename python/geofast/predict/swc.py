@@ -36,8 +36,8 @@ from geofast._geofast import swc, swc_batch
 from geofast.constants import HAVERSINE_RADIUS_KM
 from geofast.db import Database, Neighbours, normalize_rows
 from geofast.errors import InputError, ParameterError
-from geofast.images import ImageInput
-from geofast.predict.geoclip import LOCALIZABLE_THRESHOLD, _as_items, predict_in_batches, prediction_density
+from geofast.images import ImageInput, as_image_items
+from geofast.predict.geoclip import LOCALIZABLE_THRESHOLD, predict_in_batches, prediction_density
 from geofast.predict.types import Candidate, Cell, Neighbour, Prediction
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class SwcPredictor:
             q, g = self.embed(ims)
             return self.predict_embeddings(q, g, names, method=method, top_k=top_k, places=places)
 
-        return predict_in_batches(_as_items(images), batch_size, method, run, on_progress)
+        return predict_in_batches(as_image_items(images), batch_size, method, run, on_progress)
 
     def predict_embeddings(
         self,

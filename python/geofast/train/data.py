@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from geofast.db import PROBE_MIN_COSINE, Database
-from geofast.db.encode import _probe_cosine as probe_cosine
+from geofast.db.encode import probe_cosine
 from geofast.errors import DatabaseError, EmptyInputError, InputError, ParameterError
 from geofast.gallery import region_mask
 from geofast.train.config import TrainConfig
