@@ -155,6 +155,22 @@ def test_cli_rag_json_cache_fallback_and_database(geolocator, tiny_clip_dir, cac
         assert "look very different" in prompts[0]
         x = json.loads(r4.stdout)[0]
         assert any(c["source"] == "db" for c in x["candidates"])
+        # The prompt's database photos are in the output (the page's nearest and farthest layers),
+        # equal to the database's own search of the photo's CLIP embedding.
+        from geofast.images import load_image
+
+        db = Database.open(tmp_path / "db")
+        _, q = geolocator.embed_pil([load_image(img)], with_clip=True)
+        sims, latlon, ids = db.search(q, 3)
+        fsims, flatlon, fids = db.farthest(q, 2)
+        assert [n["id"] for n in x["neighbours"]] == ids[0].tolist()
+        assert [n["image"] for n in x["neighbours"]] == [m["image"] for m in db.meta(ids[0])]
+        np.testing.assert_allclose([n["similarity"] for n in x["neighbours"]], sims[0], atol=1e-5)
+        np.testing.assert_allclose([[n["lat"], n["lon"]] for n in x["neighbours"]], latlon[0], atol=1e-9)
+        assert [n["id"] for n in x["farthest"]] == fids[0].tolist()
+        assert [n["image"] for n in x["farthest"]] == [m["image"] for m in db.meta(fids[0])]
+        np.testing.assert_allclose([n["similarity"] for n in x["farthest"]], fsims[0], atol=1e-5)
+        np.testing.assert_allclose([[n["lat"], n["lon"]] for n in x["farthest"]], flatlon[0], atol=1e-9)
 
 
 def test_cli_rag_errors(tmp_path, photo_dir):

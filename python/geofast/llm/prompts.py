@@ -28,11 +28,13 @@ ANSWER_FORMAT = '{"latitude": <float>, "longitude": <float>}'
 @dataclass(frozen=True)
 class Reference:
     """A reference location for the prompt: a database neighbour (``score`` = its similarity
-    to the photo) or a GeoCLIP candidate (``score`` = its probability)."""
+    to the photo) or a GeoCLIP candidate (``score`` = its probability). ``row`` is the
+    database row of a neighbour."""
 
     lat: float
     lon: float
     score: float | None = None
+    row: int | None = None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -42,7 +42,7 @@ from geofast.llm.client import OPTION_NAMES, LLMClient, LLMConfig, Usage, run_sy
 from geofast.llm.image import EncodedImage, ImageLike, encode_image, image_name
 from geofast.llm.parse import parse_latlon
 from geofast.llm.prompts import PromptSpec, Reference, ReferenceKind, plan_prompts
-from geofast.predict.types import Candidate, LLMTrace, Prediction
+from geofast.predict.types import Candidate, LLMTrace, Neighbour, Prediction
 
 __all__ = [
     "LocationEncoder",
@@ -121,7 +121,7 @@ def _references(sims: np.ndarray, latlon: np.ndarray, ids: np.ndarray | None) ->
             continue  # faiss pads missing neighbours with id -1
         if not valid_latlon(lat, lon):
             continue
-        refs.append(Reference(lat, lon, float(sims[j])))
+        refs.append(Reference(lat, lon, float(sims[j]), None if ids is None else int(ids[j])))
     return refs
 
 
@@ -362,7 +362,20 @@ async def _llm_stage(inputs: Sequence[RagInput], llm: LLMClient, cfg: LLMConfig,
     return [t.result() for t in tasks]
 
 
+def _database_refs(inp: RagInput) -> tuple[list[Neighbour] | None, list[Neighbour] | None]:
+    """The database photos the prompts used (Img2Loc's nearest and farthest maps); the farthest
+    were searched with the negated query, so their similarity is the negated score."""
+    if inp.kind != "database":
+        return None, None
+
+    def one(r: Reference, sign: float) -> Neighbour:
+        return Neighbour(id=-1 if r.row is None else r.row, image=None, similarity=sign * (r.score or 0.0), lat=r.lat, lon=r.lon)
+
+    return [one(r, 1.0) for r in inp.nearest], [one(r, -1.0) for r in inp.farthest]
+
+
 def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str) -> Prediction:
+    nearest, farthest = _database_refs(inp)
     trace = LLMTrace(model=model, usage=out.usage.as_dict(), answers=len(out.llm), unparsed=out.unparsed, errors=list(out.errors))
     if out.error is not None:
         return Prediction(
@@ -371,6 +384,8 @@ def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str)
             error=out.error,
             fallback=True,
             llm=trace,
+            neighbours=nearest,
+            farthest=farthest,
             confidence=inp.confidence,
             localizable=inp.localizable,
         )
@@ -392,6 +407,8 @@ def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str)
             fallback=True,
             fallback_reason="no usable LLM answer and no retrieval candidate",
             llm=trace,
+            neighbours=nearest,
+            farthest=farthest,
             error="no usable LLM answer and no retrieval candidate",
             confidence=inp.confidence,
             localizable=inp.localizable,
@@ -418,6 +435,8 @@ def _finish(inp: RagInput, out: _Outcome, scores: np.ndarray | None, model: str)
         fallback=fallback,
         fallback_reason=reason,
         llm=trace,
+        neighbours=nearest,
+        farthest=farthest,
     )
 
 
@@ -700,9 +719,23 @@ class RagPredictor:
         )
         if places:
             self._name_places(preds)
+        if self.database is not None and hasattr(self.database, "meta"):
+            self._name_references(preds)
         for i, p in zip(keep, preds):
             results[i] = p
         return results
+
+    def _name_references(self, preds: list[Prediction]) -> None:
+        """The image path of every database photo the prompts used, read in one pass."""
+        refs = [n for p in preds for n in (p.neighbours or []) + (p.farthest or []) if n.id >= 0]
+        if not refs:
+            return
+        metas = dict(zip([n.id for n in refs], self.database.meta(np.array([n.id for n in refs], dtype=np.int64))))
+        for p in preds:
+            if p.neighbours is not None:
+                p.neighbours = [replace(n, image=metas.get(n.id, {}).get("image")) for n in p.neighbours]
+            if p.farthest is not None:
+                p.farthest = [replace(n, image=metas.get(n.id, {}).get("image")) for n in p.farthest]
 
     def _name_places(self, preds: list[Prediction]) -> None:
         located = [p for p in preds if p.error is None and p.lat is not None and p.lon is not None]
