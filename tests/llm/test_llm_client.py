@@ -254,7 +254,7 @@ def test_every_request_timing_out_is_an_error(server):
     server.set_script(lambda req: StubReply(GOOD, delay_s=30.0))
     with pytest.raises(LLMError) as e:
         predict_rag([noise_image(40, 30)], config=cfg(server, timeout_s=0.3, max_retries=1), geoclip=one_geoclip())
-    assert "timed out" in str(e.value) and "--llm-timeout" in (e.value.hint or "")
+    assert "timed out" in str(e.value) and "timeout_s" in (e.value.hint or "") and "timeout_s" in e.value.params
     assert len(server.requests) == 2
 
 
@@ -287,7 +287,7 @@ def test_unknown_model_stops_the_run(server):
     with pytest.raises(LLMError) as e:
         predict_rag([noise_image(40, 30)], config=cfg(server, model="nope"), geoclip=one_geoclip())
     assert "'nope'" in str(e.value) and "does not exist" in str(e.value)
-    assert "--llm-model" in (e.value.hint or "")
+    assert "model" in (e.value.hint or "") and e.value.params == ("model", "base_url")
 
 
 def test_unreachable_endpoint_is_an_error():
@@ -298,7 +298,7 @@ def test_unreachable_endpoint_is_an_error():
     t0 = time.monotonic()
     with pytest.raises(LLMError) as e:
         predict_rag([noise_image(40, 30, i) for i in range(10)], config=c, geoclip=one_geoclip(10))
-    assert "cannot connect" in str(e.value) and "--llm-base-url" in (e.value.hint or "")
+    assert "cannot connect" in str(e.value) and "base_url" in (e.value.hint or "") and e.value.params == ("base_url",)
     assert time.monotonic() - t0 < 5.0
 
 
@@ -456,7 +456,13 @@ def test_ask_outside_context_manager_is_a_clear_error(server):
 def test_config_validation(bad):
     with pytest.raises(ParameterError) as e:
         LLMConfig(**bad)
-    assert isinstance(e.value, ValueError) and e.value.hint and e.value.hint.startswith("set --llm-")
+    (field,) = e.value.params
+    assert field in bad  # the field the error names is one of those set
+    assert isinstance(e.value, ValueError) and e.value.hint == f"set {field} accordingly"
+    # The CLI shows the field as its --llm-* flag.
+    from geofast.cli import as_flags
+
+    assert as_flags(e.value.hint, e.value.params).startswith("set --llm-")
 
 
 def test_presets():

@@ -58,7 +58,25 @@ _register_commands()
 
 
 #: Library parameter names whose flag is not simply ``--`` + the name with hyphens.
-FLAG_NAMES = {"k": "--swc-k", "swc_k": "--swc-k"}
+FLAG_NAMES = {
+    "k": "--swc-k",
+    "swc_k": "--swc-k",
+    # LLMConfig fields (geofast.llm.LLMConfig) and the --llm-* options that set them
+    "base_url": "--llm-base-url",
+    "model": "--llm-model",
+    "timeout_s": "--llm-timeout",
+    "max_retries": "--llm-retries",
+    "concurrency": "--llm-concurrency",
+    "temperature": "--llm-temperature",
+    "samples": "--llm-samples",
+    "references": "--llm-references",
+    "nearest": "--llm-nearest",
+    "farthest": "--llm-farthest",
+    "image_max_side": "--llm-image-size",
+    "max_tokens": "--llm-max-tokens",
+    "cache": "--llm-cache",
+    "deadline_s": "--llm-deadline",
+}
 
 
 def as_flags(text: str, params: Sequence[str]) -> str:

@@ -41,7 +41,6 @@ __all__ = [
     "API_KEY_ENV_VARS",
     "DEFAULT_BASE_URL",
     "DEFAULT_MODEL",
-    "OPTION_NAMES",
     "ChatAnswer",
     "LLMClient",
     "LLMConfig",
@@ -59,23 +58,6 @@ MODEL_ENV_VAR = "GEOFAST_LLM_MODEL"
 #: Sent to endpoints other than OpenAI's when no key is configured (local servers accept any).
 NO_KEY_PLACEHOLDER = "sk-no-key-required"
 
-#: The CLI option that sets each :class:`LLMConfig` field (error hints name them).
-OPTION_NAMES: dict[str, str] = {
-    "base_url": "--llm-base-url",
-    "model": "--llm-model",
-    "timeout_s": "--llm-timeout",
-    "max_retries": "--llm-retries",
-    "concurrency": "--llm-concurrency",
-    "temperature": "--llm-temperature",
-    "samples": "--llm-samples",
-    "references": "--llm-references",
-    "nearest": "--llm-nearest",
-    "farthest": "--llm-farthest",
-    "image_max_side": "--llm-image-size",
-    "max_tokens": "--llm-max-tokens",
-    "cache": "--llm-cache/--no-llm-cache",
-    "deadline_s": "--llm-deadline",
-}
 
 #: Default seconds an image may spend in the LLM stage before its retrieval answer is used.
 DEFAULT_DEADLINE_S = 180.0
@@ -85,8 +67,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """Everything the RAG stage needs to know about the LLM; one field per CLI option
-    (:data:`OPTION_NAMES`).
+    """Everything the RAG stage needs to know about the LLM; one field per ``--llm-*`` option of
+    the CLI (errors name the fields in ``GeofastError.params``; the CLI shows its flags).
 
     ``references`` lists the reference counts of the prompts (G3: ``(0, 5, 10, 15)``; Img2Loc:
     ``(16,)``); each prompt holds the first r of the ``nearest`` database neighbours (or GeoCLIP
@@ -119,7 +101,8 @@ class LLMConfig:
         def bad(name: str, why: str) -> ParameterError:
             return ParameterError(
                 f"LLM option {name}={getattr(self, name)!r}: {why}",
-                hint=f"set {OPTION_NAMES[name]} accordingly",
+                hint=f"set {name} accordingly",
+                params=(name,),
             )
 
         if not self.timeout_s > 0:
@@ -394,7 +377,8 @@ class LLMClient:
             self._fatal = LLMError(
                 f"{self.base_url} is failing: {self._streak} requests in a row failed "
                 f"(last error: {error}); stopped sending requests",
-                hint=f"check that the server behind {OPTION_NAMES['base_url']} is running, then rerun (answers so far are cached)",
+                hint="check that the server behind base_url is running, then rerun (answers so far are cached)",
+                params=("base_url",),
             )
         return ChatAnswer(None, usage, error=error)
 
@@ -443,9 +427,9 @@ class LLMClient:
         self._count(usage)
         return ChatAnswer(None, usage, error=error)
 
-    def _stop(self, message: str, hint: str) -> LLMError:
+    def _stop(self, message: str, hint: str, params: tuple[str, ...] = ()) -> LLMError:
         """Remember a configuration error so that queued requests fail without being sent."""
-        self._fatal = LLMError(message, hint=hint)
+        self._fatal = LLMError(message, hint=hint, params=params)
         return self._fatal
 
     async def ask(self, prompt: str, image: EncodedImage, sample: int = 0) -> ChatAnswer:
@@ -487,21 +471,23 @@ class LLMClient:
                 ) from None
             except openai.NotFoundError as e:
                 raise self._stop(
-                    f"{self.base_url} has no model {self.model!r} or no chat endpoint (HTTP 404): {_error_message(e)}",
-                    hint=f"pass {OPTION_NAMES['model']} with a model the server serves, and check {OPTION_NAMES['base_url']} (it usually ends in /v1)",
+                    f"{self.base_url} does not serve {self.model!r} or has no chat endpoint (HTTP 404): {_error_message(e)}",
+                    hint="set model to one the server serves, and check base_url (it usually ends in /v1)",
+                    params=("model", "base_url"),
                 ) from None
             except openai.APITimeoutError:
                 msg = f"timed out after {cfg.timeout_s:g} s ({cfg.max_retries} retries)"
                 if not self._succeeded:
                     raise self._stop(
                         f"request to {self.base_url} {msg}",
-                        hint=f"raise {OPTION_NAMES['timeout_s']} or lower {OPTION_NAMES['concurrency']}",
+                        hint="raise timeout_s or lower concurrency",
+                        params=("timeout_s", "concurrency"),
                     ) from None
                 return self._failed(msg)
             except openai.APIConnectionError as e:
                 msg = f"cannot connect to {self.base_url}: {_error_message(e.__cause__ or e)}"
                 if not self._succeeded:
-                    raise self._stop(msg, hint=f"check {OPTION_NAMES['base_url']} and that the server is running") from None
+                    raise self._stop(msg, hint="check base_url and that the server is running", params=("base_url",)) from None
                 return self._failed(msg)
             except openai.APIStatusError as e:
                 if e.status_code >= 500 or e.status_code in (408, 429):

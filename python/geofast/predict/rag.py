@@ -38,7 +38,7 @@ import numpy as np
 
 from geofast.coords import valid_latlon
 from geofast.errors import ImageError, LLMError, ParameterError, ShapeError
-from geofast.llm.client import OPTION_NAMES, LLMClient, LLMConfig, Usage, run_sync
+from geofast.llm.client import LLMClient, LLMConfig, Usage, run_sync
 from geofast.llm.image import EncodedImage, ImageLike, encode_image, image_name
 from geofast.llm.parse import parse_latlon
 from geofast.llm.prompts import PromptSpec, Reference, ReferenceKind, plan_prompts
@@ -470,7 +470,8 @@ async def arun_rag(
         last = next((e for o in reversed(outcomes) for e in reversed(o.errors)), "unknown error")
         raise LLMError(
             f"all {total.failed} requests to {llm.base_url} failed; last error: {last}",
-            hint=f"check {OPTION_NAMES['base_url']}, {OPTION_NAMES['model']} and that the model accepts images",
+            hint="check base_url, and that model accepts images",
+            params=("base_url", "model"),
         )
 
     per_image: list[list[Candidate]] = [
