@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from benches.harness import Skip, Workload, quiet_libraries
+from benches.reference import float64_features, numpy_equal_earth, numpy_haversine
 
 #: IUGG mean Earth radius, the default of gf.haversine.
 R_KM = 6371.0088
@@ -29,13 +30,6 @@ def _random_latlon(n: int, seed: int) -> np.ndarray:
     lat = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
     lon = rng.uniform(-180.0, 180.0, n)
     return np.column_stack([lat, lon])
-
-
-def numpy_haversine(a: np.ndarray, b: np.ndarray, radius_km: float = R_KM) -> np.ndarray:
-    """The textbook float64 haversine (the anchor): 2R·asin(√h)."""
-    lat1, lon1, lat2, lon2 = (np.radians(c) for c in (a[:, 0], a[:, 1], b[:, 0], b[:, 1]))
-    h = np.sin((lat2 - lat1) / 2.0) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2.0) ** 2
-    return 2.0 * radius_km * np.arcsin(np.sqrt(h))
 
 
 def _require(module: str) -> None:
@@ -173,12 +167,6 @@ def _geoclip_location_encoding() -> tuple[Any, Any, Any, list[Any]]:
     return torch, equal_earth_projection, gaussian_encoding, bs
 
 
-def float64_features(xy: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The float64 reference: [cos(2π·xy·bᵀ) | sin(2π·xy·bᵀ)]."""
-    x = 2.0 * np.pi * (xy.astype(np.float64) @ b.astype(np.float64).T)
-    return np.concatenate([np.cos(x), np.sin(x)], axis=1)
-
-
 def _location_features(quick: bool) -> Workload:
     import geofast as gf
 
@@ -234,17 +222,6 @@ def _location_features(quick: bool) -> Workload:
         repeat=3 if quick else 5,
     )
     return workload
-
-
-def numpy_equal_earth(latlon: np.ndarray) -> np.ndarray:
-    """Equal Earth (Šavrič et al. 2018) scaled by GeoCLIP's SF/180, in float64."""
-    a1, a2, a3, a4, sf = 1.340264, -0.081106, 0.000893, 0.003796, 66.50336
-    lat = np.radians(latlon[:, 0])
-    lon = np.radians(latlon[:, 1])
-    theta = np.arcsin(np.sqrt(3.0) / 2.0 * np.sin(lat))
-    x = 2 * np.sqrt(3.0) * lon * np.cos(theta) / (3 * (9 * a4 * theta**8 + 7 * a3 * theta**6 + 3 * a2 * theta**2 + a1))
-    y = a4 * theta**9 + a3 * theta**7 + a2 * theta**3 + a1 * theta
-    return np.column_stack([x, y]) * sf / 180.0
 
 
 def _equal_earth(quick: bool) -> Workload:

@@ -146,6 +146,29 @@ LlmCache = Annotated[
 ]
 
 
+def method_options_from(params: dict[str, Any]) -> Any:
+    """The :class:`~geofast.predict.factory.MethodOptions` of a command's method options (pass
+    ``locals()``); ``locate``, ``eval`` and ``serve`` declare the same ones."""
+    from geofast.predict.factory import MethodOptions
+
+    method = params["method"]
+    return MethodOptions(
+        method=method,
+        model=params["model"],
+        clip=params["clip"],
+        device=params["device"],
+        gallery=params["gallery"],
+        region=params["region"],
+        db=params["db"],
+        swc_k=params["swc_k"],
+        eps_km=params["eps_km"],
+        cell_km=params["cell_km"],
+        confidence=params["confidence"],
+        llm=llm_config_from(params) if method == "rag" else None,
+        merge_duplicates=not params["raw_candidates"],
+    )
+
+
 def llm_config_from(params: dict[str, Any]) -> Any:
     """The LLM config of a command's ``llm_*`` parameters (pass ``locals()``)."""
     return llm_config(**{k[len("llm_") :]: v for k, v in params.items() if k.startswith("llm_")})

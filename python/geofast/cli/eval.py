@@ -106,26 +106,9 @@ def evaluate(
             raise gf.InputError(
                 "give DATASET and --images DIR, or --predictions FILE", hint="geofast eval im2gps3k.csv --images im2gps3k/"
             )
-        from geofast.predict.factory import MethodOptions, make_predictor
+        from geofast.predict.factory import make_predictor
 
-        llm = None
-        if method == "rag":
-            llm = o.llm_config_from(locals())
-        opts = MethodOptions(
-            method=method,
-            model=model,
-            clip=clip,
-            device=device,
-            gallery=gallery,
-            region=region,
-            db=db,
-            swc_k=swc_k,
-            eps_km=eps_km,
-            cell_km=cell_km,
-            confidence=confidence,
-            llm=llm,
-            merge_duplicates=not raw_candidates,
-        )
+        opts = o.method_options_from(locals())
         database = opts.check()
         if not images.is_dir():
             raise gf.InputError(f"--images {images} is not a folder")

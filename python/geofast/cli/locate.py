@@ -77,26 +77,9 @@ def locate(
     from geofast.images import ImageURL, expand_images, is_url
     from geofast.output import prediction_json, write_geojson, write_map
     from geofast.predict import Prediction
-    from geofast.predict.factory import MethodOptions, make_predictor
+    from geofast.predict.factory import make_predictor
 
-    llm = None
-    if method == "rag":
-        llm = o.llm_config_from(locals())
-    opts = MethodOptions(
-        method=method,
-        model=model,
-        clip=clip,
-        device=device,
-        gallery=gallery,
-        region=region,
-        db=db,
-        swc_k=swc_k,
-        eps_km=eps_km,
-        cell_km=cell_km,
-        confidence=confidence,
-        llm=llm,
-        merge_duplicates=not raw_candidates,
-    )
+    opts = o.method_options_from(locals())
     texts = list(texts or [])
     if not images and not texts:
         raise gf.InputError("nothing to locate", hint="pass image files, folders, globs or URLs, or --text DESCRIPTION")

@@ -99,7 +99,6 @@ def serve(
 ) -> None:
     """Serve the HTTP API (POST /v1/locate, /v1/locations/embed, GET /v1/models, /docs) and the web page at /."""
     from geofast.errors import InputError
-    from geofast.predict.factory import MethodOptions
     from geofast.serve import API_KEY_ENV, ServeConfig, run
     from geofast.serve.security import InsecureBindError
 
@@ -107,22 +106,7 @@ def serve(
         raise InputError(f"unknown --log-level {log_level!r}", hint="choose critical, error, warning, info or debug")
     if allow_private_urls and not allow_urls:
         raise InputError("--allow-private-urls only makes sense with --allow-urls", hint="add --allow-urls")
-    llm = o.llm_config_from(locals()) if method == "rag" else None
-    opts = MethodOptions(
-        method=method,
-        model=model,
-        clip=clip,
-        device=device,
-        gallery=gallery,
-        region=region,
-        db=db,
-        swc_k=swc_k,
-        eps_km=eps_km,
-        cell_km=cell_km,
-        confidence=confidence,
-        llm=llm,
-        merge_duplicates=not raw_candidates,
-    )
+    opts = o.method_options_from(locals())
     config = ServeConfig(
         host=host,
         port=port,
