@@ -223,7 +223,8 @@ def test_locate_map_opens_offline_with_the_json_numbers(driver, tiny_clip_dir, c
     open_file(driver, html)
     wait_ready(driver)
     pins = _markers(driver, "top1")
-    assert sorted((float(m["lat"]), float(m["lon"])) for m in pins) == sorted(
+    # Photos sharing a top-1 are one pin counting them (the tiny backbone often gives all three one).
+    assert sorted((float(m["lat"]), float(m["lon"])) for m in pins for _ in range(int(m["count"] or 1))) == sorted(
         (x["predictions"][0]["lat"], x["predictions"][0]["lon"]) for x in ref
     )
     cands = _markers(driver, "candidates")  # the first photo is selected

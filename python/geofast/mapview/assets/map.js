@@ -3,6 +3,10 @@
 // markers with tooltips and popups, grid clustering per zoom level, geodesic km circles, layer
 // toggles and optional XYZ tiles. World coordinates: x, y in [0, 256) at zoom 0 (Web Mercator,
 // as XYZ tiles); screen = (world - centre) * 2^zoom + half the view size.
+// The world wraps at the antimeridian: x is periodic with period 256. The view's centre x is kept
+// in [0, 256); every marker and circle is drawn at the copy of its x nearest the centre, the land
+// is drawn once per world copy the view shows, and fits use the shortest longitude span on the
+// circle, so data on both sides of +-180 degrees is drawn together.
 "use strict";
 (function (global) {
   const SVGNS = "http://www.w3.org/2000/svg";
@@ -43,6 +47,26 @@
       pts.push([x, y]);
     }
     return pts;
+  }
+
+  // x + k * WORLD for the integer k that puts it nearest ref (within half a world).
+  function wrapNear(x, ref) {
+    return x + WORLD * Math.round((ref - x) / WORLD);
+  }
+
+  // The shortest interval [x0, x1] (x1 - x0 < WORLD, x0 in [0, WORLD)) that holds every x modulo
+  // WORLD: the complement of the widest gap between neighbours on the circle. When wrapping across
+  // +-180 degrees saves less than a fifth of the span, the usual [min, max] is kept, so data spread
+  // over the whole world stays centred on Greenwich instead of on an arbitrary gap.
+  function lonSpan(xs) {
+    const v = xs.map((x) => ((x % WORLD) + WORLD) % WORLD).sort((a, b) => a - b);
+    const n = v.length;
+    let gap = v[0] + WORLD - v[n - 1], at = -1;
+    for (let i = 0; i + 1 < n; i++) {
+      if (v[i + 1] - v[i] > gap) { gap = v[i + 1] - v[i]; at = i; }
+    }
+    if (at < 0 || v[n - 1] - v[0] <= 1.25 * (WORLD - gap)) return [v[0], v[n - 1]];
+    return [v[at + 1], v[at] + WORLD];
   }
 
   function el(name, attrs, parent) {
@@ -113,13 +137,19 @@
       this.gCountries = el("g", { class: "gf-countries" + (this.tiles ? " gf-over-tiles" : "") }, this.gWorld);
       this.gShapes = el("g", { class: "gf-shapes" }, this.gWorld);
       this.gMarkers = el("g", { class: "gf-markers" }, this.svg);
+      // The land of world copy k is a group translated by k * WORLD; copy 0 is built once and the
+      // others are clones made when a view first shows them.
+      this.landCopies = new Map();
+      const land0 = el("g", { class: "gf-land", "data-copy": "0" }, this.gCountries);
+      this.landCopies.set(0, land0);
       if (opts.outlines) {
-        for (const c of outlinePaths(opts.outlines)) {
-          const p = el("path", { d: c.d, class: "gf-country", "data-name": c.name }, this.gCountries);
-          p.addEventListener("pointerenter", (ev) => this._tip(c.name, ev));
-          p.addEventListener("pointerleave", () => this._tip(null));
-        }
+        for (const c of outlinePaths(opts.outlines)) el("path", { d: c.d, class: "gf-country", "data-name": c.name }, land0);
       }
+      this.gCountries.addEventListener("pointerover", (ev) => {
+        const p = ev.target.closest && ev.target.closest(".gf-country");
+        if (p) this._tip(p.getAttribute("data-name"), ev);
+      });
+      this.gCountries.addEventListener("pointerout", () => this._tip(null));
 
       const controls = h("div", { class: "gf-controls" }, this.root);
       const btn = (label, title, fn) => {
@@ -175,13 +205,20 @@
       return Math.max(Math.min(this.minZoom, fill), Math.min(this.maxZoom, z));
     }
 
+    // Longitude wraps (the centre's x is kept in [0, WORLD)); latitude stops at the map's edge.
     _clampCenter() {
-      this.center[0] = Math.max(0, Math.min(WORLD, this.center[0]));
+      this.center[0] = ((this.center[0] % WORLD) + WORLD) % WORLD;
       this.center[1] = Math.max(0, Math.min(WORLD, this.center[1]));
+    }
+
+    // Screen position of world point (wx, wy), at the copy of wx nearest the view's centre.
+    screenOf(wx, wy) {
+      return this.toScreen(wrapNear(wx, this.center[0]), wy);
     }
 
     setView(lat, lon, zoom) {
       this.center = project(lat, lon);
+      this._clampCenter();
       this.zoom = this._clampZoom(zoom);
       this.render();
     }
@@ -198,24 +235,29 @@
       this.render();
     }
 
-    // Fit the view to world-coordinate bounds [[x0, y0], [x1, y1]].
+    // Fit the view to world-coordinate bounds [[x0, y0], [x1, y1]] (x1 may exceed WORLD: a span
+    // across the antimeridian).
     fitWorld(x0, y0, x1, y1, maxZoom) {
       const [w, hgt] = this.size();
       const pad = 48;
       const dx = Math.max(x1 - x0, 1e-9), dy = Math.max(y1 - y0, 1e-9);
       const z = Math.log2(Math.min((w - 2 * pad) / dx, (hgt - 2 * pad) / dy));
       this.center = [(x0 + x1) / 2, (y0 + y1) / 2];
+      this._clampCenter();
       this.zoom = this._clampZoom(Math.floor(Math.min(z, maxZoom === undefined ? 10 : maxZoom) * 2) / 2);
       this.render();
     }
 
     fitPoints(latlons, maxZoom) {
       if (!latlons.length) return this.fitWorld(0, 40, WORLD, 200, 1);
-      let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+      let y0 = Infinity, y1 = -Infinity;
+      const xs = [];
       for (const [lat, lon] of latlons) {
         const [x, y] = project(lat, lon);
-        x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x); y1 = Math.max(y1, y);
+        xs.push(x);
+        y0 = Math.min(y0, y); y1 = Math.max(y1, y);
       }
+      const [x0, x1] = lonSpan(xs);
       const m = 0.02; // a little context around single points
       this.fitWorld(x0 - m, y0 - m, x1 + m, y1 + m, maxZoom);
     }
@@ -270,7 +312,7 @@
         cb.addEventListener("change", () => this.setLayerVisible(l.id, cb.checked));
         const sw = h("span", { class: "gf-swatch" + (l.kind === "circles" ? " gf-swatch-ring" : ""), "aria-hidden": "true" }, lab);
         sw.style.setProperty("--c", l.color);
-        h("span", {}, lab, l.label + " (" + l.items.length.toLocaleString("en") + ")");
+        h("span", {}, lab, l.label + " (" + (l.count === undefined ? l.items.length : l.count).toLocaleString("en") + ")");
       }
     }
 
@@ -279,15 +321,20 @@
       let cached = this.clusterCache.get(key);
       if (cached) return cached;
       const s = this.scale();
+      // A whole number of columns around the world (about CLUSTER_PX wide on screen), so the grid
+      // is periodic in longitude: +-180 degrees is an ordinary column boundary, not an edge.
+      const cols = Math.max(1, Math.round((WORLD * s) / CLUSTER_PX));
+      const cellW = WORLD / cols;
       const cells = new Map();
       for (const it of layer.items) {
-        const k = Math.floor((it._wx * s) / CLUSTER_PX) + "," + Math.floor((it._wy * s) / CLUSTER_PX);
+        const col = Math.min(cols - 1, Math.floor((((it._wx % WORLD) + WORLD) % WORLD) / cellW));
+        const k = col + "," + Math.floor((it._wy * s) / CLUSTER_PX);
         let c = cells.get(k);
-        if (!c) { c = { items: [], n: 0, sx: 0, sy: 0 }; cells.set(k, c); }
+        if (!c) { c = { items: [], n: 0, sx: 0, sy: 0, ref: it._wx }; cells.set(k, c); }
         const w = it.weight || 1;
         c.items.push(it);
         c.n += w;
-        c.sx += it._wx * w;
+        c.sx += wrapNear(it._wx, c.ref) * w; // members of one column on either side of +-180
         c.sy += it._wy * w;
       }
       cached = [];
@@ -320,6 +367,7 @@
         this.gWorld.setAttribute("transform", "matrix(" + s + " 0 0 " + s + " " + tx + " " + ty + ")");
         this.root.dataset.zoom = String(this.zoom);
         if (this.tiles) this._drawTiles(w, hgt);
+        this._drawLand(w, hgt);
         this._drawCircles(s);
         this._drawMarkers(w, hgt);
         this._drawScale();
@@ -328,12 +376,30 @@
       }
     }
 
+    // One copy of the land per world copy in view (copy k spans x in [k * WORLD, (k + 1) * WORLD)).
+    _drawLand(w, hgt) {
+      const x0 = this.toWorld(0, 0)[0], x1 = this.toWorld(w, hgt)[0];
+      const k0 = Math.floor(x0 / WORLD), k1 = Math.floor(x1 / WORLD);
+      const land0 = this.landCopies.get(0);
+      for (let k = k0; k <= k1; k++) {
+        if (this.landCopies.has(k)) continue;
+        const copy = land0.cloneNode(true);
+        copy.setAttribute("data-copy", String(k));
+        copy.setAttribute("transform", "translate(" + k * WORLD + " 0)");
+        this.gCountries.appendChild(copy);
+        this.landCopies.set(k, copy);
+      }
+      for (const [k, g] of this.landCopies) g.toggleAttribute("hidden", k < k0 || k > k1);
+    }
+
     _drawTiles(w, hgt) {
       const z = Math.max(0, Math.min(19, Math.round(this.zoom)));
       const n = Math.pow(2, z), size = WORLD / n;
       const [x0, y0] = this.toWorld(0, 0), [x1, y1] = this.toWorld(w, hgt);
       const want = new Set();
-      for (let i = Math.max(0, Math.floor(x0 / size)); i <= Math.min(n - 1, Math.floor(x1 / size)); i++) {
+      // Columns wrap around the world: column i shows tile i mod n, at most one world's worth either side.
+      const i0 = Math.max(Math.floor(x0 / size), -n), i1 = Math.min(Math.floor(x1 / size), 2 * n - 1);
+      for (let i = i0; i <= i1; i++) {
         for (let j = Math.max(0, Math.floor(y0 / size)); j <= Math.min(n - 1, Math.floor(y1 / size)); j++) {
           want.add(z + "/" + i + "/" + j);
         }
@@ -344,7 +410,7 @@
       }
       for (const key of want) {
         const [zz, i, j] = key.split("/").map(Number);
-        const url = this.tiles.replace("{z}", zz).replace("{x}", i).replace("{y}", j);
+        const url = this.tiles.replace("{z}", zz).replace("{x}", ((i % n) + n) % n).replace("{y}", j);
         const img = el("image", { href: url, x: i * size, y: j * size, width: size, height: size, preserveAspectRatio: "none" }, this.gTiles);
         img.dataset.key = key;
       }
@@ -358,13 +424,16 @@
         if (!l.visible || l.kind !== "circles") continue;
         for (const it of l.items) {
           if (drawn >= 500) break;
-          const [sx, sy] = this.toScreen(it._wx, it._wy);
+          const [sx, sy] = this.screenOf(it._wx, it._wy);
           if (sx < -w || sx > 2 * w || sy < -hgt || sy > 2 * hgt) continue;
           // Skip circles smaller than a marker on screen (25 km at world zoom is under a pixel).
           const rPx = (it.radius_km / ((Math.cos(it.lat * DEG) * 2 * Math.PI * EARTH_R_KM) / WORLD)) * s;
           if (rPx < 3) continue;
           if (!it._ring) it._ring = circleRing(it.lat, it.lon, it.radius_km, 96);
+          // The ring is unwrapped around its own centre; shift it to the centre's copy nearest the view.
+          const shift = wrapNear(it._wx, this.center[0]) - it._wx;
           const p = el("path", { d: ringPath(it._ring), class: "gf-circle", "data-layer": l.id, "data-radius-km": it.radius_km }, this.gShapes);
+          if (shift) p.setAttribute("transform", "translate(" + shift + " 0)");
           p.style.setProperty("--c", l.color);
           if (it.label) {
             p.addEventListener("pointerenter", (ev) => this._tip(it.label, ev));
@@ -386,11 +455,11 @@
         const entries = l.cluster ? this._clusters(l) : l.items.map((it) => ({ item: it }));
         for (const e of entries) {
           if (e.cluster) {
-            const [sx, sy] = this.toScreen(e.wx, e.wy);
+            const [sx, sy] = this.screenOf(e.wx, e.wy);
             if (inView(sx, sy)) this._drawCluster(g, l, e, sx, sy);
           } else {
             // Small (unclustered) layers are drawn whole; clustered ones only where visible.
-            const [sx, sy] = this.toScreen(e.item._wx, e.item._wy);
+            const [sx, sy] = this.screenOf(e.item._wx, e.item._wy);
             if (!l.cluster || inView(sx, sy)) this._drawMarker(g, l, e.item, sx, sy);
           }
         }
@@ -419,6 +488,15 @@
         el("circle", { r: r, class: "gf-shape" }, m);
       }
       if (it.text) el("text", { class: "gf-marker-text", "text-anchor": "middle", dy: "0.35em" }, m).textContent = it.text;
+      if (it.count > 1) {
+        // Several data points at exactly this position (e.g. photos sharing one top-1): a count badge.
+        m.setAttribute("data-count", String(it.count));
+        const [bx, by] = it.shape === "pin" ? [10, -32] : [r, -r];
+        const badge = el("g", { class: "gf-badge", transform: "translate(" + bx + " " + by + ")" }, m);
+        const label = it.count >= 10000 ? Math.round(it.count / 1000) + "k" : String(it.count);
+        el("rect", { x: -(4 + 3.5 * label.length), y: -8, width: 8 + 7 * label.length, height: 16, rx: 8, class: "gf-badge-bg" }, badge);
+        el("text", { class: "gf-badge-text", "text-anchor": "middle", dy: "0.35em" }, badge).textContent = label;
+      }
       this._hits.push({ item: it, sx: sx, sy: sy });
     }
 
@@ -437,14 +515,13 @@
     }
 
     _zoomToCluster(c) {
-      let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-      for (const it of c.items) {
-        x0 = Math.min(x0, it._wx); y0 = Math.min(y0, it._wy); x1 = Math.max(x1, it._wx); y1 = Math.max(y1, it._wy);
-      }
+      let y0 = Infinity, y1 = -Infinity;
+      for (const it of c.items) { y0 = Math.min(y0, it._wy); y1 = Math.max(y1, it._wy); }
+      const [x0, x1] = lonSpan(c.items.map((it) => it._wx));
       const z = this.zoom;
       this.fitWorld(x0, y0, x1, y1, 18);
       if (this.zoom <= z) {
-        const [sx, sy] = this.toScreen((x0 + x1) / 2, (y0 + y1) / 2);
+        const [sx, sy] = this.screenOf((x0 + x1) / 2, (y0 + y1) / 2);
         this.zoomBy(z + 2 - this.zoom, sx, sy);
       }
     }
@@ -453,7 +530,25 @@
       if (hit.cluster) return this._zoomToCluster(hit.cluster);
       const it = hit.item;
       this._openPopup(it.popup || [it.label], hit.sx, hit.sy);
-      if (this.onselect && it.select !== undefined) this.onselect(it.select);
+      if (this.onselect && it.select !== undefined) {
+        this.onselect(it.select);
+        for (const b of this.popup.querySelectorAll(".gf-popup-item")) b.setAttribute("aria-pressed", String(b.dataset.select === String(it.select)));
+      }
+    }
+
+    // A popup line is text, or {text, select} for a button that selects that data point (the
+    // members of a stacked marker), so each is reachable from the map.
+    _popupLine(line, i) {
+      if (line === null || typeof line !== "object") return h(i === 0 ? "strong" : "div", {}, this.popup, line);
+      let list = this.popup.querySelector(".gf-popup-list");
+      if (!list) list = h("div", { class: "gf-popup-list", role: "group", "aria-label": "Select one" }, this.popup);
+      const b = h("button", { type: "button", class: "gf-popup-item", "aria-pressed": String(!!line.selected), "data-select": String(line.select) }, list, line.text);
+      b.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        for (const other of this.popup.querySelectorAll(".gf-popup-item")) other.setAttribute("aria-pressed", String(other === b));
+        if (this.onselect) this.onselect(line.select);
+      });
+      return b;
     }
 
     _drawScale() {
@@ -480,11 +575,14 @@
       this.popup.textContent = "";
       const close = h("button", { type: "button", class: "gf-popup-close", "aria-label": "Close" }, this.popup, "\u00d7");
       close.addEventListener("click", () => { this.popup.hidden = true; this.root.focus(); });
-      lines.forEach((line, i) => h(i === 0 ? "strong" : "div", {}, this.popup, line));
+      lines.forEach((line, i) => this._popupLine(line, i));
       this.popup.hidden = false;
-      const [w] = this.size();
+      const [w, hgt] = this.size();
       this.popup.style.left = Math.min(Math.max(8, sx - 120), w - 260) + "px";
-      this.popup.style.top = Math.max(8, sy + 12) + "px";
+      // Below the point, or above it when it would run past the bottom of the map.
+      const ph = this.popup.offsetHeight;
+      const top = sy + 12 + ph > hgt - 8 && sy - 12 - ph >= 8 ? sy - 12 - ph : sy + 12;
+      this.popup.style.top = Math.max(8, top) + "px";
       close.focus();
     }
 
@@ -568,5 +666,6 @@
     if (c && c.earth_radius_km) EARTH_R_KM = c.earth_radius_km;
   };
   global.GeoMap.project = project;
+  global.GeoMap.lonSpan = lonSpan;
   global.GeoMap.destination = destination;
 })(window);

@@ -17,6 +17,7 @@
   let PD_RADIUS_KM = 25; // set from geofast.constants by the page (GeofastView.configure)
   let LOCALIZABLE = 0.2;
   const MANY = 200; // cluster a layer above this many points
+  const STACK_LIST = 50; // most photos a stacked pin's popup lists (all are in the panel's list)
 
   function h(tag, attrs, parent, text) {
     const e = document.createElement(tag);
@@ -97,9 +98,39 @@
       }
     }
 
+    // Photos whose top-1 is the same point (GeoCLIP answers with gallery points, so many photos can
+    // share one) are drawn as one pin with a count badge; its popup lists each photo as a button
+    // that selects it. The pin shows the selected photo when it is one of them, else the first.
+    _stackTop1(top1) {
+      const groups = new Map();
+      for (const it of top1) {
+        const key = it.lat + "," + it.lon;
+        const g = groups.get(key);
+        if (g) g.push(it);
+        else groups.set(key, [it]);
+      }
+      const out = [];
+      for (const g of groups.values()) {
+        if (g.length === 1) { out.push(g[0]); continue; }
+        const shown = g.find((it) => it.select === this.selected) || g[0];
+        const p = this.results[shown.select].predictions[0];
+        const lines = [g.length.toLocaleString("en") + " photos share this top-1", p.place || "(no place name)", fmt.coord(p.lat) + ", " + fmt.coord(p.lon)];
+        for (const it of g.slice(0, STACK_LIST)) lines.push({ text: baseName(this.results[it.select].image), select: it.select, selected: it.select === this.selected });
+        if (g.length > STACK_LIST) lines.push("\u2026 and " + (g.length - STACK_LIST).toLocaleString("en") + " more in the list of photos");
+        out.push(Object.assign({}, shown, {
+          count: g.length, weight: g.length, popup: lines,
+          label: g.length.toLocaleString("en") + " photos: " + (p.place || fmt.coord(p.lat) + ", " + fmt.coord(p.lon)),
+          data: Object.assign({}, shown.data, { stack: g.map((it) => it.select).join(" ") }),
+        }));
+      }
+      return out;
+    }
+
     _layers() {
-      const top1 = [], pd = [], cands = [], near = [], far = [], llm = [], cells = [];
+      let top1 = [];
+      const pd = [], cands = [], near = [], far = [], llm = [], cells = [];
       const many = this.results.length > 1;
+      const pdAt = new Set();
       this.results.forEach((r, i) => {
         if (r.error || !r.predictions || !r.predictions.length) return;
         const p = r.predictions[0];
@@ -113,7 +144,9 @@
             "probability " + fmt.prob(p.prob), "PD\u2082\u2085 confidence " + fmt.prob(r.confidence) + (r.localizable === null || r.localizable === undefined ? "" : r.localizable ? " \u2014 localizable (> " + LOCALIZABLE + ")" : " \u2014 not localizable (\u2264 " + LOCALIZABLE + ")")],
           data: { image: r.image, rank: 1, prob: p.prob, place: p.place, confidence: r.confidence, localizable: r.localizable },
         });
-        if (r.confidence !== null && r.confidence !== undefined) {
+        // One circle per top-1 point: photos sharing a top-1 would stack identical translucent circles.
+        if (r.confidence !== null && r.confidence !== undefined && !pdAt.has(p.lat + "," + p.lon)) {
+          pdAt.add(p.lat + "," + p.lon);
           pd.push({ lat: p.lat, lon: p.lon, radius_km: PD_RADIUS_KM, label: name + ": PD\u2082\u2085 = " + fmt.prob(r.confidence) + " (probability within " + PD_RADIUS_KM + " km of the top-1)" });
         }
         if (i !== this.selected) return;
@@ -144,6 +177,8 @@
         }));
         if (r.cell) cells.push({ lat: r.cell.lat, lon: r.cell.lon, radius_km: r.cell.radius_km, label: "Search cell: " + r.cell.radius_km + " km around GeoCLIP's top-1" });
       });
+      const photos = top1.length;
+      top1 = this._stackTop1(top1);
       this.map.setLayers([
         { id: "cell", label: "Search cell", color: COLORS.cell, kind: "circles", items: cells },
         { id: "pd25", label: "PD\u2082\u2085 circle (" + PD_RADIUS_KM + " km)", color: COLORS.pd25, kind: "circles", items: pd },
@@ -151,7 +186,7 @@
         { id: "neighbours", label: "Nearest database photos", color: COLORS.neighbours, kind: "points", items: near },
         { id: "candidates", label: "Top-k candidates" + (many ? " (selected photo)" : ""), color: COLORS.candidates, kind: "points", items: cands },
         { id: "llm", label: "LLM candidates", color: COLORS.llm, kind: "points", items: llm },
-        { id: "top1", label: "Top-1 answer", color: COLORS.top1, kind: "points", items: top1, cluster: top1.length > MANY, unit: "photos" },
+        { id: "top1", label: "Top-1 answer", color: COLORS.top1, kind: "points", items: top1, cluster: top1.length > MANY, unit: "photos", count: photos },
       ]);
     }
 
