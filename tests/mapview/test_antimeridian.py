@@ -135,6 +135,18 @@ def test_candidates_across_180_are_neighbours_after_the_fit(driver, tmp_path):
     assert circle[2] == pytest.approx(want_w, abs=want_w * (1 - np.cos(np.pi / 96)) + 2 * vertex_px + float32_px)
     assert circle[0] + circle[2] / 2 == pytest.approx(pin["x"], abs=ROUND_PX / 2 + vertex_px + float32_px)
     assert circle[0] > 0 and circle[0] + circle[2] < st["w"]
+    # Panning east across the line with the arrow keys (80 px a press) moves both markers west by
+    # as much: the centre wraps from 180 to -180 instead of stopping at the edge of the world.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    driver.execute_script("geofastMap.root.focus()")
+    ActionChains(driver).send_keys(Keys.ARROW_RIGHT * 3).perform()
+    driver.execute_script("geofastMap._draw()")
+    assert _state(driver)["cx"] == pytest.approx(st["cx"] + 240 / s - 256.0, abs=1e-9)  # wrapped into [0, 256)
+    east2, west2 = _marker_xy(driver, "candidates")
+    assert east2["x"] == pytest.approx(east["x"] - 240, abs=ROUND_PX)
+    assert west2["x"] == pytest.approx(west["x"] - 240, abs=ROUND_PX)
     assert outside_requests(network_urls(driver)) == []
     assert browser_errors(driver) == []
 
@@ -178,7 +190,29 @@ def test_land_on_both_sides_of_180_is_drawn(driver, tmp_path, centre_lon):
         sx, sy = (x - cx) * 2**zoom + st["w"] / 2, (y - cy) * 2**zoom + st["h"] / 2
         assert 0 < sx < st["w"] and 0 < sy < st["h"]
         assert _country_at(driver, sx, sy) == "Russia", (lon, sx, sy)
+    # No seam: Natural Earth cuts Russia at 180, but the cut is not stroked as a border. On the
+    # line (inside Chukotka) the screenshot has the flat land colour of the pixels beside it; a
+    # 0.7 px border there would darken it by ~(244 - 185) * 0.7 = 40 levels.
+    sx180 = st["w"] / 2 + 0.0  # the view is centred on the line
+    _, sy180 = mercator(lat + 0.3, 180.0)
+    sy180 = (sy180 - cy) * 2**zoom + st["h"] / 2
+    px = _pixels(driver, [(sx180, sy180), (sx180 - 6, sy180), (sx180 + 6, sy180)])
+    assert _country_at(driver, sx180 - 6, sy180) == _country_at(driver, sx180 + 6, sy180) == "Russia"
+    assert np.abs(px[0] - px[1]).max() <= 1 and np.abs(px[0] - px[2]).max() <= 1, px
     assert browser_errors(driver) == []
+
+
+def _pixels(driver, points) -> np.ndarray:
+    """RGB of the screenshot at map points (x, y in CSS px from the map's corner)."""
+    import io
+
+    from PIL import Image
+
+    left, top, ratio = driver.execute_script(
+        "const r = geofastMap.root.getBoundingClientRect(); return [r.left, r.top, window.devicePixelRatio]"
+    )
+    img = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")).astype(int)
+    return np.array([img[int((top + y) * ratio), int((left + x) * ratio)] for x, y in points])
 
 
 def test_selecting_a_photo_near_180_fits_its_span(driver, tmp_path):

@@ -95,21 +95,34 @@
   }
 
   // Decode geofast's compact outlines: rings of integers in 1/scale degree, deltas after the first.
+  // d fills the land; border strokes the coasts and borders but leaves out the edges that only
+  // close a ring along the map's edges (Natural Earth cuts Russia, Fiji and Antarctica at +-180
+  // degrees and closes Antarctica along -90), so land drawn on both sides of 180 shows no seam.
   function outlinePaths(outlines) {
-    const s = outlines.scale;
+    const s = outlines.scale, E = 180 * s, P = 90 * s;
+    const cut = (lon0, lat0, lon1, lat1) => (Math.abs(lon0) === E && lon1 === lon0) || (Math.abs(lat0) === P && lat1 === lat0);
     return outlines.countries.map(function (c) {
-      let d = "";
+      let d = "", border = "";
       for (const ring of c.rings) {
         let lon = ring[0], lat = ring[1];
-        const pts = [project(lat / s, lon / s)];
+        const ll = [[lon, lat]];
         for (let i = 2; i < ring.length; i += 2) {
           lon += ring[i];
           lat += ring[i + 1];
-          pts.push(project(lat / s, lon / s));
+          ll.push([lon, lat]);
         }
+        if (ll[ll.length - 1][0] !== ll[0][0] || ll[ll.length - 1][1] !== ll[0][1]) ll.push(ll[0]);
+        const pts = ll.map((q) => project(q[1] / s, q[0] / s));
         d += ringPath(pts);
+        let open = false;
+        for (let i = 1; i < ll.length; i++) {
+          if (cut(ll[i - 1][0], ll[i - 1][1], ll[i][0], ll[i][1])) { open = false; continue; }
+          if (!open) border += "M" + pts[i - 1][0].toFixed(3) + " " + pts[i - 1][1].toFixed(3);
+          border += "L" + pts[i][0].toFixed(3) + " " + pts[i][1].toFixed(3);
+          open = true;
+        }
       }
-      return { name: c.name, iso: c.iso_a3, d: d };
+      return { name: c.name, iso: c.iso_a3, d: d, border: border };
     });
   }
 
@@ -143,7 +156,12 @@
       const land0 = el("g", { class: "gf-land", "data-copy": "0" }, this.gCountries);
       this.landCopies.set(0, land0);
       if (opts.outlines) {
-        for (const c of outlinePaths(opts.outlines)) el("path", { d: c.d, class: "gf-country", "data-name": c.name }, land0);
+        const borders = [];
+        for (const c of outlinePaths(opts.outlines)) {
+          el("path", { d: c.d, class: "gf-country", "data-name": c.name }, land0);
+          borders.push(c.border);
+        }
+        el("path", { d: borders.join(""), class: "gf-borders" }, land0);
       }
       this.gCountries.addEventListener("pointerover", (ev) => {
         const p = ev.target.closest && ev.target.closest(".gf-country");

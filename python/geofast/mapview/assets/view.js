@@ -83,7 +83,10 @@
       this.selected = i;
       this._layers();
       this._panel();
-      if (fit !== false) this._fit(true);
+      if (fit !== false) {
+        this.map.popup.hidden = true; // it points at a place the new view may not show
+        this._fit(true);
+      }
     }
 
     // Fit the map to the selected photo's points (one photo, or after a selection), or to every top-1.
