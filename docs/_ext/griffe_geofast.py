@@ -8,7 +8,8 @@
   overloaded method one entry (its most general signature), and fills every missing docstring
   from the imported extension.
 - The docstrings cross-reference in Sphinx style (``:func:`geofast.topk```), which Markdown shows
-  as raw text; those roles become inline code.
+  as raw text; those roles become inline code. Their doctest examples (``>>>`` lines, which
+  Markdown shows as nested quotes) become Python code blocks.
 """
 
 from __future__ import annotations
@@ -21,6 +22,26 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):`~?([^`]+)`")
+_DOCTEST_FLAG = re.compile(r"\s*# doctest:.*$")
+
+
+def _markdown(text: str) -> str:
+    """Sphinx roles as inline code; runs of ``>>>`` / ``...`` lines as a fenced Python block."""
+    text = _ROLE.sub(r"``\1``", text)
+    if ">>>" not in text:
+        return text
+    out: list[str] = []
+    block: list[str] = []
+    for line in [*text.split("\n"), ""]:
+        stripped = line.strip()
+        if stripped.startswith((">>> ", "... ")) or stripped in (">>>", "..."):
+            block.append(_DOCTEST_FLAG.sub("", stripped[4:]).rstrip())
+            continue
+        if block:
+            out += ["```python", *block, "```"]
+            block = []
+        out.append(line)
+    return "\n".join(out[:-1])
 
 
 def _has_doc(obj: Any) -> bool:
@@ -63,7 +84,7 @@ class GeofastDocstrings(griffe.Extension):
     def _fill_one(self, member: Any, value: Any) -> None:
         doc = inspect.getdoc(value) if value is not None else None
         if doc and not _has_doc(member):
-            member.docstring = griffe.Docstring(_ROLE.sub(r"``\1``", doc), parent=member)
+            member.docstring = griffe.Docstring(_markdown(doc), parent=member)
         if isinstance(member, griffe.Class):
             self._fill(member, value)
 
@@ -76,8 +97,8 @@ class GeofastDocstrings(griffe.Extension):
                 self._fill_one(member, value)
 
     def _walk(self, obj: griffe.Object) -> None:
-        if obj.docstring is not None and ":" in obj.docstring.value:
-            obj.docstring.value = _ROLE.sub(r"``\1``", obj.docstring.value)
+        if obj.docstring is not None:
+            obj.docstring.value = _markdown(obj.docstring.value)
         for member in obj.members.values():
             if not member.is_alias and isinstance(member, griffe.Object):
                 self._walk(member)
