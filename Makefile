@@ -3,7 +3,7 @@
 PY ?= .venv/bin/python
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: setup build lint fmt rust-test stubtest mypy test quick check bench
+.PHONY: setup build lint fmt rust-test stubtest mypy docs test quick check bench
 
 setup:            ## create .venv with every dependency and build the extension (release)
 	bash .ci/setup
@@ -32,13 +32,16 @@ stubtest:         ## the hand-written _geofast.pyi against the built extension
 mypy:
 	$(PY) -m mypy
 
+docs:             ## the documentation site into site/ (offline; warnings are errors)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 test:             ## the whole pytest suite
 	$(PY) -m pytest -q
 
 quick:            ## the inner loop: everything but the slow tests
 	$(PY) -m pytest -q -m "not slow"
 
-check: lint rust-test stubtest mypy test   ## what CI runs after set-up (.ci/test)
+check: lint rust-test stubtest mypy docs test   ## what CI runs after set-up (.ci/test)
 
 bench:            ## every benchmark against its anchor (about 15 minutes)
 	$(PY) -m geofast bench --threads 2
