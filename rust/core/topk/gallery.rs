@@ -491,7 +491,13 @@ impl Gallery {
     /// `k` of those rows only, with the indices of the gallery (not of `ids`), and the
     /// log-sum-exp over those rows when asked. Scores come from the exact rows (for quantized
     /// storage: the exact source), read in place, so they equal a full exact scan's bit for bit.
-    pub fn search_rows<Q: Real>(&self, queries: ArrayView2<Q>, ids: &[i64], k: i64, lse_scale: Option<f64>) -> GeoResult<Neighbors> {
+    pub fn search_rows<Q: Real>(
+        &self,
+        queries: ArrayView2<Q>,
+        ids: &[i64],
+        k: i64,
+        lse_scale: Option<f64>,
+    ) -> GeoResult<Neighbors> {
         self.search_rows_with(Isa::active()?, queries, ids, k, lse_scale)
     }
 
