@@ -291,6 +291,7 @@ def workloads(quick: bool) -> list[Workload]:
         return out
     out.append(_plan_workload(N_LARGE))
     out.append(_cell_workload(100_000))
+    out.append(_dense_cells_workload())
     out.append(_add_workload(1_000))
 
     def flat_setup() -> dict[str, Any]:
@@ -650,6 +651,81 @@ def _cell_workload(n_cell: int) -> Workload:
         check=check,
         repeat=3,
         note="the database half of geoclip+swc per image (GeoCLIP's own search is shared with swc's PD)",
+    )
+
+
+N_CELLS, CELL_ROWS, N_PHOTOS = 24, 40_000, 12
+
+
+def _dense_setup() -> dict[str, Any]:
+    """The 1M database laid out as 24 dense places (40,000 photos within 20 km of each centre,
+    the rest uniform), 12 photos whose GeoCLIP embeddings point at 12 of the centres, and an
+    ``SwcPredictor`` with GeoCLIP's heads (tiny random CLIP: only the database side is timed)."""
+    from geofast.db import Database
+    from geofast.predict.geoclip import Geolocator
+    from geofast.predict.swc import SwcPredictor
+
+    flat = _large_db("Flat")
+    rng = np.random.default_rng(9)
+    loc = Geolocator.from_pretrained("geoclip", clip=_tiny_clip(_tmp_root()), device="cpu", progress=False)
+    centers = loc.gallery.latlon[rng.choice(len(loc.gallery.latlon), N_CELLS, replace=False)]
+    ll = _random_latlon(N_LARGE, 3)
+    rows = rng.permutation(N_LARGE)[: N_CELLS * CELL_ROWS].reshape(N_CELLS, CELL_ROWS)
+    for c in range(N_CELLS):
+        r_deg = np.sqrt(rng.uniform(0, 1, CELL_ROWS)) * 20.0 / 111.2
+        theta = rng.uniform(0, 2 * np.pi, CELL_ROWS)
+        ll[rows[c], 0] = np.clip(centers[c, 0] + r_deg * np.sin(theta), -90, 90)
+        lon = centers[c, 1] + r_deg * np.cos(theta) / np.cos(np.radians(np.clip(centers[c, 0], -85, 85)))
+        ll[rows[c], 1] = (lon + 180.0) % 360.0 - 180.0
+    db = Database(flat.path, flat.manifest, flat.embeddings, ll)
+    g = loc.encode_locations(centers[:N_PHOTOS]).astype(np.float32)
+    g += rng.standard_normal(g.shape).astype(np.float32) * np.float32(0.02)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    pred = SwcPredictor(db, loc.backbone, geolocator=loc, check_backbone=False)
+    q = _queries(flat, N_PHOTOS, seed=5)
+    names = [f"photo{i:02d}.jpg" for i in range(N_PHOTOS)]
+    for method in ("swc", "geoclip+swc"):  # grid, gallery, place index and page cache: once
+        pred.predict_embeddings(q[:1], g[:1], names[:1], method=method)
+    return {"pred": pred, "q": q, "g": g, "names": names, "db": db, "ll": ll, "emb": flat.embeddings}
+
+
+def _dense_cells_workload() -> Workload:
+    def run(s: dict[str, Any], method: str) -> Any:
+        return s["pred"].predict_embeddings(s["q"], s["g"], s["names"], method=method)
+
+    def check(s: dict[str, Any], mine: Any, _swc: Any) -> str:
+        cells = []
+        for i, p in enumerate(mine):
+            if p.cell is None or p.fallback:
+                raise AssertionError(f"{p.image}: no cell searched ({p.fallback_reason})")
+            lat1, lon1 = np.radians(s["ll"][:, 0]), np.radians(s["ll"][:, 1])
+            lat2, lon2 = np.radians(p.cell.lat), np.radians(p.cell.lon)
+            a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+            rows = np.flatnonzero(2 * 6371.0088 * np.arcsin(np.sqrt(a)) <= p.cell.radius_km)
+            sims = np.asarray(s["emb"][rows], dtype=np.float32) @ s["q"][i]
+            order = np.lexsort((rows, -sims))[:K]
+            got = np.array([n.id for n in p.neighbours])
+            got_s = np.array([n.similarity for n in p.neighbours])
+            if not _same_topk(got[None], got_s[None], rows[order][None], sims[order][None]):
+                raise AssertionError(f"{p.image}: neighbours differ from numpy brute force over its {rows.shape[0]:,}-row cell")
+            cells.append(rows.shape[0])
+        return (
+            f"{N_PHOTOS} photos, cells of {min(cells):,}–{max(cells):,} rows, neighbours identical to numpy brute force; "
+            "speed-up = swc time / geoclip+swc time, target ≥ 0.77 (geoclip+swc ≤ 1.3× swc)"
+        )
+
+    return Workload(
+        name=f"geoclip+swc vs swc, {N_PHOTOS} photos over {N_CELLS} cells of {CELL_ROWS:,} rows (1M)",
+        kernel="SwcPredictor.predict_embeddings(method='geoclip+swc')",
+        anchor="the same predictor, method='swc' (flat search of 1M rows + SwC)",
+        setup=_dense_setup,
+        run_geofast=lambda s: run(s, "geoclip+swc"),
+        run_anchor=lambda s: run(s, "swc"),
+        check=check,
+        target=1 / 1.3,
+        repeat=3,
+        interleave=True,
+        note="the predictor's whole database side per batch of photos, place labels included (the CLIP encoder is not timed)",
     )
 
 

@@ -315,6 +315,34 @@ impl Gallery {
         result(py, r)
     }
 
+    /// Top-k among the rows `rows` only (strictly increasing integer row ids), with gallery row
+    /// indices; scores read in place from the exact rows (see the class docstring).
+    #[pyo3(signature = (queries, rows, k, *, lse_scale = None))]
+    fn search_rows<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyAny>,
+        rows: &Bound<'py, PyAny>,
+        #[pyo3(from_py_with = arg::k)] k: i64,
+        #[pyo3(from_py_with = arg::lse_scale)] lse_scale: Option<f64>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let q = Vecs::extract(queries, "queries", true)?.to_owned();
+        let qv = q.view();
+        let arr = py.import("numpy")?.call_method1("asarray", (rows,))?;
+        let arr = arr.cast::<PyUntypedArray>()?;
+        if arr.ndim() != 1 || (arr.len() > 0 && !matches!(arr.dtype().kind(), b'i' | b'u')) {
+            return Err(ShapeError::new_err(format!(
+                "rows must be a 1-D array of integer row ids, got {} of shape {}",
+                arr.dtype(),
+                shape_str(arr.shape())
+            )));
+        }
+        let ids: Vec<i64> = arr.call_method1("astype", ("int64",))?.extract::<PyReadonlyArray1<i64>>()?.as_array().to_vec();
+        let g = &self.inner;
+        let r = py.detach(|| with_vecs!(qv, |a| g.search_rows(a, &ids, k, lse_scale))).py_err()?;
+        result(py, r)
+    }
+
     fn __len__(&self) -> usize {
         self.inner.len()
     }

@@ -168,6 +168,48 @@ def test_read_only_memmap_is_borrowed_zero_copy(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f16", "i8"])
+def test_search_rows_equals_a_gallery_of_those_rows(tmp_path, dtype):
+    """A row subset scores exactly like a gallery built from those rows alone (same kernels, same
+    bits), with the full gallery's row ids; numpy's float64 top-k agrees up to rounding."""
+    x = unit_rows(6000, 64, seed=21)
+    q = unit_rows(5, 64, seed=22)
+    np.save(tmp_path / "x16.npy", x.astype(np.float16))
+    m16 = np.load(tmp_path / "x16.npy", mmap_mode="r")
+    rng = np.random.default_rng(23)
+    rows = np.unique(np.concatenate([rng.choice(6000, 900, replace=False), np.arange(3000, 3700)]))
+    for full, source in ((gf.Gallery(x, dtype=dtype), x), (gf.Gallery(m16, dtype=dtype), np.asarray(m16, np.float32))):
+        s, i, lse = full.search_rows(q, rows, 12, lse_scale=30.0)
+        s_sub, i_sub, lse_sub = gf.Gallery(np.ascontiguousarray(source[rows]), dtype="f32").search(q, 12, lse_scale=30.0)
+        np.testing.assert_array_equal(i, rows[i_sub])
+        np.testing.assert_array_equal(s, s_sub)
+        np.testing.assert_array_equal(lse, lse_sub)
+        _, ref = numpy_topk(q, source[rows], 12)
+        assert_same_topk(s, i, q, source, rows[ref])
+    # a list of Python ints works like an array
+    s2, i2 = gf.Gallery(x, dtype=dtype).search_rows(q[0], rows.tolist(), 3)
+    np.testing.assert_array_equal(i2[0], i[0, :3])
+
+
+@pytest.mark.parametrize(
+    "rows, k, error, text",
+    [
+        ([4, 2], 1, ValueError, "strictly increasing"),
+        ([2, 2], 1, ValueError, "strictly increasing"),
+        ([-1, 5], 1, ValueError, "strictly increasing"),
+        ([0, 100], 1, ValueError, "strictly increasing"),
+        ([0.5, 2.0], 1, ValueError, "integer row ids"),
+        ([[1, 2]], 1, ValueError, "1-D"),
+        ([1, 2], 3, ValueError, "k must be between 1 and 2"),
+        ([], 1, ValueError, "k must be between 1 and 0"),
+    ],
+)
+def test_search_rows_errors(rows, k, error, text):
+    g = gf.Gallery(unit_rows(100, 8, seed=24))
+    with pytest.raises(error, match=text):
+        g.search_rows(unit_rows(1, 8, seed=25), rows, k)
+
+
 def test_other_inputs_are_converted_once():
     x = unit_rows(500, 20, seed=14)
     q = unit_rows(3, 20, seed=15)

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -406,15 +406,21 @@ class Database:
         parts = [order[a:b] for a, b in zip(st.tolist(), sp.tolist()) if b > a]
         if not parts:
             return np.zeros(0, dtype=np.int64)
-        return np.unique(np.concatenate(parts))
+        # Each row lies in exactly one grid cell and the cell ranges are disjoint: sorting is
+        # enough (np.unique's hash pass cost ~4× a sort at 100K rows); a duplicate is dropped
+        # all the same should two ranges ever meet.
+        rows = np.sort(np.concatenate(parts))
+        if rows.shape[0] > 1 and not bool(np.all(rows[1:] != rows[:-1])):
+            rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]
+        return rows
 
     def search_rows(self, embedding: np.ndarray, rows: np.ndarray, k: int, *, normalize: bool = True) -> Neighbours:
         """Exact search of one query ``(D,)`` among the given row ids only (Search-within-Cell);
         returns up to ``k`` neighbours as a batch of one (``(1, min(k, len(rows)))``), sorted by
-        descending similarity, ties by lower row id. The rows are gathered in blocks and scanned
-        by the Rust top-k kernel (``gf.Gallery``), so memory stays bounded whatever the count."""
-        from geofast._geofast import Gallery
-
+        descending similarity, ties by lower row id. The rows are scored in place in the
+        memory-mapped embeddings by the Rust top-k kernel (``gf.Gallery.search_rows``: each
+        cache-sized tile of rows is gathered and scanned), so nothing the size of the cell is
+        copied and memory stays bounded whatever the count."""
         q = self._queries(embedding, normalize)
         if q.shape[0] != 1:
             raise ShapeError(f"search_rows takes one query, got {q.shape[0]}")
@@ -428,23 +434,9 @@ class Database:
         kk = min(int(k), ids.shape[0])
         if kk == 0:
             return Neighbours(np.zeros((1, 0), np.float32), np.zeros((1, 0, 2)), np.zeros((1, 0), np.int64))
-        best_s: list[np.ndarray] = []
-        best_i: list[np.ndarray] = []
-        dt: Literal["f16", "f32"] = "f16" if self.dtype == "f16" else "f32"
-        buf = np.empty((min(_GATHER_ROWS, ids.shape[0]), self.dim), dtype=self.embeddings.dtype)
-        for s0 in range(0, ids.shape[0], _GATHER_ROWS):
-            blk = ids[s0 : s0 + _GATHER_ROWS]
-            vecs = buf[: blk.shape[0]]
-            np.take(self.embeddings, blk, axis=0, out=vecs)
-            vecs.flags.writeable = False  # read-only: the Rust Gallery borrows it (no copy)
-            sims, loc = Gallery(vecs, dtype=dt).search(q, min(kk, blk.shape[0]))
-            del vecs
-            best_s.append(np.asarray(sims[0], dtype=np.float32))
-            best_i.append(blk[np.asarray(loc[0], dtype=np.int64)])
-        all_s, all_i = np.concatenate(best_s), np.concatenate(best_i)
-        order = np.lexsort((all_i, -all_s))[:kk]
-        top = all_i[order]
-        return Neighbours(all_s[order][None, :], np.asarray(self.latlon[top]).reshape(1, -1, 2), top[None, :])
+        sims, top = self.gallery().search_rows(q, ids, kk)
+        top = np.asarray(top, dtype=np.int64)
+        return Neighbours(np.asarray(sims, dtype=np.float32), np.asarray(self.latlon[top[0]]).reshape(1, -1, 2), top)
 
     def farthest(self, embeddings: np.ndarray, k: int = 16, *, normalize: bool = True) -> Neighbours:
         """The ``k`` rows *least* similar to each query (nearest to the negated query, as Img2Loc

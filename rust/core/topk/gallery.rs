@@ -32,7 +32,7 @@ use ndarray::{Array1, Array2, ArrayView2};
 use rayon::prelude::*;
 
 use super::kernels::{self, padded, F16Rows, F32Rows, I8Rows};
-use super::scan::{scan, PackedF32, PackedI16, QueryScan, ScanSpec};
+use super::scan::{scan, Gathered, PackedF32, PackedI16, QueryScan, ScanSpec};
 use super::select::{best_k, cut_below, Hit, Lse, TopK};
 use super::{check_k, check_magnitude, pack_queries, Neighbors, Vector};
 use crate::core::coords::shape_str;
@@ -485,6 +485,61 @@ impl Gallery {
             Codes::F32(_) => unreachable!("f32 codes are always exact"),
         };
         Ok(Neighbors::assemble(hits, k, lse_on.then_some(lse)))
+    }
+
+    /// [`Gallery::search`] restricted to the rows `ids` (strictly increasing row ids): the top
+    /// `k` of those rows only, with the indices of the gallery (not of `ids`), and the
+    /// log-sum-exp over those rows when asked. Scores come from the exact rows (for quantized
+    /// storage: the exact source), read in place, so they equal a full exact scan's bit for bit.
+    pub fn search_rows<Q: Real>(
+        &self,
+        queries: ArrayView2<Q>,
+        ids: &[i64],
+        k: i64,
+        lse_scale: Option<f64>,
+    ) -> GeoResult<Neighbors> {
+        self.search_rows_with(Isa::active()?, queries, ids, k, lse_scale)
+    }
+
+    /// [`Gallery::search_rows`] on an explicit SIMD level.
+    pub fn search_rows_with<Q: Real>(
+        &self,
+        isa: Isa,
+        queries: ArrayView2<Q>,
+        ids: &[i64],
+        k: i64,
+        lse_scale: Option<f64>,
+    ) -> GeoResult<Neighbors> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for (j, &i) in ids.iter().enumerate() {
+            if i < 0 || i as u64 >= self.n as u64 || (j > 0 && i <= ids[j - 1]) {
+                return Err(GeoError::parameter(
+                    "rows",
+                    "strictly increasing row ids below the gallery's length",
+                    format!("{i} at position {j} (gallery of {} rows)", self.n),
+                ));
+            }
+            rows.push(i as usize);
+        }
+        let k = check_k(k, rows.len())?;
+        if let Some(s) = lse_scale {
+            if !s.is_finite() {
+                return Err(GeoError::parameter("lse_scale", "a finite number", super::num(s)));
+            }
+        }
+        let (packed, norms) = pack_queries(&queries, self.d)?;
+        check_magnitude(&norms, self.x_max, lse_scale)?;
+        let spec = ScanSpec { k, lse_scale, margins2: None };
+        let scans = match self.exact_rows() {
+            ExactRows::F32(r) => scan(isa, &Gathered { rows: r, ids: &rows }, &packed, packed.n, &spec),
+            ExactRows::F16(r) => scan(isa, &Gathered { rows: r, ids: &rows }, &packed, packed.n, &spec),
+        };
+        let (mut hits, lse) = finish_exact(scans)?;
+        for h in hits.iter_mut().flatten() {
+            // Positions in `rows` back to row ids (< n, which fits the u32 hit index).
+            h.i = rows[h.i as usize] as u32;
+        }
+        Ok(Neighbors::assemble(hits, k, lse_scale.is_some().then_some(lse)))
     }
 
     /// Exact re-rank of quantized-scan candidates (and exact rescans of overflowed queries).

@@ -102,6 +102,74 @@ impl Scorer for I8Rows<'_> {
     }
 }
 
+/// A subset of an exact row set (`ids`, strictly increasing row ids of `rows`), scored as if it
+/// were a gallery of its own: each tile's rows are first gathered into a thread-local contiguous
+/// buffer (one `memcpy` per row) and then scored by the same kernels as a full scan, so scores
+/// are bit for bit those of a full scan. Hit indices are positions in `ids`; since `ids` is
+/// increasing, ties still resolve to the lower row id. (Search-within-Cell: the rows of one
+/// 25 km cell, read straight from the memory-mapped database.)
+pub struct Gathered<'a, R> {
+    pub rows: R,
+    pub ids: &'a [usize],
+}
+
+thread_local! {
+    static GATHER16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static GATHER32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Copies rows `ids` of a row set into `buf` (`ids.len()` × `d`, C order).
+fn gather<'r, T: Copy + 'r>(buf: &mut Vec<T>, ids: &[usize], d: usize, row: impl Fn(usize) -> &'r [T]) {
+    buf.clear();
+    for &i in ids {
+        buf.extend_from_slice(&row(i)[..d]);
+    }
+}
+
+impl Scorer for Gathered<'_, F16Rows<'_>> {
+    type Q = PackedF32;
+    fn n_rows(&self) -> usize {
+        self.ids.len()
+    }
+    fn row_bytes(&self) -> usize {
+        self.rows.d * 2
+    }
+    fn query_bytes(&self, q: &PackedF32) -> usize {
+        q.dp * 4
+    }
+    fn score(&self, isa: Isa, q: &PackedF32, q0: usize, q1: usize, r0: usize, r1: usize, out: &mut [f32], ldo: usize) {
+        let d = self.rows.d;
+        GATHER16.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            gather(&mut buf, &self.ids[r0..r1], d, |i| self.rows.row(i));
+            let tile = F16Rows::new(&buf, r1 - r0, d, d);
+            kernels::score_f16(isa, &q.data[q0 * q.dp..q1 * q.dp], q1 - q0, q.dp, &tile, 0, r1 - r0, out, ldo);
+        });
+    }
+}
+
+impl Scorer for Gathered<'_, F32Rows<'_>> {
+    type Q = PackedF32;
+    fn n_rows(&self) -> usize {
+        self.ids.len()
+    }
+    fn row_bytes(&self) -> usize {
+        self.rows.d * 4
+    }
+    fn query_bytes(&self, q: &PackedF32) -> usize {
+        q.dp * 4
+    }
+    fn score(&self, isa: Isa, q: &PackedF32, q0: usize, q1: usize, r0: usize, r1: usize, out: &mut [f32], ldo: usize) {
+        let d = self.rows.d;
+        GATHER32.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            gather(&mut buf, &self.ids[r0..r1], d, |i| self.rows.row(i));
+            let tile = F32Rows::new(&buf, r1 - r0, d, d);
+            kernels::score_f32(isa, &q.data[q0 * q.dp..q1 * q.dp], q1 - q0, q.dp, &tile, 0, r1 - r0, out, ldo);
+        });
+    }
+}
+
 /// What a scan computes.
 pub struct ScanSpec<'a> {
     pub k: usize,

@@ -454,3 +454,47 @@ fn errors_name_the_problem() {
     assert!(Dtype::parse("f8").is_err());
     let _: ArrayView2<f32> = q.view();
 }
+
+#[test]
+fn row_subsets_equal_a_gallery_of_those_rows_at_every_level() {
+    let x = normalized(5000, 40, 81);
+    let q = normalized(7, 40, 82);
+    // Every third row and a dense run: tiles of gathered rows cross both patterns.
+    let ids: Vec<i64> = (0..5000).filter(|r| r % 3 == 1 || (2000..2600).contains(r)).map(|r| r as i64).collect();
+    let sub = Array2::from_shape_fn((ids.len(), 40), |(i, j)| x[[ids[i] as usize, j]]);
+    let (ws, wi) = brute(&q, &sub, 9);
+    let want_idx = wi.mapv(|i| ids[i as usize]);
+    let bits: Vec<u16> = x.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+    let sub_h = sub.mapv(|v| half::f16::from_f32(v).to_f32());
+    let (hs, hi) = brute(&q, &sub_h, 9);
+    for isa in Isa::all_available() {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::I8] {
+            // f32 source: the exact rows are the f32 ones, whatever the storage.
+            let g = Gallery::from_view(x.view(), dtype).unwrap();
+            let got = g.search_rows_with(isa, q.view(), &ids, 9, Some(39.69)).unwrap();
+            assert_eq!(got.indices, want_idx, "{isa:?} {dtype:?}");
+            assert!(same_bits(&got.scores, &ws), "{isa:?} {dtype:?}");
+            let full = Gallery::from_view(sub.view(), Dtype::F32).unwrap().search_with(isa, q.view(), 9, Some(39.69)).unwrap();
+            let (a, b) = (got.lse.unwrap(), full.lse.unwrap());
+            assert!(a.iter().zip(b.iter()).all(|(u, v)| u.to_bits() == v.to_bits()), "lse {isa:?} {dtype:?}");
+            // f16 source: scores of the f16 rows widened exactly.
+            let g = Gallery::from_f16(Buf::owned(bits.clone()), 5000, 40, dtype).unwrap();
+            let got = g.search_rows_with(isa, q.view(), &ids, 9, None).unwrap();
+            assert_eq!(got.indices, hi.mapv(|i| ids[i as usize]), "f16 {isa:?} {dtype:?}");
+            assert!(same_bits(&got.scores, &hs), "f16 {isa:?} {dtype:?}");
+        }
+    }
+}
+
+#[test]
+fn row_subsets_reject_bad_ids_and_k() {
+    let x = normalized(50, 8, 91);
+    let q = normalized(1, 8, 92);
+    let g = Gallery::from_view(x.view(), Dtype::F32).unwrap();
+    for ids in [vec![3i64, 2], vec![1, 1], vec![-1, 4], vec![0, 50]] {
+        let e = g.search_rows(q.view(), &ids, 1, None).unwrap_err();
+        assert!(matches!(e, GeoError::Parameter { name: "rows", .. }), "{ids:?}: {e}");
+    }
+    assert!(matches!(g.search_rows(q.view(), &[1, 2], 3, None).unwrap_err(), GeoError::K { .. }));
+    assert!(matches!(g.search_rows(q.view(), &[], 1, None).unwrap_err(), GeoError::K { .. }));
+}
