@@ -14,6 +14,15 @@ from benches.reference import reference_logits, reference_params, released_queue
 from geofast.train.module import TrainableHeads, initial_model
 from geofast.train.objective import GeoCLIPStep, GPSQueue, fourier_inputs, loss_sum
 
+#: test_a_training_run_equals_the_reference_loop: float rounding moves few elements, not tensors.
+#: Measured (this AVX-512 CPU's default, ATEN_CPU_CAPABILITY=avx2 / default, MKL_ENABLE_INSTRUCTIONS=
+#: AVX2, MKL_CBWR=COMPATIBLE, taskset -c 0): 2 of the 10,433,793 elements differ by more than lr/10,
+#: and mean |diff| ≤ 9.2e-7 of a tensor's mean movement. Bounds: 5e-6 of the elements (52, 26×) and
+#: 2e-5 of the movement (21×). A wrong objective (the queue read after this step's push): 6.4M
+#: elements (0.61) and 0.44 of the movement.
+ELEMENTS_OFF = 5e-6
+MEAN_DIFF_OF_MOVEMENT = 2e-5
+
 
 def _batches(n_steps: int, batch: int, seed: int = 0, places: int | None = None):
     """Random batches; with ``places``, every photo is taken at one of that many coordinates."""
@@ -76,6 +85,8 @@ def test_loss_queue_and_gradients_equal_the_released_objective(init, batch, queu
         ref_loss = released_train_step(
             lambda f, g: reference_logits(params, f, g), ref_queue, frozen_opt, torch.from_numpy(feats), torch.from_numpy(gps)
         )
+        # float32, another summation order: measured ≤ 2.2e-7 relative over every case and step under
+        # the BLAS variants of ELEMENTS_OFF's comment; bound 2e-5 (90×).
         assert abs(float(loss.detach()) - ref_loss) <= 2e-5 * max(1.0, abs(ref_loss)), (k, float(loss.detach()), ref_loss)
         np.testing.assert_array_equal(queue.gps.numpy(), ref_queue.gps_queue.t().double().numpy())
         assert queue.ptr == int(ref_queue.gps_queue_ptr[0])
@@ -85,6 +96,8 @@ def test_loss_queue_and_gradients_equal_the_released_objective(init, batch, queu
         for name, g_ref in ref_grads.items():
             g = grads[name]
             scale = float(g_ref.abs().max()) + 1e-12
+            # per tensor, relative to its largest gradient: measured 5.5e-6 … 8.5e-6 over the variants
+            # (worst ATEN_CPU_CAPABILITY=default); bound 2e-4 (23×)
             assert float((g - g_ref).abs().max()) <= 2e-4 * scale, (k, name, float((g - g_ref).abs().max()), scale)
         opt.step()
 
@@ -112,13 +125,18 @@ def test_a_training_run_equals_the_reference_loop(tmp_path):
         feats, gps = torch.from_numpy(data.train.features(pos)), torch.from_numpy(data.train.latlon[pos])
         released_train_step(lambda f, g: reference_logits(params, f, g), ref_queue, ref_opt, feats, gps)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    # Adam's step is lr·m̂/(√v̂ + eps): on an element whose gradient is below the float32 rounding
+    # of its GEMM sums, rounding alone can flip the step's sign, so single elements may differ by
+    # a good part of the 3 steps of lr whatever the arithmetic is worth (measured max |diff| 3.2e-6
+    # … 1.0e-5, i.e. up to 0.35 of 3·lr): no per-element bound is sound. See the bounds above.
+    lr = cfg["lr"]
+    off, total = 0, 0
     for name, p_ref in params.items():
         ours, moved = ckpt["model"][name], (p_ref.detach() - start.state[name].to(p_ref.dtype)).abs().mean()
         diff = (ours.to(p_ref.dtype) - p_ref.detach()).abs()
-        # Adam turns float-rounding differences of near-zero gradients into at most one step
-        # (lr) on a few elements; a wrong objective moves every element differently.
-        assert float(diff.max()) <= 3e-5, (name, float(diff.max()))
-        assert float(diff.mean()) <= 1e-3 * float(moved) + 1e-12, (name, float(diff.mean()), float(moved))
+        off, total = off + int((diff > lr / 10).sum()), total + diff.numel()
+        assert float(diff.mean()) <= MEAN_DIFF_OF_MOVEMENT * float(moved) + 1e-12, (name, float(diff.mean()), float(moved))
+    assert off <= ELEMENTS_OFF * total, (off, total)
     np.testing.assert_array_equal(ckpt["queue"]["gps"].numpy(), ref_queue.gps_queue.t().double().numpy())
     assert ckpt["scheduler"]["last_epoch"] == 1 and abs(ckpt["optimizer"]["param_groups"][0]["lr"] - 3e-5 * 0.87) < 1e-12
 
@@ -173,4 +191,6 @@ def test_fourier_inputs_device_path_matches_the_rust_kernel():
     on_device = fourier_on_device(equal_earth(latlon), bs, torch.device("cpu"))
     for a, b in zip(rust, on_device):
         assert a.shape == (500, 512) and b.dtype == torch.float32
+        # float64 in both, rounded to float32 once: measured 6.0e-8 (one float32 ulp below 1) under
+        # every GEOFAST_SIMD level; bound 2e-6 (33×). The released float32 reduction is ~2e-3 off.
         assert float((a - b).abs().max()) < 2e-6
