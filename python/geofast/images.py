@@ -316,7 +316,7 @@ def _getaddrinfo(host: str, port: int, deadline: float) -> list[Any]:
     def resolve() -> None:
         try:
             box["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except BaseException as e:  # noqa: BLE001 (handed to the waiting thread)
+        except BaseException as e:
             box["error"] = e
         finally:
             done.set()
@@ -375,13 +375,22 @@ def load_url(
     connection is made to the address that was checked. Every failure is an
     :class:`~geofast.errors.ImageError` with a one-line message.
     """
+    limit = max_pixels() if limit_pixels is None else limit_pixels
+    data = fetch_url_bytes(url, max_bytes=max_bytes, timeout_s=timeout_s, allow_private=allow_private)
+    return _decode(_open_bytes(data, url, formats), url, limit)
+
+
+def fetch_url_bytes(
+    url: str, *, max_bytes: int = DEFAULT_URL_MAX_BYTES, timeout_s: float = DEFAULT_URL_TIMEOUT_S, allow_private: bool = False
+) -> bytes:
+    """The body of an http(s) URL, fetched under the rules of :func:`load_url` (size cap, one
+    deadline for everything, address checks at every hop), not decoded."""
     import httpx
 
     if max_bytes < 1:
         raise ImageError(f"{url}: the size limit must be at least 1 byte, got {max_bytes}")
     if not timeout_s > 0:
         raise ImageError(f"{url}: the timeout must be > 0 s, got {timeout_s}")
-    limit = max_pixels() if limit_pixels is None else limit_pixels
     deadline = time.monotonic() + timeout_s
     current = url
     with httpx.Client(transport=_deadline_transport(deadline), trust_env=False, follow_redirects=False) as client:
@@ -410,7 +419,7 @@ def load_url(
                 raise ImageError(f"{url}: cannot fetch ({detail})", hint="check the URL and the network") from e
             if not data:
                 raise ImageError(f"{url}: empty response (0 bytes)")
-            return _decode(_open_bytes(data, url, formats), url, limit)
+            return data
     raise ImageError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
@@ -637,6 +646,7 @@ __all__ = [
     "address_refused",
     "is_url",
     "load_url",
+    "fetch_url_bytes",
     "as_image_items",
     "clip_view",
     "MAX_ASPECT",
