@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_support import assert_error_body, encoded
+from serve_support import assert_error_body, cli_env, encoded, free_port, start_server, stop
 
 MB = 1024 * 1024
 #: Targets of issue 20: peak RSS growth of the server for one image of <= 1 KB, and for 8 × 6000².
@@ -32,20 +30,6 @@ BIG_REQUEST_RSS = 1024 * MB
 #: /healthz answers within 1 s during any request (the target); measured here at <= 0.1 s with a
 #: load average of ~12 on 2 cores, so 1 s is a 10x margin (before the fix: 6.7 s stalls).
 HEALTHZ_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli_env(cache_dir, **extra) -> dict[str, str]:
-    env = {**os.environ, "GEOFAST_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", **extra}
-    env.pop("GEOFAST_CLIP", None)
-    if "GEOFAST_API_KEY" not in extra:
-        env.pop("GEOFAST_API_KEY", None)
-    return env
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -59,37 +43,6 @@ def reset_peak(pid: int) -> int:
     """Reset the process's peak RSS to its current RSS (Linux ``clear_refs`` 5); returns it."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     return status_kb(pid, "VmHWM")
-
-
-def start_server(cache_dir, clip_dir, *args: str, env: dict[str, str] | None = None):
-    port = free_port()
-    cmd = [sys.executable, "-m", "geofast", "serve", "--clip", str(clip_dir), "--device", "cpu", "--port", str(port)]
-    cmd += ["--max-batch", "8", "--max-wait-ms", "2", "--log-level", "warning", *args]
-    proc = subprocess.Popen(cmd, env=env or cli_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    t_end = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"geofast serve exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return base, port, proc
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > t_end:
-            stop(proc)
-            raise AssertionError("geofast serve did not become ready in time")
-        time.sleep(0.2)
-
-
-def stop(proc) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture(scope="module")

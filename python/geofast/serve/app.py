@@ -275,13 +275,17 @@ def finish_decode(
     try:
         rgb = load_image_bytes(im, name, limit_pixels=config.max_pixels)
     except PixelLimitError:
+        im.close()
         return None, f"{name}: too many pixels for the server's limit of {config.max_pixels:,}"
     except ImageError as e:
+        im.close()
         return None, str(e)
-    finally:
-        del im
     if reducer is not None:
-        rgb = reducer([rgb])[0]
+        small = reducer([rgb])[0]
+        # Drop the full-size pixels now (other references to these objects may live a little longer).
+        rgb.close()
+        im.close()
+        rgb = small
         if pixels >= _TRIM_PIXELS:
             release_memory()
     return rgb, None
@@ -332,6 +336,7 @@ async def _decode_one(
     kept = False
     try:
         out = await loop.run_in_executor(state.decode_pool, finish_decode, im, name, config, state.reducer)
+        del im
         kept = out[0] is not None and state.reducer is None
         return out
     finally:
