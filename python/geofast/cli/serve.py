@@ -97,7 +97,7 @@ def serve(
         help="Also answer requests whose Host header names NAME (repeatable; default: only the bound address).",
     ),
     max_decoded_mpix: float = typer.Option(
-        80.0,
+        48.0,
         "--max-decoded-mpix",
         min=0.001,
         rich_help_panel=_LIMITS,

@@ -749,8 +749,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-        if exc.status_code == 400 and "parsing the body" in detail:  # a malformed multipart or form body
-            return error_response(422, "malformed request body (multipart form expected)", "see /docs for the expected fields")
+        if exc.status_code == 400:  # raised only by the body parsers: a malformed multipart form or JSON body
+            return error_response(422, f"malformed request body: {detail}", "see /docs for the expected fields")
         if exc.status_code == 404:
             detail = f"no such route: {request.method} {request.url.path}"
         elif exc.status_code == 405:

@@ -81,7 +81,7 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()
     #: Decoded pixels in flight across all requests (each image counts width × height until it is
     #: reduced to what CLIP sees); at least ``max_pixels``.
-    max_decoded_pixels: int = 80_000_000
+    max_decoded_pixels: int = 48_000_000
     #: Simultaneous connections (and requests); beyond, uvicorn answers 503.
     max_connections: int = 128
     #: Seconds a connection may take to send a complete request head (slowloris guard).
