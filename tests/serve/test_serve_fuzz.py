@@ -42,7 +42,7 @@ def test_schemathesis_finds_nothing(tiny_clip_dir, cache_dir, geolocator, tmp_pa
         stop(proc)
     tail = (r.stdout + r.stderr)[-4000:]
     assert r.returncode == 0, tail
-    assert alive == 200 and proc.returncode in (0, -2), tail
+    assert alive == 200 and proc.returncode in (0, 130), tail  # 130: stopped by the test's SIGINT
     entries = json.loads(Path(har).read_text())["log"]["entries"]
     assert len(entries) >= 50, len(entries)  # it really ran
     for entry in entries:

@@ -255,7 +255,8 @@ def probe_upload(data: bytes, name: str, config: ServeConfig, *, entry_errors: b
             return None, str(e)
         if im.format not in config.accepted_formats:
             raise UnsupportedFormat(
-                f"{name}: {im.format} images are not accepted", hint=f"send one of: {', '.join(config.accepted_formats)}"
+                f"{name}: {im.format} is not an image in an accepted format ({', '.join(config.accepted_formats)})",
+                hint=f"send one of: {', '.join(config.accepted_formats)}",
             )
         if im.width * im.height > config.max_pixels:
             raise _pixel_limit(name, im.width, im.height, config)
@@ -437,6 +438,20 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
         lifespan=lifespan,
     )
     app.state.geofast = state
+
+    def openapi() -> dict[str, Any]:
+        # /v1/locations/embed reads its body itself (counted before it is parsed): its schema is
+        # declared by hand, so the model it refers to is added to the components here.
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["LocationsRequest"] = LocationsRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     # Middlewares, innermost first: body limit, auth, Host and Origin checks, then CORS (so
     # preflights and 401/403 answers carry the CORS headers), and outermost the security headers
