@@ -4,10 +4,17 @@ error-body checks."""
 from __future__ import annotations
 
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image
 
 
@@ -57,3 +64,48 @@ class Gate:
 
     def open(self) -> None:
         self._open.set()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env(cache_dir, **extra) -> dict[str, str]:
+    env = {**os.environ, "GEOFAST_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", **extra}
+    env.pop("GEOFAST_CLIP", None)
+    if "GEOFAST_API_KEY" not in extra:
+        env.pop("GEOFAST_API_KEY", None)
+    return env
+
+
+def start_server(cache_dir, clip_dir, *args: str, env: dict[str, str] | None = None):
+    port = free_port()
+    cmd = [sys.executable, "-m", "geofast", "serve", "--clip", str(clip_dir), "--device", "cpu", "--port", str(port)]
+    cmd += ["--max-batch", "8", "--max-wait-ms", "2", "--log-level", "warning", *args]
+    proc = subprocess.Popen(cmd, env=env or cli_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    t_end = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"geofast serve exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return base, port, proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > t_end:
+            stop(proc)
+            raise AssertionError("geofast serve did not become ready in time")
+        time.sleep(0.2)
+
+
+def stop(proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -22,7 +22,15 @@ and the connection goes to the checked address (the ``Host`` header and TLS serv
 the URL's), so a DNS answer that changes between the check and the connection cannot redirect
 the request. Redirects are followed by hand, each hop checked the same way. Proxies from the
 environment are ignored (a proxy would make the connection instead of the checked address).
-Limitation: name resolution itself uses the system resolver, which has no timeout of its own.
+One deadline bounds the whole fetch: name resolution (the system resolver runs in a helper
+thread that is abandoned at the deadline), connecting, TLS, every header and body byte, every
+redirect — an origin that sends its headers one byte at a time is cut at the deadline.
+
+Extreme aspect ratios: CLIP resizes the *shortest* side to 224 before it keeps the central
+224 × 224 square, so a 1 × 30,000 image would become a 224 × 6.7 M-pixel intermediate (gigabytes
+from a 100-byte file). Every decoded image whose long side exceeds :data:`MAX_ASPECT` × its short
+side is therefore centre-cropped to that ratio (:func:`clip_view`): the part CLIP keeps is the
+central square, which the crop contains, so the answer is what CLIP would see of the full image.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ import io
 import ipaddress
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import numpy as np
@@ -51,6 +61,10 @@ IMAGE_SUFFIXES = frozenset(
 #: Default pixel limit (width × height). Larger files are refused as possible decompression bombs.
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's hard limit (2 × Image.MAX_IMAGE_PIXELS)
 MAX_PIXELS_ENV = "GEOFAST_MAX_IMAGE_PIXELS"
+
+#: The longest side of a decoded image may be at most this many times its shortest side; beyond,
+#: the image is centre-cropped to this ratio (see :func:`clip_view`). Panoramas up to 16:1 are untouched.
+MAX_ASPECT = 16
 
 #: Defaults for images fetched from URLs.
 DEFAULT_URL_MAX_BYTES = 20 * 1024 * 1024
@@ -130,6 +144,23 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     return im.convert("RGB")
+
+
+def clip_view(im: Image.Image) -> Image.Image:
+    """``im`` centre-cropped so that its long side is at most :data:`MAX_ASPECT` times its short
+    side (``im`` itself when it already is). CLIP keeps only the central square of the short
+    side, which the crop contains: what the backbone sees is the same, without the giant
+    intermediate its shortest-side resize would build for a 1 × 30,000 image."""
+    w, h = im.size
+    short, long = min(w, h), max(w, h)
+    if short < 1 or long <= MAX_ASPECT * short:
+        return im
+    keep = MAX_ASPECT * short
+    if w > h:
+        left = (w - keep) // 2
+        return im.crop((left, 0, left + keep, h))
+    top = (h - keep) // 2
+    return im.crop((0, top, w, top + keep))
 
 
 def load_image(image: ImageInput, *, limit_pixels: int | None = None) -> Image.Image:
@@ -225,6 +256,7 @@ def _decode(im: Image.Image, name: str, limit: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
             im = ImageOps.exif_transpose(im) or im
+            im = clip_view(im)  # before the RGB conversion: the full-size pixels are dropped at once
             rgb = _to_rgb(im)
             rgb.load()
     except ImageError:
@@ -264,10 +296,45 @@ def address_refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
     return None
 
 
-def _resolve_checked(url: str, host: str, port: int, allow_private: bool) -> str:
+class _FetchTimeout(ImageError):
+    """The fetch of a URL passed its deadline."""
+
+
+def _timed_out(url: str, timeout_s: float) -> _FetchTimeout:
+    return _FetchTimeout(f"{url}: timed out after {timeout_s:g} s", hint="try again or raise the timeout")
+
+
+def _getaddrinfo(host: str, port: int, deadline: float) -> list[Any]:
+    """``socket.getaddrinfo`` bounded by ``deadline`` (time.monotonic() seconds): the system
+    resolver has no timeout of its own, so it runs in a daemon thread that is abandoned (and
+    ends on its own) when the deadline passes; ``TimeoutError`` then."""
+    if deadline - time.monotonic() <= 0:
+        raise TimeoutError
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def resolve() -> None:
+        try:
+            box["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except BaseException as e:
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=resolve, name="geofast-resolve", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return list(box["infos"])
+
+
+def _resolve_checked(url: str, host: str, port: int, allow_private: bool, deadline: float, timeout_s: float) -> str:
     """The address to connect to for ``host``: every address it resolves to must be allowed."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo(host, port, deadline)
+    except TimeoutError:
+        raise _timed_out(url, timeout_s) from None
     except (socket.gaierror, UnicodeError, OSError) as e:
         raise ImageError(f"{url}: cannot resolve host {host!r}", hint="check the URL and the network") from e
     addresses: list[str] = []
@@ -308,21 +375,30 @@ def load_url(
     connection is made to the address that was checked. Every failure is an
     :class:`~geofast.errors.ImageError` with a one-line message.
     """
+    limit = max_pixels() if limit_pixels is None else limit_pixels
+    data = fetch_url_bytes(url, max_bytes=max_bytes, timeout_s=timeout_s, allow_private=allow_private)
+    return _decode(_open_bytes(data, url, formats), url, limit)
+
+
+def fetch_url_bytes(
+    url: str, *, max_bytes: int = DEFAULT_URL_MAX_BYTES, timeout_s: float = DEFAULT_URL_TIMEOUT_S, allow_private: bool = False
+) -> bytes:
+    """The body of an http(s) URL, fetched under the rules of :func:`load_url` (size cap, one
+    deadline for everything, address checks at every hop), not decoded."""
     import httpx
 
     if max_bytes < 1:
         raise ImageError(f"{url}: the size limit must be at least 1 byte, got {max_bytes}")
     if not timeout_s > 0:
         raise ImageError(f"{url}: the timeout must be > 0 s, got {timeout_s}")
-    limit = max_pixels() if limit_pixels is None else limit_pixels
     deadline = time.monotonic() + timeout_s
     current = url
-    with httpx.Client(trust_env=False, follow_redirects=False, verify=True) as client:
+    with httpx.Client(transport=_deadline_transport(deadline), trust_env=False, follow_redirects=False) as client:
         for _hop in range(MAX_REDIRECTS + 1):
-            target, headers, extensions = _pinned_request(current, allow_private)
+            target, headers, extensions = _pinned_request(current, allow_private, deadline, timeout_s)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ImageError(f"{url}: timed out after {timeout_s:g} s", hint="try again or raise the timeout")
+                raise _timed_out(url, timeout_s)
             try:
                 with client.stream(
                     "GET", target, headers=headers, extensions=extensions, timeout=httpx.Timeout(remaining)
@@ -337,17 +413,71 @@ def load_url(
                         raise ImageError(f"{url}: HTTP {response.status_code} {response.reason_phrase}".rstrip())
                     data = _read_capped(url, response, max_bytes, deadline, timeout_s)
             except httpx.TimeoutException as e:
-                raise ImageError(f"{url}: timed out after {timeout_s:g} s", hint="try again or raise the timeout") from e
+                raise _timed_out(url, timeout_s) from e
             except httpx.HTTPError as e:
                 detail = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise ImageError(f"{url}: cannot fetch ({detail})", hint="check the URL and the network") from e
             if not data:
                 raise ImageError(f"{url}: empty response (0 bytes)")
-            return _decode(_open_bytes(data, url, formats), url, limit)
+            return data
     raise ImageError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
-def _pinned_request(url: str, allow_private: bool) -> tuple[str, dict[str, str], dict[str, str]]:
+def _deadline_transport(deadline: float) -> Any:
+    """An httpx transport whose every socket operation (connect, TLS, each read and write) waits
+    at most until ``deadline``: httpx's own timeouts are per operation, so an origin sending a
+    byte every second would never trip them."""
+    import httpcore
+    import httpx
+
+    class Stream(httpcore.NetworkStream):
+        def __init__(self, inner: httpcore.NetworkStream) -> None:
+            self.inner = inner
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            return self.inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            self.inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+        def close(self) -> None:
+            self.inner.close()
+
+        def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+            return Stream(self.inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
+
+        def get_extra_info(self, info: str) -> Any:
+            return self.inner.get_extra_info(info)
+
+    class Backend(httpcore.SyncBackend):
+        def connect_tcp(
+            self,
+            host: str,
+            port: int,
+            timeout: float | None = None,
+            local_address: str | None = None,
+            socket_options: Any = None,
+        ) -> httpcore.NetworkStream:
+            inner = super().connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options)
+            return Stream(inner)
+
+    def _left(timeout: float | None, error: type[Exception]) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise error("the fetch passed its deadline")
+        return left if timeout is None else min(timeout, left)
+
+    transport = httpx.HTTPTransport(verify=True, trust_env=False)
+    # The transport's connection pool, rebuilt with the deadline-bound network backend (same
+    # TLS context; httpx has no public argument for a network backend).
+    pool = transport._pool
+    transport._pool = httpcore.ConnectionPool(ssl_context=pool._ssl_context, network_backend=Backend())
+    return transport
+
+
+def _pinned_request(
+    url: str, allow_private: bool, deadline: float, timeout_s: float
+) -> tuple[str, dict[str, str], dict[str, str]]:
     """(URL with the checked address as host, Host header, TLS server name) for one hop."""
     try:
         parts = urlsplit(url)
@@ -363,7 +493,7 @@ def _pinned_request(url: str, allow_private: bool) -> tuple[str, dict[str, str],
     if parts.username is not None or parts.password is not None:
         raise ImageError(f"{url}: URLs with credentials are not fetched")
     default_port = 443 if scheme == "https" else 80
-    address = _resolve_checked(url, host, port or default_port, allow_private)
+    address = _resolve_checked(url, host, port or default_port, allow_private, deadline, timeout_s)
     shown = f"[{address}]" if ":" in address else address
     netloc = f"{shown}:{port}" if port else shown
     target = parts._replace(scheme=scheme, netloc=netloc, fragment="").geturl()
@@ -386,7 +516,7 @@ def _read_capped(url: str, response: object, max_bytes: int, deadline: float, ti
         if len(buf) > max_bytes:
             raise ImageError(too_large, hint="raise the size limit if the file is trusted")
         if time.monotonic() > deadline:
-            raise ImageError(f"{url}: timed out after {timeout_s:g} s", hint="try again or raise the timeout")
+            raise _timed_out(url, timeout_s)
     return bytes(buf)
 
 
@@ -516,7 +646,10 @@ __all__ = [
     "address_refused",
     "is_url",
     "load_url",
+    "fetch_url_bytes",
     "as_image_items",
+    "clip_view",
+    "MAX_ASPECT",
     "expand_images",
     "image_name",
     "default_loader_threads",

@@ -81,6 +81,44 @@ def serve(
         rich_help_panel=_SECURITY,
         help="With --allow-urls: also fetch loopback and private addresses.",
     ),
+    url_timeout: float = typer.Option(
+        10.0,
+        "--url-timeout",
+        min=0.001,
+        metavar="SECONDS",
+        rich_help_panel=_SECURITY,
+        help="With --allow-urls: seconds one URL fetch may take in all (DNS, connect, headers, body, redirects).",
+    ),
+    allowed_host: list[str] | None = typer.Option(
+        None,
+        "--allowed-host",
+        metavar="NAME",
+        rich_help_panel=_SECURITY,
+        help="Also answer requests whose Host header names NAME (repeatable; default: only the bound address).",
+    ),
+    max_decoded_mpix: float = typer.Option(
+        48.0,
+        "--max-decoded-mpix",
+        min=0.001,
+        rich_help_panel=_LIMITS,
+        help="Megapixels decoded at once across all requests (others wait; at least --max-pixels).",
+    ),
+    max_connections: int = typer.Option(
+        128, "--max-connections", min=1, rich_help_panel=_LIMITS, help="Simultaneous connections (503 beyond)."
+    ),
+    header_timeout: float = typer.Option(
+        10.0,
+        "--header-timeout",
+        min=0.1,
+        rich_help_panel=_LIMITS,
+        help="Seconds a client may take to send a request's headers (then the connection is closed).",
+    ),
+    neighbour_paths: bool = typer.Option(
+        False,
+        "--neighbour-paths",
+        rich_help_panel=_SECURITY,
+        help="Show database neighbours' absolute photo paths (default: relative to the database, else the file name).",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug."),
     llm_base_url: o.LlmBaseUrl = None,
     llm_model: o.LlmModel = None,
@@ -92,13 +130,23 @@ def serve(
     llm_farthest: o.LlmFarthest = None,
     llm_concurrency: o.LlmConcurrency = 8,
     llm_timeout: o.LlmTimeout = 60.0,
+    llm_deadline: o.LlmDeadline = 180.0,
     llm_retries: o.LlmRetries = 3,
     llm_image_size: o.LlmImageSize = 512,
     llm_max_tokens: o.LlmMaxTokens = 256,
     llm_cache: o.LlmCache = True,
 ) -> None:
     """Serve the HTTP API (POST /v1/locate, /v1/locations/embed, GET /v1/models, /docs) and the web page at /."""
+    import importlib.util
+
     from geofast.errors import InputError
+
+    missing = [m for m in ("fastapi", "starlette", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(
+            f"geofast serve needs the 'serve' extra ({', '.join(missing)} not installed)",
+            hint="pip install 'geofast[serve]'",
+        )
     from geofast.serve import API_KEY_ENV, ServeConfig, run
     from geofast.serve.security import InsecureBindError
 
@@ -124,6 +172,12 @@ def serve(
         allow_urls=allow_urls,
         allow_private_urls=allow_private_urls,
         places=places,
+        allowed_hosts=tuple(allowed_host or ()),
+        url_timeout_s=url_timeout,
+        max_decoded_pixels=max(1, int(max_decoded_mpix * 1_000_000)),
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        neighbour_paths=neighbour_paths,
     )
     try:
         run(config, log_level=log_level)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from geofast.errors import ModelError
 
 if TYPE_CHECKING:
@@ -283,8 +285,35 @@ class Backbone:
     remote: Any = None
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """CLIP pixel values ``(B, 3, 224, 224)`` float32 for RGB PIL images."""
-        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        """CLIP pixel values ``(B, 3, 224, 224)`` float32 for RGB PIL images (extreme aspect
+        ratios centre-cropped first, :func:`geofast.images.clip_view`)."""
+        return _run_processor(self.processor, images)
+
+    def reduce(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """The processor's resize and centre crop only: 8-bit RGB images of the crop size
+        (224 × 224) whose :meth:`preprocess` equals that of ``images`` bit for bit. A server
+        keeps these instead of the decoded full-size photos."""
+        from PIL import Image
+
+        raw = self.processor(images=[_clip_view(im) for im in images], do_rescale=False, do_normalize=False, return_tensors="np")[
+            "pixel_values"
+        ]
+        return [Image.fromarray(np.ascontiguousarray(np.moveaxis(np.asarray(x), 0, -1)).astype(np.uint8), "RGB") for x in raw]
+
+    def text_unsupported(self) -> str | None:
+        """Why this backbone cannot encode text queries (no server paths in it), or ``None``.
+        Reads only the folder's file names and config, loads nothing."""
+        if self._text is not None:
+            return None
+        try:
+            raw = _read_config(self.folder)
+        except ModelError:
+            return "the CLIP backbone has no readable config.json"
+        if raw.get("model_type") != "clip" or not raw.get("text_config"):
+            return "the CLIP backbone has no text tower (a vision-only checkpoint)"
+        if not _has_tokenizer(self.folder) and Path(self.source).expanduser().is_dir():
+            return "the CLIP backbone has no tokenizer (tokenizer.json or vocab.json + merges.txt)"
+        return None
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected CLIP image features ``(B, 768)`` float32 (not normalised)."""
@@ -296,6 +325,18 @@ class Backbone:
             x = pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
             out = self.model(pixel_values=x).image_embeds
             return out.float()
+
+
+def _clip_view(im: Image.Image) -> Image.Image:
+    from geofast.images import clip_view
+
+    return clip_view(im)
+
+
+def _run_processor(processor: Any, images: Sequence[Image.Image]) -> torch.Tensor:
+    """CLIP pixel values of ``images``; each is capped to :data:`geofast.images.MAX_ASPECT`
+    first, so the processor's shortest-side resize never builds a giant intermediate."""
+    return processor(images=[_clip_view(im) for im in images], return_tensors="pt")["pixel_values"]
 
 
 def _backbone_folder(source: str) -> Path:
@@ -328,7 +369,7 @@ def load_preprocess(clip: str | os.PathLike[str] | None = None) -> Callable[[Seq
     processor = _load_processor(_backbone_folder(resolve_source(clip)))
 
     def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
-        return processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return _run_processor(processor, images)
 
     return preprocess
 

@@ -31,6 +31,7 @@ def run(config: ServeConfig, *, log_level: str = "info") -> None:
     import uvicorn
 
     from geofast.serve.app import create_app as _create_app
+    from geofast.serve.guard import header_timeout_protocol
     from geofast.serve.security import required_key
 
     required_key(config)
@@ -53,6 +54,12 @@ def run(config: ServeConfig, *, log_level: str = "info") -> None:
             lifespan="on",
             timeout_graceful_shutdown=5,
             server_header=False,
+            # Slowloris: idle keep-alive connections close after keep_alive_s, a request head
+            # must be complete within header_timeout_s, and at most max_connections are served.
+            http=header_timeout_protocol(config.header_timeout_s),
+            timeout_keep_alive=max(1, round(config.keep_alive_s)),
+            limit_concurrency=config.max_connections,
+            h11_max_incomplete_event_size=64 * 1024,
         )
     )
     state = app.state.geofast

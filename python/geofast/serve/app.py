@@ -5,14 +5,20 @@ Routes (``/v1/`` ones need the API key when one is configured):
 * ``GET /healthz`` — the process lives; ``GET /readyz`` — the models are loaded (503 until then).
 * ``POST /v1/locate`` — multipart ``images`` (one or more files), form ``top_k``, ``method``;
   answers ``{"results": [...same objects as geofast locate --json...], "timings_ms": {...}}``.
-* ``POST /v1/locations/embed`` — ``{"latlon": [[lat, lon], ...]}`` → GeoCLIP location embeddings.
+* ``POST /v1/locations/embed`` — ``{"latlon": [[lat, lon], ...]}`` → GeoCLIP location embeddings
+  (counted before anything is validated; parsed, computed and serialised off the event loop,
+  one at a time, with the request deadline).
 * ``GET /v1/models`` — what is loaded, the limits and the batcher's counters.
 * ``GET /openapi.json`` and ``GET /docs`` (a page of this project that renders the schema
   offline; FastAPI's own docs pages load from a CDN and are switched off); ``GET /`` the web page.
 
 Models load once, in a background thread started by the lifespan, so ``/healthz`` answers at
 once and ``/readyz`` says when inference can start. Images are decoded in a thread pool with
-geofast's own loader; the model runs in the one inference worker of :mod:`geofast.serve.batcher`.
+geofast's own loader, under one budget of decoded pixels across requests
+(:class:`~geofast.serve.guard.PixelBudget`); each decoded image is at once reduced to the
+224 × 224 crop CLIP sees (:meth:`~geofast.models.clip.Backbone.reduce`, bit-identical answers)
+and the full-size pixels dropped. The model runs in the one inference worker of
+:mod:`geofast.serve.batcher`.
 Every error is JSON ``{"error": "one line", "hint": ...}``; tracebacks go to the server log only.
 """
 
@@ -25,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -36,12 +43,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geofast import __version__
 from geofast.errors import GeofastError, ImageError, InputError, TooLargeError
-from geofast.images import PixelLimitError, load_image_bytes, open_image_bytes
+from geofast.images import PixelLimitError, fetch_url_bytes, load_image_bytes, open_image_bytes
 from geofast.output import prediction_json
 from geofast.predict.types import Prediction, Predictor
 from geofast.serve._http import error_body, error_response, one_line
 from geofast.serve.batcher import Batcher, DeadlineExceeded, NotRunning, QueueFull
 from geofast.serve.config import ServeConfig
+from geofast.serve.guard import (
+    HostOriginMiddleware,
+    PixelBudget,
+    SecurityHeadersMiddleware,
+    allowed_hosts,
+    release_memory,
+)
 from geofast.serve.security import AuthMiddleware, BodyLimitMiddleware, required_key
 
 log = logging.getLogger("geofast.serve")
@@ -53,6 +67,18 @@ class UnsupportedFormat(InputError):
 
 class NotReady(GeofastError):
     """The models are still loading, or failed to load (→ 503)."""
+
+
+class Unsupported(GeofastError):
+    """The server's models cannot do what was asked (text queries without a tokenizer, → 501)."""
+
+
+class Busy(GeofastError):
+    """Too much is being decoded or computed right now (→ 503 + Retry-After)."""
+
+
+#: Pixels from which a decoded image's memory is handed back to the system once it is dropped.
+_TRIM_PIXELS = 2_000_000
 
 
 # -- response models (for the OpenAPI schema) ---------------------------------------------------
@@ -91,9 +117,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "bad input (too many images or pixels, bad top_k, bad coordinates)"),
         (401, "missing or wrong API key"),
+        (403, "cross-origin request refused (see --cors)"),
         (413, "request body too large"),
         (415, "image format not accepted"),
         (422, "malformed request"),
+        (501, "the server's models cannot answer this (e.g. text queries without a tokenizer)"),
         (503, "queue full (see Retry-After) or models not loaded yet"),
         (504, "the request passed its deadline"),
     )
@@ -112,6 +140,14 @@ class ServerState:
         self.loaded_at: float | None = None
         self.decode_pool: ThreadPoolExecutor | None = None
         self.fetch_pool: ThreadPoolExecutor | None = None
+        self.budget = PixelBudget(config.max_decoded_pixels)
+        #: Reduces decoded images to what the backbone sees (``None``: keep them, e.g. for RAG,
+        #: whose LLM sees the photo itself).
+        self.reducer: Callable[[list[Any]], list[Any]] | None = None
+        #: Why text queries cannot be answered (``None``: they can, or the method has none).
+        self.text_unsupported: str | None = None
+        self.embed_lock: asyncio.Lock | None = None
+        self.embed_waiting = 0
         self.ready = threading.Event()
         self.closed = False
         self._lock = threading.Lock()
@@ -154,6 +190,12 @@ class ServerState:
         batcher = Batcher(
             predictor, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, queue_size=cfg.queue_size, places=cfg.places
         )
+        backbone = getattr(_geolocator(predictor), "backbone", None) or getattr(predictor, "backbone", None)
+        if backbone is not None and predictor.method != "rag" and callable(getattr(backbone, "reduce", None)):
+            self.reducer = backbone.reduce
+        check_text = getattr(backbone, "text_unsupported", None)
+        if callable(getattr(predictor, "predict_text", None)) and callable(check_text):
+            self.text_unsupported = check_text()
         with self._lock:
             if self.closed:  # the server stopped while the models were loading
                 return
@@ -186,53 +228,123 @@ def _geolocator(predictor: Predictor) -> Any:
     return getattr(predictor, "geolocator", None)
 
 
-# -- decoding -----------------------------------------------------------------------------------
-def decode_upload(data: bytes, name: str, config: ServeConfig) -> tuple[Any, str | None]:
-    """``(RGB image, None)``, or ``(None, message)`` for an image that cannot be read (its own
-    entry in the answer). Raises :class:`UnsupportedFormat` (415) for a format not accepted and
-    :class:`PixelLimitError` (400) for too many pixels — both read from the header, before decoding."""
+# -- decoding ---------------------------------------------------------------------------------
+def _pixel_limit(name: str, width: int, height: int, config: ServeConfig) -> PixelLimitError:
+    pixels = width * height
+    return PixelLimitError(
+        f"{name}: {width}×{height} = {pixels:,} pixels exceeds the server's limit of {config.max_pixels:,} "
+        "(possible decompression bomb)",
+        hint="downscale the image before sending it (the server's limit is set with --max-pixels)",
+    )
+
+
+def probe_upload(data: bytes, name: str, config: ServeConfig, *, entry_errors: bool = False) -> tuple[Any, str | None]:
+    """``(not-yet-decoded image, None)`` read from the header only, or ``(None, message)`` for
+    bytes that are no image (that image's own entry in the answer). Raises
+    :class:`UnsupportedFormat` (415) for a format not accepted and :class:`PixelLimitError` (400)
+    for too many pixels; with ``entry_errors`` (fetched URLs) those become entries too."""
     try:
-        im = open_image_bytes(data, name)  # header only
-    except PixelLimitError:
+        try:
+            im = open_image_bytes(data, name)  # header only
+        except PixelLimitError:
+            raise PixelLimitError(
+                f"{name}: too many pixels for the server's limit of {config.max_pixels:,} (possible decompression bomb)",
+                hint="downscale the image before sending it (the server's limit is set with --max-pixels)",
+            ) from None
+        except ImageError as e:
+            return None, str(e)
+        if im.format not in config.accepted_formats:
+            raise UnsupportedFormat(
+                f"{name}: {im.format} is not an image in an accepted format ({', '.join(config.accepted_formats)})",
+                hint=f"send one of: {', '.join(config.accepted_formats)}",
+            )
+        if im.width * im.height > config.max_pixels:
+            raise _pixel_limit(name, im.width, im.height, config)
+    except (UnsupportedFormat, PixelLimitError) as e:
+        if entry_errors:
+            return None, str(e)
         raise
-    except ImageError as e:
-        return None, str(e)
-    if im.format not in config.accepted_formats:
-        raise UnsupportedFormat(
-            f"{name}: {im.format} images are not accepted", hint=f"send one of: {', '.join(config.accepted_formats)}"
-        )
-    pixels = im.width * im.height
-    if pixels > config.max_pixels:
-        raise PixelLimitError(
-            f"{name}: {im.width}×{im.height} = {pixels:,} pixels exceeds the limit of {config.max_pixels:,} "
-            "(possible decompression bomb)",
-            hint="downscale the image before sending it",
-        )
-    try:
-        return load_image_bytes(im, name, limit_pixels=config.max_pixels), None
-    except PixelLimitError:
-        raise
-    except ImageError as e:
-        return None, str(e)
-
-
-def fetch_url(url: str, config: ServeConfig) -> tuple[Any, str | None]:
-    """``(RGB image, None)`` or ``(None, message)`` for one image URL: size, time, address,
-    format and pixel limits as configured; every failure is that URL's own entry."""
-    from geofast.images import load_url
-
-    try:
-        im = load_url(
-            url,
-            max_bytes=config.url_max_bytes,
-            timeout_s=config.url_timeout_s,
-            allow_private=config.allow_private_urls,
-            limit_pixels=config.max_pixels,
-            formats=config.accepted_formats,
-        )
-    except ImageError as e:
-        return None, str(e)
     return im, None
+
+
+def finish_decode(
+    im: Any, name: str, config: ServeConfig, reducer: Callable[[list[Any]], list[Any]] | None
+) -> tuple[Any, str | None]:
+    """Decode a probed image and, with ``reducer``, keep only what the backbone sees; the
+    full-size pixels are dropped here (and their memory handed back after a large image)."""
+    pixels = im.width * im.height
+    try:
+        rgb = load_image_bytes(im, name, limit_pixels=config.max_pixels)
+    except PixelLimitError:
+        im.close()
+        return None, f"{name}: too many pixels for the server's limit of {config.max_pixels:,}"
+    except ImageError as e:
+        im.close()
+        return None, str(e)
+    if reducer is not None:
+        small = reducer([rgb])[0]
+        # Drop the full-size pixels now (other references to these objects may live a little longer).
+        rgb.close()
+        im.close()
+        rgb = small
+        if pixels >= _TRIM_PIXELS:
+            release_memory()
+    return rgb, None
+
+
+def decode_upload(data: bytes, name: str, config: ServeConfig) -> tuple[Any, str | None]:
+    """:func:`probe_upload` then :func:`finish_decode` (no reduction) in one call."""
+    im, error = probe_upload(data, name, config)
+    if im is None:
+        return None, error
+    return finish_decode(im, name, config, None)
+
+
+def fetch_url(url: str, config: ServeConfig) -> tuple[bytes | None, str | None]:
+    """``(bytes, None)`` or ``(None, message)`` for one image URL: size, time and address limits
+    as configured (one deadline for the whole fetch); every failure is that URL's own entry."""
+    try:
+        data = fetch_url_bytes(
+            url, max_bytes=config.url_max_bytes, timeout_s=config.url_timeout_s, allow_private=config.allow_private_urls
+        )
+    except ImageError as e:
+        return None, str(e)
+    return data, None
+
+
+async def _decode_one(
+    state: ServerState, source: bytes | str, name: str, deadline: float, held: list[int]
+) -> tuple[Any, str | None]:
+    """One upload (bytes) or URL (str): fetch, probe, wait for the pixel budget, decode, reduce.
+    Pixels still held after the call (images kept full size) are appended to ``held``."""
+    config = state.config
+    loop = asyncio.get_running_loop()
+    if isinstance(source, str):
+        data, error = await loop.run_in_executor(state.fetch_pool, fetch_url, source, config)
+        if data is None:
+            return None, error
+        im, error = await loop.run_in_executor(state.decode_pool, partial(probe_upload, entry_errors=True), data, name, config)
+    else:
+        im, error = await loop.run_in_executor(state.decode_pool, probe_upload, source, name, config)
+    if im is None:
+        return None, error
+    try:
+        got = await state.budget.acquire(im.width * im.height, deadline - time.monotonic())
+    except TimeoutError:
+        raise Busy(
+            "the server is decoding too many images right now", hint="retry later, or send fewer or smaller images"
+        ) from None
+    kept = False
+    try:
+        out = await loop.run_in_executor(state.decode_pool, finish_decode, im, name, config, state.reducer)
+        del im
+        kept = out[0] is not None and state.reducer is None
+        return out
+    finally:
+        if kept:
+            held.append(got)
+        else:
+            await state.budget.release(got)
 
 
 def _check_locate_request(
@@ -243,6 +355,7 @@ def _check_locate_request(
     method: str | None,
     texts: list[str],
     urls: list[str],
+    text_unsupported: str | None = None,
 ) -> None:
     """Every cheap check of a ``/v1/locate`` request, before anything is read or decoded."""
     if method is not None and method.strip() and method.strip() != predictor.method:
@@ -270,15 +383,22 @@ def _check_locate_request(
         if any(not t.strip() for t in texts):
             raise InputError("a text query is empty", hint="describe the place, e.g. 'a harbour with red wooden houses'")
         if not callable(getattr(predictor, "predict_text", None)):
-            raise InputError(
+            raise Unsupported(
                 f"text queries need GeoCLIP's gallery; this server runs method {predictor.method!r} with an image database",
                 hint="send photos, or use a server running method geoclip (or swc without a database)",
+            )
+        if text_unsupported is not None:
+            raise Unsupported(
+                f"this server cannot answer text queries: {text_unsupported}",
+                hint="send photos, or start the server with a full CLIP checkpoint that has its tokenizer",
             )
 
 
 def _status_of(error: GeofastError) -> int:
-    if isinstance(error, (QueueFull, NotReady, NotRunning)):
+    if isinstance(error, (QueueFull, NotReady, NotRunning, Busy)):
         return 503
+    if isinstance(error, Unsupported):
+        return 501
     if isinstance(error, DeadlineExceeded):
         return 504
     if isinstance(error, UnsupportedFormat):
@@ -319,11 +439,29 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     )
     app.state.geofast = state
 
-    # Middlewares, innermost first: body limit, then auth, then CORS (outermost, so preflights
-    # and 401 answers carry the CORS headers).
+    def openapi() -> dict[str, Any]:
+        # /v1/locations/embed reads its body itself (counted before it is parsed): its schema is
+        # declared by hand, so the model it refers to is added to the components here.
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["LocationsRequest"] = LocationsRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    # Middlewares, innermost first: body limit, auth, Host and Origin checks, then CORS (so
+    # preflights and 401/403 answers carry the CORS headers), and outermost the security headers
+    # (on every answer, errors of the other middlewares included).
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     if key is not None:
         app.add_middleware(AuthMiddleware, key=key)
+    app.add_middleware(
+        HostOriginMiddleware, hosts=allowed_hosts(config.host, config.allowed_hosts), cors_origins=config.cors_origins
+    )
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -335,6 +473,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
             expose_headers=["Retry-After"],
             max_age=600,
         )
+    app.add_middleware(SecurityHeadersMiddleware)
 
     _install_error_handlers(app)
 
@@ -365,41 +504,46 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     ) -> Response:
         t0 = time.perf_counter()
         predictor, batcher = state.require_ready()
-        _check_locate_request(config, predictor, images, top_k, method, text, urls)
+        _check_locate_request(config, predictor, images, top_k, method, text, urls, state.text_unsupported)
+        deadline = time.monotonic() + config.deadline_s
         names = [(f.filename or "").strip() or f"<image {i}>" for i, f in enumerate(images)]
-        datas = [await f.read() for f in images]
-        loop = asyncio.get_running_loop()
-        decoded = list(
-            await asyncio.gather(
-                *(loop.run_in_executor(state.decode_pool, decode_upload, data, name, config) for data, name in zip(datas, names)),
-                *(loop.run_in_executor(state.fetch_pool, fetch_url, url, config) for url in urls),
-            )
-        )
-        names += list(urls)
-        t_decoded = time.perf_counter()
-        good = [i for i, (im, _) in enumerate(decoded) if im is not None]
-        texts = [t.strip() for t in text]
-        deadline = time.monotonic() + max(0.0, config.deadline_s - (time.perf_counter() - t0))
-        jobs = []
-        if good:
-            jobs.append(batcher.submit([decoded[i][0] for i in good], [names[i] for i in good], top_k, deadline))
-        if texts:
-            jobs.append(batcher.submit([], [], top_k, deadline, texts=texts))
+        sources: list[bytes | str] = [await f.read() for f in images]
+        sources += [u.strip() for u in urls]
+        names += [u.strip() for u in urls]
+        held: list[int] = []
         try:
-            answers = await asyncio.wait_for(
-                asyncio.gather(*(job.future for job in jobs)), timeout=max(0.0, deadline - time.monotonic())
+            outcomes = await asyncio.gather(
+                *(_decode_one(state, src, name, deadline, held) for src, name in zip(sources, names)), return_exceptions=True
             )
-        except TimeoutError:
-            for job in jobs:
-                job.future.cancel()
-            raise DeadlineExceeded(
-                f"the request took longer than its deadline of {config.deadline_s:g} s",
-                hint="send fewer images per request or retry when the server is less busy",
-            ) from None
-        except BaseException:
-            for job in jobs:
-                job.future.cancel()
-            raise
+            del sources
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            decoded = [o for o in outcomes if not isinstance(o, BaseException)]
+            t_decoded = time.perf_counter()
+            good = [i for i, (im, _) in enumerate(decoded) if im is not None]
+            texts = [t.strip() for t in text]
+            jobs = []
+            try:
+                if good:
+                    jobs.append(batcher.submit([decoded[i][0] for i in good], [names[i] for i in good], top_k, deadline))
+                if texts:
+                    jobs.append(batcher.submit([], [], top_k, deadline, texts=texts))
+                answers = await asyncio.wait_for(
+                    asyncio.gather(*(job.future for job in jobs)), timeout=max(0.0, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the request took longer than its deadline of {config.deadline_s:g} s",
+                    hint="send fewer images per request or retry when the server is less busy",
+                ) from None
+            finally:
+                for job in jobs:  # a job of this request that was queued (or taken) runs for nobody now
+                    if not job.future.done():
+                        job.future.cancel()
+        finally:
+            for pixels in held:
+                await state.budget.release(pixels)
         predictions: dict[int, Prediction] = {}
         if good:
             for i, p in zip(good, answers[0]):
@@ -413,6 +557,10 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
         ]
         if texts:
             results.extend(prediction_json(p) for p in answers[-1])
+        if not config.neighbour_paths:
+            database = getattr(getattr(predictor, "database", None), "path", None)
+            for row in results:
+                _hide_paths(row, database)
         queue_s = max(((job.started or job.submitted) - job.submitted for job in jobs), default=0.0)
         inference_s = sum(job.inference_s for job in jobs)
         timings = {
@@ -429,8 +577,15 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
         summary="GeoCLIP location embeddings of coordinates",
         response_model=LocationsResponse,
         responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LocationsRequest"}}},
+            }
+        },
     )
-    async def locations_embed(body: LocationsRequest) -> Response:
+    async def locations_embed(request: Request) -> Response:
+        deadline = time.monotonic() + config.deadline_s
         predictor, _ = state.require_ready()
         geo = _geolocator(predictor)
         if geo is None:
@@ -438,16 +593,44 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
                 f"method {predictor.method!r} was loaded without GeoCLIP's location encoder",
                 hint="start the server with a method that loads GeoCLIP's heads",
             )
-        if not body.latlon:
-            raise InputError("latlon is empty", hint='send {"latlon": [[lat, lon], ...]}')
-        if len(body.latlon) > config.max_locations:
+        # The body is bounded by the number of coordinates before a byte of it is parsed.
+        limit = _EMBED_BYTES_PER_POINT * config.max_locations + 1024
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
             raise TooLargeError(
-                f"{len(body.latlon)} coordinates exceed the limit of {config.max_locations}",
+                f"a body of {int(declared):,} bytes holds more than the limit of {config.max_locations} coordinates",
                 hint="split them over several requests",
             )
-        latlon = np.asarray(body.latlon, dtype=np.float64)
-        emb = await asyncio.to_thread(geo.encode_locations, latlon)
-        return JSONResponse({"model": geo.name, "dim": int(emb.shape[1]), "embeddings": emb.tolist()})
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise TooLargeError(
+                    f"the body holds more than the limit of {config.max_locations} coordinates",
+                    hint="split them over several requests",
+                )
+        if state.embed_lock is None:
+            state.embed_lock = asyncio.Lock()
+        if state.embed_waiting >= config.queue_size:
+            raise QueueFull(
+                f"the server is busy: {config.queue_size} embedding requests are already waiting",
+                retry_after_s=1,
+                hint="retry after 1 s",
+            )
+        state.embed_waiting += 1
+        try:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    async with state.embed_lock:  # one at a time, like the inference worker
+                        answer = await asyncio.to_thread(_embed_answer, bytes(body), geo, config.max_locations)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the request took longer than its deadline of {config.deadline_s:g} s",
+                    hint="send fewer coordinates or retry when the server is less busy",
+                ) from None
+        finally:
+            state.embed_waiting -= 1
+        return Response(answer, media_type="application/json")
 
     @app.get("/v1/models", tags=["locate"], summary="What this server runs, its limits and counters")
     async def models() -> dict[str, Any]:
@@ -465,6 +648,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
                 out["device"] = str(getattr(geo.backbone, "device", ""))
                 out["gallery"] = {"label": geo.gallery.label, "points": int(geo.gallery.latlon.shape[0])}
                 out["location_embedding_dim"] = 512
+            out["text_queries"] = callable(getattr(p, "predict_text", None)) and state.text_unsupported is None
         out["limits"] = {
             "max_batch": config.max_batch,
             "max_wait_ms": config.max_wait_ms,
@@ -475,6 +659,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
             "max_pixels": config.max_pixels,
             "max_top_k": config.max_top_k,
             "max_locations": config.max_locations,
+            "max_decoded_pixels": config.max_decoded_pixels,
             "accepted_formats": list(config.accepted_formats),
         }
         out["batcher"] = state.batcher.stats() if state.batcher is not None else None
@@ -482,9 +667,9 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        from geofast.serve.docs import docs_page_html
+        from geofast.serve.docs import DOCS_CSP, docs_page_html
 
-        return HTMLResponse(docs_page_html(app.title, app.version))
+        return HTMLResponse(docs_page_html(app.title, app.version), headers={"Content-Security-Policy": DOCS_CSP})
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -494,22 +679,93 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
             raise GeofastError(
                 "the web page is not part of this installation", hint="use the API under /v1/ (see /docs)"
             ) from None
-        return HTMLResponse(app_page_html())
+        page = app_page_html()
+        return HTMLResponse(page, headers={"Content-Security-Policy": _page_csp(page)})
 
     return app
+
+
+#: Bytes one coordinate pair may take in a ``/v1/locations/embed`` body ("[-89.123456789012345,
+#: -179.12345678901234]," is 40; spaces and more digits allowed).
+_EMBED_BYTES_PER_POINT = 96
+
+
+def _embed_answer(body: bytes, geo: Any, max_locations: int) -> bytes:
+    """The JSON answer of ``/v1/locations/embed`` (run off the event loop): count, then
+    validate, then encode, then serialise row by row."""
+    import json
+
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestValidationError([{"loc": ("body",), "msg": f"not JSON: {e}", "type": "json_invalid"}]) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("latlon"), list):
+        raise RequestValidationError([{"loc": ("body", "latlon"), "msg": "expected a list of [lat, lon] pairs", "type": "list"}])
+    pairs = raw["latlon"]
+    if len(pairs) > max_locations:
+        raise TooLargeError(
+            f"{len(pairs)} coordinates exceed the limit of {max_locations}", hint="split them over several requests"
+        )
+    try:
+        LocationsRequest.model_validate({"latlon": pairs})
+    except Exception as e:  # pydantic's ValidationError
+        errors: list[Any] = getattr(e, "errors", lambda: [])()
+        raise RequestValidationError(errors or [{"loc": ("body", "latlon"), "msg": str(e), "type": "value"}]) from None
+    if not pairs:
+        raise InputError("latlon is empty", hint='send {"latlon": [[lat, lon], ...]}')
+    latlon = np.asarray(pairs, dtype=np.float64)
+    emb = geo.encode_locations(latlon)
+    head = json.dumps({"model": geo.name, "dim": int(emb.shape[1])})[:-1]
+    rows = ",".join(json.dumps(row) for row in emb.tolist())  # one call per row: other threads get the GIL between rows
+    return f'{head}, "embeddings": [{rows}]}}'.encode()
+
+
+def _hide_paths(row: dict[str, Any], database: Any) -> None:
+    """Neighbours' photo paths relative to the database's folder when below it, else the bare
+    file name: an answer never shows where the server keeps its files."""
+    from pathlib import PurePath
+
+    for nb in row.get("neighbours") or []:
+        image = nb.get("image")
+        if not isinstance(image, str) or not image or "://" in image:
+            continue
+        path = PurePath(image)
+        if not path.is_absolute():
+            continue
+        try:
+            nb["image"] = str(path.relative_to(database)) if database is not None else path.name
+        except ValueError:
+            nb["image"] = path.name
+
+
+def _page_csp(page: str) -> str:
+    """The page's own Content-Security-Policy (its ``<meta>``) as a header, with
+    ``frame-ancestors 'none'``, which a ``<meta>`` policy cannot carry."""
+    import html
+    import re
+
+    found = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)"', page)
+    policy = html.unescape(found.group(1)) if found else "default-src 'none'"
+    return policy + "; frame-ancestors 'none'"
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GeofastError)
     async def geofast_error(_request: Request, exc: GeofastError) -> Response:
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFull) else None
-        if isinstance(exc, NotReady):
+        if isinstance(exc, (NotReady, Busy)):
             headers = {"Retry-After": "1"}
-        return error_response(_status_of(exc), exc, exc.hint, headers=headers)
+        status = _status_of(exc)
+        if status == 500:  # a model or server problem: its message (paths...) goes to the log only
+            log.error("error: %s%s", one_line(exc), f" (hint: {exc.hint})" if exc.hint else "")
+            return error_response(500, f"internal error ({type(exc).__name__})", "see the server log")
+        return error_response(status, exc, exc.hint, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 400:  # raised only by the body parsers: a malformed multipart form or JSON body
+            return error_response(422, f"malformed request body: {detail}", "see /docs for the expected fields")
         if exc.status_code == 404:
             detail = f"no such route: {request.method} {request.url.path}"
         elif exc.status_code == 405:

@@ -237,9 +237,28 @@ class Batcher:
             for job in live:
                 groups.setdefault((job.kind, job.top_k), []).append(job)
             for (kind, top_k), jobs in groups.items():
-                self._run(jobs, top_k, kind)
+                # Checked again right before running: a request answered 504 (or gone) while
+                # earlier groups ran is not computed for nobody.
+                now = time.monotonic()
+                still = []
+                for job in jobs:
+                    if job.deadline <= now or job.future.done():
+                        self.expired += 1
+                        job.settle(error=DeadlineExceeded("the request passed its deadline"))
+                    else:
+                        still.append(job)
+                if still:
+                    self._run(still, top_k, kind)
 
-    def _predict(self, items: list[Any], top_k: int, kind: str) -> list[Prediction]:
+    def _predict(self, items: list[Any], top_k: int, kind: str, jobs: list[Job] | None = None) -> list[Prediction]:
+        if kind == "image" and len(items) > self.max_batch and jobs:
+            # A job larger than a batch runs in batches; between them, stop if nobody waits any more.
+            out: list[Prediction] = []
+            for start in range(0, len(items), self.max_batch):
+                if all(j.future.done() or j.deadline <= time.monotonic() for j in jobs):
+                    raise DeadlineExceeded("the request passed its deadline")
+                out.extend(self._predict(items[start : start + self.max_batch], top_k, kind))
+            return out
         batch_size = max(self.max_batch, len(items))
         if kind == "text":
             predict_text = getattr(self.predictor, "predict_text")  # noqa: B009  (checked by the app before submitting)
@@ -250,7 +269,7 @@ class Batcher:
         images = [x for job in jobs for x in (job.texts if kind == "text" else job.images)]
         t0 = time.perf_counter()
         try:
-            results = self._predict(images, top_k, kind)
+            results = self._predict(images, top_k, kind, jobs)
             if len(results) != len(images):
                 raise RuntimeError(f"the predictor returned {len(results)} results for {len(images)} images")
         except BaseException:

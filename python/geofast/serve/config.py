@@ -58,7 +58,7 @@ class ServeConfig:
     #: Candidates per image a client may ask for.
     max_top_k: int = 100
     #: Coordinates in one ``/v1/locations/embed`` request.
-    max_locations: int = 10_000
+    max_locations: int = 1_000
     accepted_formats: tuple[str, ...] = ACCEPTED_FORMATS
     #: Require no API key even when listening beyond loopback (explicit opt-out).
     no_auth: bool = False
@@ -77,15 +77,44 @@ class ServeConfig:
     api_key: str | None = None
     #: Name places (GeoNames) in the answers, as ``geofast locate`` does by default.
     places: bool = True
+    #: More host names answered in ``Host`` besides the bound address (DNS-rebinding guard).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Decoded pixels in flight across all requests (each image counts width × height until it is
+    #: reduced to what CLIP sees); at least ``max_pixels``.
+    max_decoded_pixels: int = 48_000_000
+    #: Simultaneous connections (and requests); beyond, uvicorn answers 503.
+    max_connections: int = 128
+    #: Seconds a connection may take to send a complete request head (slowloris guard).
+    header_timeout_s: float = 10.0
+    #: Seconds an idle keep-alive connection stays open.
+    keep_alive_s: float = 5.0
+    #: Show the absolute paths of database neighbours (default: relative to the database's
+    #: folder when below it, else the file name only).
+    neighbour_paths: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "queue_size", "workers", "max_images", "max_pixels", "max_top_k", "max_body_bytes"):
+        for name in (
+            "max_batch",
+            "queue_size",
+            "workers",
+            "max_images",
+            "max_pixels",
+            "max_top_k",
+            "max_body_bytes",
+            "max_locations",
+            "max_decoded_pixels",
+            "max_connections",
+        ):
             if getattr(self, name) < 1:
                 raise ParameterError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ParameterError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.deadline_s <= 0:
             raise ParameterError(f"deadline_s must be > 0, got {self.deadline_s}")
+        for name in ("header_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise ParameterError(f"{name} must be > 0, got {getattr(self, name)}")
+        self.max_decoded_pixels = max(self.max_decoded_pixels, self.max_pixels)
         if not 0 < self.port < 65536:
             raise ParameterError(f"port must be in 1..65535, got {self.port}")
 
@@ -93,6 +122,11 @@ class ServeConfig:
         """The key clients must send: ``api_key``, else ``$GEOFAST_API_KEY``; ``None`` if neither is set."""
         key = self.api_key if self.api_key is not None else os.environ.get(API_KEY_ENV, "")
         key = key.strip()
+        if key and (not key.isascii() or not key.isprintable()):
+            raise ParameterError(
+                f"{API_KEY_ENV} holds characters other than printable ASCII, which no HTTP header can carry",
+                hint="use a key of letters, digits and punctuation, e.g. from: python -c 'import secrets; print(secrets.token_urlsafe())'",
+            )
         return key or None
 
     @property

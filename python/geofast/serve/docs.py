@@ -1,10 +1,16 @@
 """An API reference page that works offline: it fetches ``/openapi.json`` from the same server
 and lists every route with its parameters, request fields and responses. Written for geofast
-(plain HTML, CSS and a few lines of JavaScript; nothing loaded from anywhere else)."""
+(plain HTML, CSS and a few lines of JavaScript; nothing loaded from anywhere else).
+
+The page is served with :data:`DOCS_CSP`: its one inline script is allowed by its SHA-256 hash,
+nothing else may run, load (but ``openapi.json`` from the same origin) or frame the page."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
+import re
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -115,3 +121,23 @@ fetch("openapi.json").then(r => r.json()).then(render).catch(e => {
 def docs_page_html(title: str, version: str) -> str:
     """The self-contained API reference page (relative links only: works behind a path prefix)."""
     return _PAGE.replace("__TITLE__", html.escape(title)).replace("__VERSION__", html.escape(version))
+
+
+def _script_hash() -> str:
+    found = re.search(r"<script>(.*?)</script>", _PAGE, re.S)
+    assert found is not None
+    return base64.b64encode(hashlib.sha256(found.group(1).encode("utf-8")).digest()).decode("ascii")
+
+
+#: The Content-Security-Policy header of ``/docs``.
+DOCS_CSP = "; ".join(
+    [
+        "default-src 'none'",
+        f"script-src 'sha256-{_script_hash()}'",
+        "style-src 'unsafe-inline'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
