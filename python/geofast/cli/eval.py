@@ -70,6 +70,7 @@ def evaluate(
     import geofast as gf
     from geofast import evaluate as ev
 
+    o.check_method_options(shared)
     radii_km = _parse_radii(radii)
     ray_opts = o.ray_options_from(shared)
     method, model = shared["method"], shared["model"]
