@@ -165,7 +165,8 @@ def test_g3_without_db_sends_its_8_requests_and_the_table_names_each_source(tiny
         for label in ["GeoCLIP"] + [f"LLM ({n} refs, sample {s})" for n in (0, 5, 10, 15) for s in (0, 1)]:
             assert label in r.stdout, label
         assert r.stdout.count(" GeoCLIP ") == 5  # the first --top-k GeoCLIP candidates compete as answers
-        assert "—  LLM answer" in r.stdout and "FALLBACK" not in r.stdout
+        # One marker says whose answer won: the LLM's, or (tiny random model) a retrieval candidate's.
+        assert ("—  LLM answer" in r.stdout) != ("—  FALLBACK, GeoCLIP/database fallback: a retrieval" in r.stdout)
 
         server.set_script(lambda req: "I cannot tell where this is.")
         r = run_cli(*args, "--no-llm-cache", cache_dir=tmp_path / "cache", env=env)
@@ -209,7 +210,7 @@ def test_ctrl_c_in_train_writes_a_checkpoint_and_says_resume(tmp_path):
     assert info["status"] == "interrupted" and info["global_step"] > 0
     # The hint's command continues the run from the checkpoint (fewer epochs: it stops at once).
     r = subprocess.run(
-        [*cmd[:8], str(info["epochs_done"] + 1), *cmd[9:], "--resume", "--json"],
+        [*cmd[:9], str(info["epochs_done"] + 1), *cmd[10:], "--resume", "--json"],
         capture_output=True,
         text=True,
         env=env,
