@@ -15,17 +15,13 @@ from rich.console import Console
 
 
 def _width(stream: object) -> int | None:
-    """Terminals report their width; pipes and files get a wide fixed one (rich's default of 80
-    columns folds benchmark and result tables into unreadable cells)."""
-    isatty = getattr(stream, "isatty", None)
-    if callable(isatty) and isatty():
-        return None
-    env = os.environ.get("COLUMNS", "").strip()
-    return int(env) if env.isdigit() else 160
+    from geofast._progress import stream_width
+
+    return stream_width(stream)
 
 
-out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
-err = Console(stderr=True, highlight=False, width=_width(sys.stderr))
+out = Console(highlight=False, soft_wrap=True, markup=False, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, markup=False, width=_width(sys.stderr))
 
 DEBUG_ENV = "GEOFAST_DEBUG"
 

@@ -18,10 +18,12 @@ OSV-5M use the haversine distance on a sphere of radius 6371 km with ``<``. Both
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,7 +334,17 @@ def _is_blank(col: Any) -> np.ndarray:
     return np.asarray(pc.equal(col, "").to_numpy(zero_copy_only=False), dtype=bool)
 
 
-PREDICTION_FIELDS = ("image", "lat", "lon", "pred_lat", "pred_lon", "prob", "confidence", "method", "error")
+PREDICTION_FIELDS = ("image", "lat", "lon", "pred_lat", "pred_lon", "prob", "confidence", "method", "fallback", "error", "run")
+
+#: The file beside a predictions log that says, readably, what produced it (``PredictionLog``).
+SETTINGS_SUFFIX = ".settings.json"
+
+
+def settings_fingerprint(settings: Mapping[str, Any]) -> str:
+    """A short stable id of the settings that produced a prediction (method, model, backbone,
+    gallery, database, options that change answers): the ``run`` column of a predictions log."""
+    text = json.dumps(dict(settings), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class NameSet:
@@ -398,40 +410,90 @@ class PredictionLog:
 
     Each batch is appended with one ``write`` + fsync; a crash can leave at most one partial last
     line, which :meth:`open` drops. Images already present are skipped by the next run; only
-    their names are kept (:class:`NameSet`, 8 bytes per row)."""
+    their names are kept (:class:`NameSet`, 8 bytes per row).
 
-    def __init__(self, path: Path) -> None:
+    Every row records what produced it in its ``run`` column (:func:`settings_fingerprint` of
+    ``settings``), and ``<file>.settings.json`` beside it holds those settings readably: a log
+    written with other settings (another method, model, backbone, gallery, database or an option
+    that changes answers) is never resumed, since its rows would be scored as this run's."""
+
+    def __init__(self, path: Path, settings: Mapping[str, Any] | None = None) -> None:
         self.path = path
         self.done = NameSet()
+        self.settings = dict(settings or {})
+        self.run = settings_fingerprint(self.settings)
+
+    @property
+    def settings_path(self) -> Path:
+        return self.path.with_name(self.path.name + SETTINGS_SUFFIX)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> PredictionLog:
-        log = cls(Path(path).expanduser())
+    def open(cls, path: str | os.PathLike[str], settings: Mapping[str, Any] | None = None) -> PredictionLog:
+        log = cls(Path(path).expanduser(), settings)
         if log.path.is_file() and log.path.stat().st_size > 0:
             _drop_partial_last_line(log.path)
         if log.path.is_file() and log.path.stat().st_size > 0:
             with open(log.path, newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f), [])
-            if set(PREDICTION_FIELDS) - set(header):
+            if set(PREDICTION_FIELDS) - {"fallback", "run"} - set(header):
                 raise InputError(
                     f"{log.path} exists but is not a geofast predictions file",
                     hint="choose another --out file or delete it",
                 )
             table = _read_text_table(log.path, "predictions log")
+            log._check_same_run(table)
             log.done.add_many(table.column("image").to_numpy(zero_copy_only=False))
         else:
+            from geofast._io import atomic_write_text
+
             log.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(log.settings_path, json.dumps({"run": log.run, **log.settings}, indent=1, default=str) + "\n")
             with open(log.path, "w", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerow(PREDICTION_FIELDS)
                 f.flush()
                 os.fsync(f.fileno())
         return log
 
+    def _check_same_run(self, table: Any) -> None:
+        """Refuse to resume rows that other settings produced."""
+        if table.num_rows == 0:
+            return
+        if "run" not in table.column_names:
+            raise InputError(
+                f"{self.path} does not record what produced its predictions (written by an older geofast), "
+                "so it cannot be resumed safely",
+                hint="pass a new --out FILE (or delete this one) to predict again",
+            )
+        import pyarrow.compute as pc
+
+        runs = set(pc.unique(table.column("run")).to_pylist())
+        if runs == {self.run}:
+            return
+        raise InputError(
+            f"{self.path} holds predictions made with other settings ({self._differences()}); resuming would score them as this run's",
+            hint="pass a new --out FILE for these settings (or delete the old file to start over)",
+        )
+
+    def _differences(self) -> str:
+        try:
+            recorded = json.loads(self.settings_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"see the run column; no readable {self.settings_path.name}"
+        if not isinstance(recorded, dict):
+            return f"{self.settings_path.name} is not a JSON object"
+        now = json.loads(json.dumps(self.settings, default=str))
+        keys = [k for k in sorted(set(recorded) | set(now)) if k != "run" and recorded.get(k) != now.get(k)]
+        if not keys:
+            return "rows of several runs"
+        return ", ".join(f"{k} {recorded.get(k)!r} then, {now.get(k)!r} now" for k in keys[:4]) + (
+            f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+        )
+
     def append(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=PREDICTION_FIELDS, lineterminator="\n")
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in PREDICTION_FIELDS})
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in PREDICTION_FIELDS} | {"run": self.run})
         with open(self.path, "a", newline="", encoding="utf-8") as f:
             f.write(buf.getvalue())
             f.flush()
@@ -505,7 +567,13 @@ def run_predictions(
                 if pr.error is not None or pr.lat is None or pr.lon is None:
                     row["error"] = pr.error or "no prediction"
                 else:
-                    row.update(pred_lat=repr(pr.lat), pred_lon=repr(pr.lon), prob=_fmt(pr.prob), confidence=_fmt(pr.confidence))
+                    row.update(
+                        pred_lat=repr(pr.lat),
+                        pred_lon=repr(pr.lon),
+                        prob=_fmt(pr.prob),
+                        confidence=_fmt(pr.confidence),
+                        fallback="true" if pr.fallback else "false",
+                    )
             rows.append(row)
         log.append(rows)
         if on_progress is not None:

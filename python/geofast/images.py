@@ -623,7 +623,8 @@ def iter_loaded_batches(
 
 def as_image_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """One image or many → a flat list: folders and globs expanded (once, here), PIL images and
-    URLs kept as they are."""
+    URLs kept as they are. A path that does not exist (or a pattern matching nothing) is kept
+    too: reading it fails for that item alone (``Prediction.error``), as in the CLI."""
 
     if isinstance(images, (str, os.PathLike, Image.Image, ImageURL)):
         images = [images]
@@ -631,8 +632,11 @@ def as_image_items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput
     for x in images:
         if isinstance(x, (Image.Image, ImageURL)):
             items.append(x)
-        else:
+            continue
+        try:
             items.extend(expand_images([x]))
+        except ImageError:
+            items.append(x)
     return items
 
 

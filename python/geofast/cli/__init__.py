@@ -1,8 +1,11 @@
 """The ``geofast`` command line: a typer app with one module per command.
 
 Commands are thin: parse options, make one library call, render. Every error reaches
-:func:`main`, which prints one line (and a hint) to stderr and exits 1; the traceback is shown
-only with ``GEOFAST_DEBUG=1``.
+:func:`main`, which prints one line (and a hint) to stderr: ``error: ...`` then ``hint: ...``.
+The exit code says whose the problem is: 2 for a usage error (an unknown option, a value of the
+wrong type or out of range, a missing argument: the command did not start), 1 for everything
+else (a file that cannot be read, an option the method would ignore, a failed image). The
+traceback is shown only with ``GEOFAST_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from collections.abc import Sequence
 import typer
 
 from geofast import __version__, _console
+from geofast.cli._help import OrderedGroup, tidy, usage_hint
 from geofast.cli._options import RAY_LOCAL
 from geofast.errors import GeofastError
 
 app = typer.Typer(
     name="geofast",
+    cls=OrderedGroup,
     help="Predict where on Earth a photo was taken: GeoCLIP, GeoMapCLIP, Search-within-Cell and RAG-LLM, with a Rust core.",
     no_args_is_help=True,
     add_completion=False,
@@ -107,18 +112,36 @@ def _optional_values(args: list[str]) -> list[str]:
     return out
 
 
+#: Exit code of a usage error (click's): the command line itself is wrong.
+USAGE_ERROR = 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
-    typer handles usage errors itself (exit 2); geofast's errors and anything unexpected end
-    here as one line on stderr and exit 1.
+    Every error ends here as ``error:``/``hint:`` lines on stderr: usage errors exit 2
+    (:data:`USAGE_ERROR`), geofast's errors and anything unexpected exit 1.
     """
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
     args = _optional_values(list(sys.argv[1:] if argv is None else argv))
+    command = tidy(typer.main.get_command(app))
     try:
-        app(args=args, prog_name="geofast", standalone_mode=True)
-        code: int = 0
+        rv = command.main(args=args, prog_name="geofast", standalone_mode=False)
+        code: int = rv if isinstance(rv, int) else 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except NoArgsIsHelpError:  # the help is printed as the error is made
+        code = USAGE_ERROR
+    except UsageError as e:
+        _console.error_line(e.format_message(), usage_hint(e))
+        code = USAGE_ERROR
+    except ClickException as e:
+        _console.error_line(e.format_message())
+        code = e.exit_code
+    except typer.Abort:
+        _console.error_line("aborted")
+        code = 1
     except KeyboardInterrupt:
         _console.error_line("interrupted")
         code = 130

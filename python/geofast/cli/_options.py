@@ -1,19 +1,40 @@
-"""Options shared by the commands that run a prediction method (``locate``, ``eval``)."""
+"""Options declared once and shared by several commands.
+
+A command takes a whole group of options with :func:`with_options`: the group's parameters are
+added to the command's signature (typer sees them as if written out) and reach the command as
+one :class:`Shared` mapping. To give every command of a group a new option, add it to the group.
+Options one command alone takes stay in that command's signature, typed with the aliases here
+where another command declares the same option.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 _LLM = "LLM (--method rag)"
+
+
+def positive(value: float | None) -> float | None:
+    """An option that must be > 0 (typer's ``min`` is a closed bound: 0 would pass)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not > 0")
+    return value
+
+
 _DB = "Image database (--method swc / geoclip+swc / rag)"
 
 Method = Annotated[
     str,
     typer.Option(
         "--method",
+        metavar="geoclip|swc|geoclip+swc|rag",
         help="geoclip; swc (Search-within-Cell over --db photos, else over GeoCLIP's top-k); geoclip+swc (SwC among --db photos inside GeoCLIP's top-1 cell); rag (an LLM with retrieved references, Img2Loc/G3).",
     ),
 ]
@@ -34,7 +55,10 @@ Clip = Annotated[
         help="CLIP ViT-L/14 backbone: hub id or local folder (default $GEOFAST_CLIP, then openai/clip-vit-large-patch14).",
     ),
 ]
-Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: best available).")]
+Device = Annotated[
+    str | None,
+    typer.Option("--device", metavar="cpu|cuda|cuda:N|mps", help="Where the models run (default: the best available)."),
+]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]
 Gallery = Annotated[
     Path | None, typer.Option("--gallery", metavar="FILE", help="Custom gallery: CSV with lat/lon columns or an (N, 2) .npy.")
@@ -52,10 +76,21 @@ RawCandidates = Annotated[
 ]
 Db = Annotated[Path | None, typer.Option("--db", metavar="DIR", rich_help_panel=_DB, help="Image database (geofast db build).")]
 SwcK = Annotated[int, typer.Option("--swc-k", min=1, rich_help_panel=_DB, help="Database neighbours clustered by SwC.")]
-EpsKm = Annotated[float, typer.Option("--eps-km", min=0.0, rich_help_panel=_DB, help="DBSCAN radius (km) of SwC.")]
+EpsKm = Annotated[
+    float,
+    typer.Option(
+        "--eps-km", metavar="KM > 0", callback=positive, rich_help_panel=_DB, help="DBSCAN radius (km) of SwC (swc, geoclip+swc)."
+    ),
+]
 CellKm = Annotated[
     float,
-    typer.Option("--cell-km", min=0.0, rich_help_panel=_DB, help="Cell radius (km) around GeoCLIP's top-1 for geoclip+swc."),
+    typer.Option(
+        "--cell-km",
+        metavar="KM > 0",
+        callback=positive,
+        rich_help_panel=_DB,
+        help="Cell radius (km) around GeoCLIP's top-1 (geoclip+swc).",
+    ),
 ]
 Confidence = Annotated[
     bool,
@@ -85,6 +120,7 @@ LlmRecipe = Annotated[
     str,
     typer.Option(
         "--llm-recipe",
+        metavar="g3|img2loc",
         rich_help_panel=_LLM,
         help="g3 (prompts with 0/5/10/15 references, 2 samples each) or img2loc (16 nearest + 16 farthest, 1 sample); the options below override it.",
     ),
@@ -96,7 +132,16 @@ LlmReferences = Annotated[
     ),
 ]
 LlmSamples = Annotated[int | None, typer.Option("--llm-samples", min=1, rich_help_panel=_LLM, help="Samples per prompt.")]
-LlmTemperature = Annotated[float | None, typer.Option("--llm-temperature", min=0.0, max=2.0, rich_help_panel=_LLM)]
+LlmTemperature = Annotated[
+    float | None,
+    typer.Option(
+        "--llm-temperature",
+        min=0.0,
+        max=2.0,
+        rich_help_panel=_LLM,
+        help="Sampling temperature of the LLM (g3: 0.7; several samples per prompt need a temperature above 0).",
+    ),
+]
 LlmNearest = Annotated[
     int | None,
     typer.Option(
@@ -137,7 +182,15 @@ LlmDeadline = Annotated[
 LlmImageSize = Annotated[
     int, typer.Option("--llm-image-size", min=16, rich_help_panel=_LLM, help="Longest side (px) of the image sent to the model.")
 ]
-LlmMaxTokens = Annotated[int, typer.Option("--llm-max-tokens", min=1, rich_help_panel=_LLM)]
+LlmMaxTokens = Annotated[
+    int,
+    typer.Option(
+        "--llm-max-tokens",
+        min=1,
+        rich_help_panel=_LLM,
+        help="Longest answer (tokens) the LLM may write per request.",
+    ),
+]
 LlmCache = Annotated[
     bool,
     typer.Option(
@@ -146,11 +199,156 @@ LlmCache = Annotated[
 ]
 
 
-def method_options_from(params: dict[str, Any]) -> Any:
-    """The :class:`~geofast.predict.factory.MethodOptions` of a command's method options (pass
-    ``locals()``); ``locate``, ``eval`` and ``serve`` declare the same ones."""
+TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, metavar="N", help="Candidates per image.")]
+Places = Annotated[bool, typer.Option("--places/--no-places", help="Name the nearest GeoNames place of each candidate.")]
+Workers = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU).")
+]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar with ETA on stderr.")]
+
+
+class Shared(dict[str, Any]):
+    """The values of a command's option groups, by parameter name; ``given`` holds the names
+    the user typed on the command line (the rest kept their defaults)."""
+
+    given: frozenset[str] = frozenset()
+
+
+#: The default of a command's ``shared`` parameter (``shared: o.Shared = o.GROUP``): replaced
+#: by :func:`with_options` with the group's options.
+GROUP = Shared()
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    """Options several commands take, each declared once: (parameter name, annotated type, default)."""
+
+    options: tuple[tuple[str, Any, Any], ...]
+
+    def without(self, *names: str) -> OptionGroup:
+        return OptionGroup(tuple(o for o in self.options if o[0] not in names))
+
+    def __add__(self, other: OptionGroup) -> OptionGroup:
+        return OptionGroup(self.options + other.options)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(o[0] for o in self.options)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+_CTX = "_geofast_ctx"
+
+
+def with_options(group: OptionGroup) -> Callable[[F], F]:
+    """Give a command the options of ``group``: they take the place of its ``shared`` parameter
+    (so ``--help`` lists them there) and arrive in it as one :class:`Shared` mapping."""
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        own = list(sig.parameters.values())
+        at = [p.name for p in own].index("shared")
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in group.options]
+        ctx = inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at] + added + own[at + 1 :]] + [ctx]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            context = kwargs.pop(_CTX)
+            shared = Shared((n, kwargs.pop(n)) for n in group.names)
+            shared.given = frozenset(n for n in group.names if _typed(context, n))
+            return fn(**kwargs, shared=shared)
+
+        command.__signature__ = sig.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+def _typed(context: Any, name: str) -> bool:
+    source = context.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+#: The options that choose and configure a prediction method (locate, eval, serve).
+METHOD = OptionGroup(
+    (
+        ("method", Method, "geoclip"),
+        ("model", Model, "geoclip"),
+        ("clip", Clip, None),
+        ("device", Device, None),
+        ("gallery", Gallery, None),
+        ("region", Region, None),
+        ("raw_candidates", RawCandidates, False),
+        ("db", Db, None),
+        ("swc_k", SwcK, 10),
+        ("eps_km", EpsKm, 1.0),
+        ("cell_km", CellKm, 25.0),
+        ("confidence", Confidence, True),
+    )
+)
+#: The ``--llm-*`` options of ``--method rag``.
+LLM = OptionGroup(
+    (
+        ("llm_base_url", LlmBaseUrl, None),
+        ("llm_model", LlmModel, None),
+        ("llm_recipe", LlmRecipe, "g3"),
+        ("llm_references", LlmReferences, None),
+        ("llm_samples", LlmSamples, None),
+        ("llm_temperature", LlmTemperature, None),
+        ("llm_nearest", LlmNearest, None),
+        ("llm_farthest", LlmFarthest, None),
+        ("llm_concurrency", LlmConcurrency, 8),
+        ("llm_timeout", LlmTimeout, 60.0),
+        ("llm_retries", LlmRetries, 3),
+        ("llm_image_size", LlmImageSize, 512),
+        ("llm_max_tokens", LlmMaxTokens, 256),
+        ("llm_cache", LlmCache, True),
+        ("llm_deadline", LlmDeadline, 180.0),
+    )
+)
+
+#: Which methods use each method-specific option; giving one to another method is an error.
+USED_BY: dict[str, tuple[str, ...]] = {
+    "swc_k": ("swc", "geoclip+swc"),
+    "eps_km": ("swc", "geoclip+swc"),
+    "cell_km": ("geoclip+swc",),
+    "confidence": ("swc", "geoclip+swc"),
+    **{name: ("rag",) for name in LLM.names},
+}
+
+
+def check_method_options(shared: Mapping[str, Any], given: Iterable[str] | None = None) -> None:
+    """Refuse, in one line, an option the chosen method would ignore (as ``--db`` with geoclip)."""
+    from geofast.errors import InputError
+
+    method = shared["method"]
+    typed = getattr(shared, "given", frozenset()) if given is None else frozenset(given)
+    for name, methods in USED_BY.items():
+        if name in typed and method not in methods:
+            flag = "--" + name.replace("_", "-")
+            if name == "confidence":
+                flag = "--confidence/--no-confidence"
+            used = " or ".join(methods)
+            raise InputError(
+                f"{flag} is used by --method {used}, not --method {method}",
+                hint=f"drop {flag.split('/')[0]}, or pass --method {methods[0]}",
+            )
+    if "swc_k" in typed and shared.get("db") is None:
+        raise InputError(
+            "--swc-k counts database neighbours and needs --db (without --db SwC clusters GeoCLIP's --top-k candidates)",
+            hint="add --db DIR, or drop --swc-k and use --top-k",
+        )
+
+
+def method_options_from(params: Mapping[str, Any]) -> Any:
+    """The :class:`~geofast.predict.factory.MethodOptions` of the options of :data:`METHOD` and
+    :data:`LLM` (``locate``, ``eval`` and ``serve`` take both groups); options the method would
+    ignore are refused first (:func:`check_method_options`)."""
     from geofast.predict.factory import MethodOptions
 
+    check_method_options(params)
     method = params["method"]
     return MethodOptions(
         method=method,
@@ -169,8 +367,8 @@ def method_options_from(params: dict[str, Any]) -> Any:
     )
 
 
-def llm_config_from(params: dict[str, Any]) -> Any:
-    """The LLM config of a command's ``llm_*`` parameters (pass ``locals()``)."""
+def llm_config_from(params: Mapping[str, Any]) -> Any:
+    """The LLM config of a command's ``llm_*`` options."""
     return llm_config(**{k[len("llm_") :]: v for k, v in params.items() if k.startswith("llm_")})
 
 
@@ -264,3 +462,12 @@ def ray_options(address: str | None, actors: int | None, gpus_per_actor: float |
 
     address = address.strip()
     return RayOptions(address=None if address in ("", RAY_LOCAL) else address, actors=actors, gpus_per_actor=gpus_per_actor)
+
+
+#: ``--ray [ADDRESS]``, ``--ray-actors``, ``--ray-gpus-per-actor`` (eval, db build, db add).
+RAY = OptionGroup((("ray", Ray, None), ("ray_actors", RayActors, None), ("ray_gpus_per_actor", RayGpusPerActor, None)))
+
+
+def ray_options_from(shared: Mapping[str, Any]) -> Any:
+    """The RayOptions of the :data:`RAY` group, or None without ``--ray``."""
+    return ray_options(shared["ray"], shared["ray_actors"], shared["ray_gpus_per_actor"])

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from geofast import _console
 from geofast.cli import app
@@ -69,6 +70,7 @@ def bench(
     area: list[str] | None = typer.Option(
         None,
         "--area",
+        metavar="AREA",
         help="Restrict to these areas (geo, cluster, search, e2e, llm, db, serve, train; scale: the growth benchmark, run only when named); repeatable.",
     ),
     threads: int | None = typer.Option(
@@ -117,11 +119,12 @@ def bench(
         if r.skipped:
             table.add_row(r.name, "-", r.anchor, "-", "-", "-", str(r.threads), f"skipped: {r.skipped}")
             continue
+        speed: str | Text
         if r.speedup is None:
             speed = "-"
         else:
             colour = {True: "green", False: "red", None: "white"}[r.meets_target]
-            speed = f"[{colour}]{r.speedup:.1f}×[/]"
+            speed = Text.from_markup(f"[{colour}]{r.speedup:.1f}×[/]")
         table.add_row(
             r.name,
             _fmt_time(r.geofast_s),
@@ -179,12 +182,12 @@ def _growth_table() -> list[dict[str, object]]:
             f"{_fmt_time(c['seconds'])} · {_fmt_bytes(c['peak_rss_bytes'])}" + (f" · {c['extra']}" if c["extra"] else "")
             for c in r["cells"]
         ]
-        growth = []
+        growth: list[str | Text] = []
         for g in r["growth_vs_n"]:
             if g is None:
                 growth.append("-")
             else:
-                growth.append(f"[{'green' if g <= 1.15 else 'red'}]{g:.2f}[/]")
+                growth.append(Text.from_markup(f"[{'green' if g <= 1.15 else 'red'}]{g:.2f}[/]"))
         table.add_row(str(r["cost"]), *cells, *growth)
     _console.out.print(table)
     for n in sizes:

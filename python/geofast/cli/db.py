@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from geofast import _console
 from geofast.cli import _options as o
@@ -23,6 +24,13 @@ db_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(db_app, name="db")
+
+ChunkSize = Annotated[
+    int,
+    typer.Option(
+        "--chunk-size", min=1, help="Photos per committed chunk (an interrupted build or add resumes from the last chunk)."
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -65,7 +73,7 @@ def _progress(enabled: bool, label: str) -> Iterator[tuple[Callable[[int, int], 
         bar.update(state["task"], completed=done, total=total)  # type: ignore[arg-type]
 
     def event(msg: str) -> None:
-        _console.err.print(f"[dim]{msg}[/]", markup=True, highlight=False)
+        _console.err.print(f"[dim]{escape(msg)}[/]", markup=True, highlight=False)
 
     try:
         yield advance, event
@@ -89,9 +97,9 @@ def _report(report, as_json: bool, verb: str) -> None:  # type: ignore[no-untype
 
 
 @contextlib.contextmanager
-def _executor(ray: str | None, actors: int | None, gpus_per_actor: float | None) -> Iterator[Any]:
+def _executor(shared: o.Shared) -> Iterator[Any]:
     """``--ray [ADDRESS]``: the Ray executor (its local cluster stopped on exit); else None (local)."""
-    opts = o.ray_options(ray, actors, gpus_per_actor)
+    opts = o.ray_options_from(shared)
     if opts is None:
         yield None
         return
@@ -102,7 +110,46 @@ def _executor(ray: str | None, actors: int | None, gpus_per_actor: float | None)
         yield executor
 
 
+#: The options of the commands that encode photos (db build, db add).
+ENCODE = (
+    o.OptionGroup(
+        (
+            ("device", o.Device, None),
+            ("batch_size", o.BatchSize, 32),
+            ("chunk_size", ChunkSize, 256),
+            ("workers", o.Workers, None),
+            ("progress", o.Progress, True),
+        )
+    )
+    + o.RAY
+)
+
+
+def _encode(run: Callable[..., Any], shared: o.Shared, *args: Any, **kwargs: Any) -> Any:
+    """``run(*args, **kwargs)`` (Database.build or .add) with the :data:`ENCODE` options: on
+    Ray with ``--ray``, under progress bars with ``--progress``."""
+    progress = shared["progress"]
+    with (
+        _executor(shared) as executor,
+        _plan_progress(progress) as on_plan,
+        _progress(progress, "encoding") as (advance, event),
+    ):
+        return run(
+            *args,
+            **kwargs,
+            device=shared["device"],
+            batch_size=shared["batch_size"],
+            chunk_size=shared["chunk_size"],
+            workers=shared["workers"],
+            executor=executor,
+            on_progress=advance,
+            on_event=event,
+            on_plan=on_plan,
+        )
+
+
 @db_app.command("build")
+@o.with_options(ENCODE)
 def build(
     source: str = typer.Argument(
         ...,
@@ -112,99 +159,41 @@ def build(
     out: Path = typer.Option(
         ..., "--out", "-o", metavar="DIR", help="Database folder to create (replaced only when the new one is complete)."
     ),
-    clip: str | None = typer.Option(
-        None,
-        "--clip",
-        metavar="ID|DIR",
-        help="CLIP ViT-L/14 backbone: hub id or local folder (default $GEOFAST_CLIP, then openai/clip-vit-large-patch14).",
+    clip: o.Clip = None,
+    dtype: str = typer.Option(
+        "f16", "--dtype", metavar="f16|f32", help="Embedding storage: f16 (default, half the size) or f32."
     ),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    dtype: str = typer.Option("f16", "--dtype", help="Embedding storage: f16 (default, half the size) or f32."),
     index: str = typer.Option(
         "Flat",
         "--index",
         metavar="FACTORY",
         help="Flat (exact, default) or a FAISS factory string for millions of photos, e.g. IVF4096,SQ8 or HNSW32.",
     ),
-    chunk_size: int = typer.Option(
-        256, "--chunk-size", min=1, help="Photos per committed chunk (an interrupted build resumes from the last chunk)."
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
+    shared: o.Shared = o.GROUP,
     as_json: bool = typer.Option(False, "--json", help="Print only the build report as JSON."),
-    ray: o.Ray = None,
-    ray_actors: o.RayActors = None,
-    ray_gpus_per_actor: o.RayGpusPerActor = None,
 ) -> None:
     """Build an image database from geotagged photos (resumes an interrupted build of the same SOURCE)."""
     from geofast.db import Database
 
-    with (
-        _executor(ray, ray_actors, ray_gpus_per_actor) as executor,
-        _plan_progress(progress) as on_plan,
-        _progress(progress, "encoding") as (advance, event),
-    ):
-        report = Database.build(
-            source,
-            out,
-            clip=clip,
-            device=device,
-            batch_size=batch_size,
-            dtype=dtype,
-            index=index,
-            chunk_size=chunk_size,
-            workers=workers,
-            executor=executor,
-            on_progress=advance,
-            on_event=event,
-            on_plan=on_plan,
-        )
+    report = _encode(Database.build, shared, source, out, clip=clip, dtype=dtype, index=index)
     _report(report, as_json, "built")
 
 
 @db_app.command("add")
+@o.with_options(ENCODE)
 def add(
     directory: Path = typer.Argument(..., metavar="DIR", help="An existing database folder."),
     source: str = typer.Argument(..., metavar="SOURCE", help="CSV (image,lat,lon) or folder of photos with EXIF GPS to add."),
     clip: str | None = typer.Option(
         None, "--clip", metavar="ID|DIR", help="CLIP backbone (default: the one the database was built with)."
     ),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Photos per committed chunk."),
-    workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Image-loading threads (default: 1 on CPU, up to 8 with a GPU)."
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
+    shared: o.Shared = o.GROUP,
     as_json: bool = typer.Option(False, "--json", help="Print only the report as JSON."),
-    ray: o.Ray = None,
-    ray_actors: o.RayActors = None,
-    ray_gpus_per_actor: o.RayGpusPerActor = None,
 ) -> None:
     """Add photos to a database (photos already in it are skipped; the old database stays valid until the new one is complete)."""
     from geofast.db import Database
 
-    with (
-        _executor(ray, ray_actors, ray_gpus_per_actor) as executor,
-        _plan_progress(progress) as on_plan,
-        _progress(progress, "encoding") as (advance, event),
-    ):
-        report = Database.add(
-            directory,
-            source,
-            clip=clip,
-            device=device,
-            batch_size=batch_size,
-            chunk_size=chunk_size,
-            workers=workers,
-            executor=executor,
-            on_progress=advance,
-            on_event=event,
-            on_plan=on_plan,
-        )
+    report = _encode(Database.add, shared, directory, source, clip=clip)
     _report(report, as_json, "updated")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from geofast import _console
@@ -30,55 +31,34 @@ def _parse_radii(text: str) -> list[float]:
 
 
 @app.command("eval")
+@o.with_options(o.METHOD + o.LLM + o.RAY)
 def evaluate(
     dataset: Path | None = typer.Argument(
-        None, metavar="[DATASET]", help="Benchmark CSV: image,lat,lon or IMG_ID,LAT,LON (Im2GPS3k, YFCC4k)."
+        None, metavar="DATASET", help="Benchmark CSV: image,lat,lon or IMG_ID,LAT,LON (Im2GPS3k, YFCC4k)."
     ),
     images: Path | None = typer.Option(None, "--images", metavar="DIR", help="Folder holding the dataset's images."),
     predictions: Path | None = typer.Option(
         None, "--predictions", metavar="FILE", help="Score an existing CSV (lat,lon,pred_lat,pred_lon); no model needed."
     ),
     out: Path = typer.Option(
-        Path("predictions.csv"), "--out", metavar="FILE", help="Predictions are appended here; a rerun skips images already done."
+        Path("predictions.csv"),
+        "--out",
+        metavar="FILE",
+        help="Predictions are appended here (and what produced them to FILE.settings.json); a rerun with the same settings skips images already done, other settings are refused.",
     ),
-    method: o.Method = "geoclip",
-    model: o.Model = "geoclip",
-    clip: o.Clip = None,
-    device: o.Device = None,
+    shared: o.Shared = o.GROUP,
+    top_k: o.TopK = 5,
     batch_size: o.BatchSize = 16,
-    gallery: o.Gallery = None,
-    region: o.Region = None,
-    db: o.Db = None,
-    swc_k: o.SwcK = 10,
-    eps_km: o.EpsKm = 1.0,
-    cell_km: o.CellKm = 25.0,
-    confidence: o.Confidence = True,
-    raw_candidates: o.RawCandidates = False,
     radii: str = typer.Option("1,25,200,750,2500", "--radii", metavar="KM,...", help="Accuracy radii in km."),
     distance: str = typer.Option(
-        "geodesic", "--distance", help="geodesic (WGS-84; GeoCLIP/Img2Loc/G3) or haversine (R = 6371 km; visloc/OSV-5M)."
+        "geodesic",
+        "--distance",
+        metavar="geodesic|haversine",
+        help="geodesic (WGS-84; GeoCLIP/Img2Loc/G3) or haversine (R = 6371 km; visloc/OSV-5M).",
     ),
     strict: bool = typer.Option(False, "--strict", help="Count error < r instead of ≤ r."),
     as_json: bool = typer.Option(False, "--json", help="Print only the metrics as JSON."),
     plot: Path | None = typer.Option(None, "--plot", metavar="FILE.png", help="Draw the error CDF with the radii marked."),
-    llm_base_url: o.LlmBaseUrl = None,
-    llm_model: o.LlmModel = None,
-    llm_recipe: o.LlmRecipe = "g3",
-    llm_references: o.LlmReferences = None,
-    llm_samples: o.LlmSamples = None,
-    llm_temperature: o.LlmTemperature = None,
-    llm_nearest: o.LlmNearest = None,
-    llm_farthest: o.LlmFarthest = None,
-    llm_concurrency: o.LlmConcurrency = 8,
-    llm_timeout: o.LlmTimeout = 60.0,
-    llm_retries: o.LlmRetries = 3,
-    llm_image_size: o.LlmImageSize = 512,
-    llm_max_tokens: o.LlmMaxTokens = 256,
-    llm_cache: o.LlmCache = True,
-    llm_deadline: o.LlmDeadline = 180.0,
-    ray: o.Ray = None,
-    ray_actors: o.RayActors = None,
-    ray_gpus_per_actor: o.RayGpusPerActor = None,
 ) -> None:
     """Evaluate geolocation accuracy: accuracy at radii, median/mean error, GeoScore, PD split.
 
@@ -90,8 +70,10 @@ def evaluate(
     import geofast as gf
     from geofast import evaluate as ev
 
+    o.check_method_options(shared)
     radii_km = _parse_radii(radii)
-    ray_opts = o.ray_options(ray, ray_actors, ray_gpus_per_actor)
+    ray_opts = o.ray_options_from(shared)
+    method, model = shared["method"], shared["model"]
     if distance not in ("geodesic", "haversine"):
         raise gf.InputError(f"--distance {distance!r} is not geodesic or haversine")
     if predictions is not None:
@@ -108,19 +90,19 @@ def evaluate(
             )
         from geofast.predict.factory import make_predictor
 
-        opts = o.method_options_from(locals())
+        opts = o.method_options_from(shared)
         database = opts.check()
         if not images.is_dir():
             raise gf.InputError(f"--images {images} is not a folder")
         data = ev.read_dataset(dataset)
         created = not out.exists()
-        log = ev.PredictionLog.open(out)
+        log = ev.PredictionLog.open(out, opts.answer_settings(database, top_k))
         todo = int(np.count_nonzero(~log.done.contains_many(data.images)))
         if todo:
-            with _console.err.status(f"loading {model} ...", spinner="dots"):
+            with _console.err.status(f"loading {escape(model)} ...", spinner="dots"):
                 predictor = make_predictor(opts, database)
             with _on_ray(predictor, ray_opts, out if created else None):
-                _predict_all(data, images, predictor, log, batch_size, method)
+                _predict_all(data, images, predictor, log, batch_size, method, top_k)
         scored = ev.read_predictions(out).subset(data.images)
         title = f"{dataset.name} ({method}, {model})"
 
@@ -136,7 +118,7 @@ def evaluate(
         return
     _render(metrics, title)
     for image, error in scored.failed[:10]:
-        _console.err.print(f"[yellow]skipped[/] {image}: {error}")
+        _console.err.print(f"[yellow]skipped[/] {escape(image)}: {escape(error)}", markup=True)
     if len(scored.failed) > 10:
         _console.err.print(f"... and {len(scored.failed) - 10} more (see --json)")
 
@@ -162,7 +144,7 @@ def _on_ray(predictor: Any, ray_opts: Any, created: Path | None) -> Iterator[Non
         yield
 
 
-def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: int, method: str) -> None:
+def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: int, method: str, top_k: int) -> None:
     from geofast.cli import _llm
     from geofast.evaluate import run_predictions
 
@@ -174,7 +156,7 @@ def _predict_all(data: Any, images: Path, predictor: Any, log: Any, batch_size: 
         run_predictions(
             data,
             images,
-            lambda paths: predictor.predict(paths, top_k=5, batch_size=batch_size, places=False),
+            lambda paths: predictor.predict(paths, top_k=top_k, batch_size=batch_size, places=False),
             log,
             batch_size=batch_size,
             on_progress=lambda n: bar.advance(task, n),

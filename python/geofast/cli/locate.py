@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from geofast import _console
@@ -15,6 +16,7 @@ from geofast.cli import app
 
 
 @app.command("locate")
+@o.with_options(o.METHOD + o.LLM)
 def locate(
     images: list[str] | None = typer.Argument(
         None, metavar="IMAGE|URL", help="Image files, folders (searched recursively), glob patterns or http(s) URLs."
@@ -25,20 +27,9 @@ def locate(
         metavar="TEXT",
         help='Locate a description instead of a photo, e.g. --text "a harbour with red wooden houses" (repeatable; --method geoclip or swc without --db).',
     ),
-    model: o.Model = "geoclip",
-    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Candidates per image."),
-    clip: o.Clip = None,
-    device: o.Device = None,
+    shared: o.Shared = o.GROUP,
+    top_k: o.TopK = 5,
     batch_size: o.BatchSize = 16,
-    gallery: o.Gallery = None,
-    region: o.Region = None,
-    method: o.Method = "geoclip",
-    db: o.Db = None,
-    swc_k: o.SwcK = 10,
-    eps_km: o.EpsKm = 1.0,
-    cell_km: o.CellKm = 25.0,
-    confidence: o.Confidence = True,
-    raw_candidates: o.RawCandidates = False,
     url_timeout: float = typer.Option(
         15.0, "--url-timeout", min=0.001, metavar="SECONDS", help="Give up fetching an image URL after this long."
     ),
@@ -48,27 +39,12 @@ def locate(
     allow_private_urls: bool = typer.Option(
         False, "--allow-private-urls", help="Also fetch URLs on loopback, private and link-local addresses (refused by default)."
     ),
-    places: bool = typer.Option(True, "--places/--no-places", help="Name the nearest GeoNames place of each candidate."),
+    places: o.Places = True,
     as_json: bool = typer.Option(False, "--json", help="Print only a JSON array to stdout."),
     geojson: Path | None = typer.Option(None, "--geojson", metavar="FILE", help="Also write the top-1 points as GeoJSON."),
     map_file: Path | None = typer.Option(
         None, "--map", metavar="FILE.html", help="Also write an interactive map (self-contained HTML, works offline)."
     ),
-    llm_base_url: o.LlmBaseUrl = None,
-    llm_model: o.LlmModel = None,
-    llm_recipe: o.LlmRecipe = "g3",
-    llm_references: o.LlmReferences = None,
-    llm_samples: o.LlmSamples = None,
-    llm_temperature: o.LlmTemperature = None,
-    llm_nearest: o.LlmNearest = None,
-    llm_farthest: o.LlmFarthest = None,
-    llm_concurrency: o.LlmConcurrency = 8,
-    llm_timeout: o.LlmTimeout = 60.0,
-    llm_retries: o.LlmRetries = 3,
-    llm_image_size: o.LlmImageSize = 512,
-    llm_max_tokens: o.LlmMaxTokens = 256,
-    llm_cache: o.LlmCache = True,
-    llm_deadline: o.LlmDeadline = 180.0,
 ) -> None:
     """Predict where each photo was taken: ranked coordinates with probabilities, place names and a confidence.
 
@@ -78,8 +54,10 @@ def locate(
     from geofast.output import prediction_json, write_geojson, write_map
     from geofast.predict import Prediction
     from geofast.predict.factory import make_predictor
+    from geofast.predict.geoclip import TEXT_PREFIX
 
-    opts = o.method_options_from(locals())
+    opts = o.method_options_from(shared)
+    method, model, db = opts.method, opts.model, opts.db
     texts = list(texts or [])
     if not images and not texts:
         raise gf.InputError("nothing to locate", hint="pass image files, folders, globs or URLs, or --text DESCRIPTION")
@@ -109,7 +87,7 @@ def locate(
 
     paths = [e for e in entries if not isinstance(e, Prediction)]
     what = model + (" and the database" if database is not None else "")
-    with _console.err.status(f"loading {what} ...", spinner="dots"):
+    with _console.err.status(f"loading {escape(what)} ...", spinner="dots"):
         predictor = make_predictor(opts, database)
     located = iter(
         _with_progress(
@@ -124,15 +102,20 @@ def locate(
         else []
     )
     results = [e if isinstance(e, Prediction) else next(located) for e in entries]
+    text_hint: str | None = None
     if texts:
         from geofast.predict.geoclip import GeoclipPredictor
 
         assert isinstance(predictor, GeoclipPredictor)  # --text was checked against --method/--db above
-        results.extend(predictor.predict_text(texts, top_k=top_k, batch_size=batch_size, places=places))
+        try:
+            results.extend(predictor.predict_text(texts, top_k=top_k, batch_size=batch_size, places=places))
+        except gf.ModelError as e:  # e.g. a backbone without tokenizer: the text queries fail, the photos stand
+            results.extend(Prediction(image=TEXT_PREFIX + t, method=method, error=f"{TEXT_PREFIX}{t}: {e}") for t in texts)
+            text_hint = e.hint
 
     failed = [p for p in results if p.error is not None]
     for p in failed:
-        _console.error_line(p.error or "failed")
+        _console.error_line(p.error or "failed", text_hint if p.image.startswith(TEXT_PREFIX) else None)
     if as_json:
         _console.print_json([prediction_json(p) for p in results])
     else:
@@ -180,16 +163,40 @@ def _usage_line(results: list[Any]) -> str:
     return "LLM usage: " + ", ".join(parts) + f"; fallback answers {fallbacks}"
 
 
+#: How the RAG table names where a candidate came from (``Candidate.source``).
+SOURCES = {"geoclip": "GeoCLIP", "db": "database", "swc": "SwC"}
+
+
+def source_label(source: str) -> str:
+    """``"llm:p5s1"`` → ``"LLM (5 refs, sample 1)"``; ``"geoclip"`` → ``"GeoCLIP"``."""
+    if source.startswith("llm"):
+        _, _, tag = source.partition(":")
+        refs, _, sample = tag[1:].partition("s") if tag.startswith("p") else ("", "", "")
+        return f"LLM ({refs} refs, sample {sample})" if refs.isdigit() and sample.isdigit() else "LLM"
+    return SOURCES.get(source, source)
+
+
 def _render(p) -> None:  # type: ignore[no-untyped-def]
+    # The console prints without markup: file names such as "img[red].jpg" print as they are.
     conf = "n/a" if p.confidence is None else f"{p.confidence:.3f}"
     loc = "" if p.localizable is None else (" (localizable)" if p.localizable else " (hard to localize)")
     title = f"{p.image}  —  PD25 confidence {conf}{loc}"
+    if p.method == "rag":
+        answer = "GeoCLIP/database fallback" if p.fallback else "LLM answer"
+        reason = f": {p.fallback_reason}" if p.fallback and p.fallback_reason else ""
+        title += f"  —  {'FALLBACK, ' if p.fallback else ''}{answer}{reason}"
     table = Table(title=title, title_justify="left")
     from_db = bool(p.candidates) and p.candidates[0].source == "db"
+    rag = p.method == "rag"
     table.add_column("rank", justify="right")
     table.add_column("lat", justify="right")
     table.add_column("lon", justify="right")
-    table.add_column("similarity" if from_db else "probability", justify="right")
+    if rag:
+        table.add_column("source")
+        table.add_column("probability", justify="right")
+        table.add_column("verified similarity", justify="right")
+    else:
+        table.add_column("similarity" if from_db else "probability", justify="right")
     table.add_column("place")
     if from_db:
         table.add_column("database photo")
@@ -206,8 +213,13 @@ def _render(p) -> None:  # type: ignore[no-untyped-def]
         table.add_row(*row, *([""] if from_db else []))
     images = [n.image or "" for n in (p.neighbours or [])] if from_db else []
     for rank, c in enumerate(p.candidates, start=1):
-        value = f"{c.prob:.4f}" if c.prob is not None else (f"{c.score:.4f}" if c.score is not None else "-")
-        row = [str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", value, c.place or ""]
+        prob = f"{c.prob:.4f}" if c.prob is not None else "-"
+        if rag:
+            score = f"{c.score:.4f}" if c.score is not None else "-"
+            row = [str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", source_label(c.source), prob, score, c.place or ""]
+        else:
+            value = prob if c.prob is not None else (f"{c.score:.4f}" if c.score is not None else "-")
+            row = [str(rank), f"{c.lat:.5f}", f"{c.lon:.5f}", value, c.place or ""]
         if from_db:
             row.append(Path(images[rank - 1]).name if rank - 1 < len(images) else "")
         table.add_row(*row)

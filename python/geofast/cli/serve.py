@@ -12,6 +12,7 @@ _SECURITY = "Security"
 
 
 @app.command("serve")
+@o.with_options(o.METHOD + o.LLM)
 def serve(
     host: str = typer.Option(
         "127.0.0.1",
@@ -20,19 +21,8 @@ def serve(
         help="Address to listen on; any non-loopback one needs GEOFAST_API_KEY (or --no-auth).",
     ),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-    model: o.Model = "geoclip",
-    clip: o.Clip = None,
-    device: o.Device = None,
-    gallery: o.Gallery = None,
-    region: o.Region = None,
-    method: o.Method = "geoclip",
-    db: o.Db = None,
-    swc_k: o.SwcK = 10,
-    eps_km: o.EpsKm = 1.0,
-    cell_km: o.CellKm = 25.0,
-    confidence: o.Confidence = True,
-    raw_candidates: o.RawCandidates = False,
-    places: bool = typer.Option(True, "--places/--no-places", help="Name the nearest GeoNames place of each candidate."),
+    shared: o.Shared = o.GROUP,
+    places: o.Places = True,
     max_batch: int = typer.Option(
         16, "--max-batch", min=1, rich_help_panel=_LIMITS, help="Images per forward pass (requests are coalesced)."
     ),
@@ -100,16 +90,18 @@ def serve(
         48.0,
         "--max-decoded-mpix",
         min=0.001,
+        metavar="MPIX",
         rich_help_panel=_LIMITS,
         help="Megapixels decoded at once across all requests (others wait; at least --max-pixels).",
     ),
     max_connections: int = typer.Option(
-        128, "--max-connections", min=1, rich_help_panel=_LIMITS, help="Simultaneous connections (503 beyond)."
+        128, "--max-connections", min=1, metavar="N", rich_help_panel=_LIMITS, help="Simultaneous connections (503 beyond)."
     ),
     header_timeout: float = typer.Option(
         10.0,
         "--header-timeout",
         min=0.1,
+        metavar="SECONDS",
         rich_help_panel=_LIMITS,
         help="Seconds a client may take to send a request's headers (then the connection is closed).",
     ),
@@ -119,22 +111,7 @@ def serve(
         rich_help_panel=_SECURITY,
         help="Show database neighbours' absolute photo paths (default: relative to the database, else the file name).",
     ),
-    log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug."),
-    llm_base_url: o.LlmBaseUrl = None,
-    llm_model: o.LlmModel = None,
-    llm_recipe: o.LlmRecipe = "g3",
-    llm_references: o.LlmReferences = None,
-    llm_samples: o.LlmSamples = None,
-    llm_temperature: o.LlmTemperature = None,
-    llm_nearest: o.LlmNearest = None,
-    llm_farthest: o.LlmFarthest = None,
-    llm_concurrency: o.LlmConcurrency = 8,
-    llm_timeout: o.LlmTimeout = 60.0,
-    llm_deadline: o.LlmDeadline = 180.0,
-    llm_retries: o.LlmRetries = 3,
-    llm_image_size: o.LlmImageSize = 512,
-    llm_max_tokens: o.LlmMaxTokens = 256,
-    llm_cache: o.LlmCache = True,
+    log_level: str = typer.Option("info", "--log-level", metavar="LEVEL", help="critical, error, warning, info or debug."),
 ) -> None:
     """Serve the HTTP API (POST /v1/locate, /v1/locations/embed, GET /v1/models, /docs) and the web page at /."""
     import importlib.util
@@ -154,7 +131,7 @@ def serve(
         raise InputError(f"unknown --log-level {log_level!r}", hint="choose critical, error, warning, info or debug")
     if allow_private_urls and not allow_urls:
         raise InputError("--allow-private-urls only makes sense with --allow-urls", hint="add --allow-urls")
-    opts = o.method_options_from(locals())
+    opts = o.method_options_from(shared)
     config = ServeConfig(
         host=host,
         port=port,

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from geofast import _console
 from geofast.cli import app
 
 _FT = "Fine-tuning"
+#: Exit code after Ctrl-C (128 + SIGINT), as a shell reports it.
+INTERRUPTED = 130
 _RUN = "Devices and run folder"
 
 
@@ -86,7 +91,9 @@ def train(
     num_nodes: int = typer.Option(
         1, "--num-nodes", min=1, rich_help_panel=_RUN, help="Nodes (launch one command per node, as Lightning)."
     ),
-    accelerator: str = typer.Option("auto", "--accelerator", rich_help_panel=_RUN, help="auto (CUDA if available), cpu or cuda."),
+    accelerator: str = typer.Option(
+        "auto", "--accelerator", metavar="auto|cpu|cuda", rich_help_panel=_RUN, help="auto (CUDA if available), cpu or cuda."
+    ),
     resume: bool = typer.Option(
         False, "--resume", rich_help_panel=_RUN, help="Continue the run in RUN_DIR from its last checkpoint."
     ),
@@ -163,10 +170,22 @@ def train(
         _console.err.print(
             f"epoch {row['epoch']}: loss {row['loss']:.4f}, {row['samples_per_s']:,.0f} samples/s{val_part}{mark}",
             highlight=False,
+            markup=True,
         )
 
+    from geofast.train.run import TrainingInterrupted
+
     try:
-        result = run_training(config, on_event=lambda m: _console.err.print(f"[dim]{m}[/]"), on_step=on_step, on_epoch=on_epoch)
+        result = run_training(
+            config, on_event=lambda m: _console.err.print(f"[dim]{escape(m)}[/]", markup=True), on_step=on_step, on_epoch=on_epoch
+        )
+    except TrainingInterrupted as e:
+        if "task" in state:
+            bar.stop()
+            state.pop("task")
+        command = shlex.join(["geofast", *sys.argv[1:]] if "--resume" in sys.argv else ["geofast", *sys.argv[1:], "--resume"])
+        _console.error_line(str(e), f"continue with: {command}")
+        raise typer.Exit(INTERRUPTED) from None
     finally:
         if "task" in state:
             bar.stop()

@@ -108,8 +108,8 @@ def _snapshot(repo_id: str) -> Path:
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 _TEXT_HINT = (
-    f"text queries need a full CLIP checkpoint (model_type clip, e.g. {DEFAULT_CLIP}) with its tokenizer "
-    "(tokenizer.json, or vocab.json + merges.txt) in the backbone folder"
+    f"text queries need a full CLIP checkpoint (model_type clip, e.g. {DEFAULT_CLIP}) with its tokenizer in the "
+    f"backbone folder: hf download {DEFAULT_CLIP} {' '.join(_TOKENIZER_FILES)} --local-dir DIR (DIR: the --clip folder)"
 )
 
 

@@ -25,7 +25,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geofast._io import atomic_write_text, replace_dir
+from geofast._io import atomic_write_text, current_umask, make_staging_dir, replace_dir
 from geofast.errors import ModelError
 
 if TYPE_CHECKING:
@@ -198,10 +197,11 @@ def write_release(
 
     target = Path(out).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staged = make_staging_dir(target)
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         save_file(tensors, str(staged / WEIGHTS), metadata={"format": "pt"})
+        os.chmod(staged / WEIGHTS, 0o666 & ~current_umask())  # safetensors creates it 0600
         write_gallery_csv(staged / GALLERY, gallery_latlon)
         config: dict[str, Any] = {
             "model_type": MODEL_TYPE,

@@ -80,6 +80,54 @@ class MethodOptions:
 
         return Database.open(self.db)
 
+    def answer_settings(self, database: Database | None, top_k: int) -> dict[str, Any]:
+        """What decides the answers of a run (``opts.check()``'s database): method, model, backbone,
+        gallery, region, database and the options the method uses, with paths made absolute. Not
+        the device, batch size or LLM transport (timeouts, retries, concurrency, cache).
+        ``geofast eval`` records it with its predictions and resumes only the same settings."""
+
+        def where(p: str | os.PathLike[str] | None) -> str | None:
+            if p is None:
+                return None
+            q = Path(p).expanduser()
+            return str(q.resolve()) if q.exists() else str(p)
+
+        from geofast.models.clip import DEFAULT_CLIP
+
+        backbone = self.clip_for(database) or os.environ.get("GEOFAST_CLIP", "").strip() or DEFAULT_CLIP
+        out: dict[str, Any] = {
+            "method": self.method,
+            "model": where(self.model),
+            "backbone": where(backbone),
+            "gallery": where(self.gallery),
+            "region": self.region,
+            "db": where(self.db),
+            "top_k": top_k,
+            "merge_duplicates": self.merge_duplicates,
+        }
+        if database is not None:
+            out["db_rows"] = len(database)
+        if self.method in ("swc", "geoclip+swc"):
+            out["eps_km"] = self.eps_km
+            if database is not None:
+                out["swc_k"] = self.swc_k
+        if self.method == "geoclip+swc":
+            out["cell_km"] = self.cell_km
+        if self.method == "rag" and self.llm is not None:
+            c = self.llm
+            out["llm"] = {
+                "base_url": c.resolved_base_url(),
+                "model": c.resolved_model(),
+                "references": list(c.references),
+                "samples": c.samples,
+                "temperature": c.temperature,
+                "nearest": c.nearest,
+                "farthest": c.farthest,
+                "image_max_side": c.image_max_side,
+                "max_tokens": c.max_tokens,
+            }
+        return out
+
     def clip_for(self, database: Database | None) -> str | None:
         """``--clip``, else (when ``$GEOFAST_CLIP`` is unset) the backbone a database was built with."""
         if self.clip is not None or database is None or os.environ.get("GEOFAST_CLIP", "").strip():

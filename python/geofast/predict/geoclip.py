@@ -182,6 +182,24 @@ class Geolocator:
             out[start : start + len(chunk)] = self._embed_pil(chunk)
         return out
 
+    def encode_clip(self, images: Sequence[ImageInput], *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """L2-normalised float32 CLIP image features ``(N, 768)``: the backbone's
+        ``get_image_features`` before GeoCLIP's head, the space a geofast image database stores and
+        :meth:`geofast.db.Database.search` takes (``encode_images`` returns GeoCLIP's 512-d space).
+        Same preprocessing as :meth:`predict`; raises ``ImageError`` on a bad image.
+
+        Example: ``db.search(loc.encode_clip(["photo.jpg"]), k=10)``."""
+        items = list(images)
+        out: np.ndarray | None = None
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = [load_image(x) for x in items[start : start + batch_size]]
+            _, clip = self.embed_pil(chunk, with_clip=True)
+            assert clip is not None
+            if out is None:
+                out = np.empty((len(items), clip.shape[1]), dtype=np.float32)
+            out[start : start + len(chunk)] = clip
+        return out if out is not None else np.empty((0, 768), dtype=np.float32)
+
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """L2-normalised float32 GeoCLIP embeddings ``(N, 512)`` of text queries: CLIP's text
         features (768-d, the text tower is loaded on first use) through GeoCLIP's image head,
@@ -367,7 +385,14 @@ class Geolocator:
         if emb.shape[0] == 0:
             return []
         if top_k < 1:
-            raise ParameterError(f"top_k must be >= 1, got {top_k}")
+            raise ParameterError(f"top_k must be >= 1, got {top_k}", params=("top_k",))
+        n_gallery = self.gallery.latlon.shape[0]
+        if top_k > n_gallery:
+            raise ParameterError(
+                f"top_k {top_k} is more than the {n_gallery:,} points of the gallery",
+                hint=f"set top_k to {n_gallery:,} or less",
+                params=("top_k",),
+            )
         idx, probs, pd, _ = self.search_embeddings(emb, top_k, merge_duplicates=merge_duplicates)
         return [
             self._prediction(name, idx[k], probs[k], float(pd[k]), method, swc_eps_km, places) for k, name in enumerate(names)

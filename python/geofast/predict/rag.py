@@ -154,6 +154,7 @@ def build_inputs(
     geoclip: Sequence[Prediction] | None = None,
     names: Sequence[str] | None = None,
     database_embeddings: np.ndarray | None = None,
+    retrieval_k: int | None = None,
 ) -> list[RagInput]:
     """The per-image inputs of the LLM stage.
 
@@ -164,8 +165,9 @@ def build_inputs(
     References come from ``database`` (``config.nearest`` nearest and ``config.farthest``
     farthest neighbours of ``image_embeddings``) when one is given, else from the GeoCLIP
     predictions' candidates (best first, at most ``config.nearest``). Retrieval candidates are
-    the database neighbours (source ``"db"``) and/or GeoCLIP's candidates (``"geoclip"``). A
-    GeoCLIP prediction with ``error`` set marks its image as failed.
+    the database neighbours (source ``"db"``) and/or GeoCLIP's candidates (``"geoclip"``; the
+    first ``retrieval_k`` of them when given, so GeoCLIP may list more candidates as references
+    than compete as answers). A GeoCLIP prediction with ``error`` set marks its image as failed.
     """
     cfg = config if config is not None else LLMConfig()
     n = len(images)
@@ -204,7 +206,7 @@ def build_inputs(
             inp.kind = "geoclip"
             inp.nearest = [Reference(c.lat, c.lon, c.prob) for c in g.candidates[: cfg.nearest]]
         if g is not None:
-            inp.retrieval += [Candidate(c.lat, c.lon, prob=c.prob, source="geoclip") for c in g.candidates]
+            inp.retrieval += [Candidate(c.lat, c.lon, prob=c.prob, source="geoclip") for c in g.candidates[:retrieval_k]]
         inputs.append(inp)
     return inputs
 
@@ -546,6 +548,7 @@ async def apredict_rag(
     client: LLMClient | None = None,
     progress: Progress | None = None,
     database_embeddings: np.ndarray | None = None,
+    retrieval_k: int | None = None,
 ) -> list[Prediction]:
     """:func:`predict_rag` for callers inside an event loop."""
     cfg = client.config if client is not None else (config if config is not None else LLMConfig())
@@ -557,6 +560,7 @@ async def apredict_rag(
         geoclip=geoclip,
         names=names,
         database_embeddings=database_embeddings,
+        retrieval_k=retrieval_k,
     )
     return await arun_rag(inputs, config=cfg, encoder=encoder, client=client, progress=progress)
 
@@ -573,6 +577,7 @@ def predict_rag(
     client: LLMClient | None = None,
     progress: Progress | None = None,
     database_embeddings: np.ndarray | None = None,
+    retrieval_k: int | None = None,
 ) -> list[Prediction]:
     """Locate ``images`` (paths or PIL images) with a multimodal LLM, Img2Loc/G3 style.
 
@@ -580,7 +585,7 @@ def predict_rag(
     they query ``database`` and are compared with ``encoder.encode_locations`` of every
     candidate (geo-verification). ``geoclip`` are GeoCLIP's predictions for the same images
     (``Geolocator.predict(images, top_k)``): references when there is no database, and
-    retrieval candidates either way. ``client`` replaces the :class:`LLMClient` built from
+    retrieval candidates either way (the first ``retrieval_k`` of them, when given). ``client`` replaces the :class:`LLMClient` built from
     ``config`` (e.g. with a different cache or an ``api_key``). Returns one
     :class:`Prediction` per image, in order, with ``method="rag"``.
     """
@@ -596,12 +601,18 @@ def predict_rag(
             client=client,
             progress=progress,
             database_embeddings=database_embeddings,
+            retrieval_k=retrieval_k,
         )
     )
 
 
 class RagPredictor:
     """``geofast locate --method rag``: GeoCLIP (plus an image database when given) feeds an LLM.
+
+    Without a database the references of the prompts are GeoCLIP's candidates: as many are
+    retrieved as the largest prompt holds (G3: 15), whatever ``top_k``, so that each reference
+    count of the recipe makes its own prompt (G3 at ``top_k=5``: 4 prompts × 2 samples = 8
+    requests); the first ``top_k`` of them compete as retrieval answers.
 
     For each image one CLIP forward gives both the GeoCLIP embedding (candidates, PD confidence,
     geo-verification) and, with a database, the CLIP features its neighbours are searched with;
@@ -689,7 +700,15 @@ class RagPredictor:
             geo_emb.append(g)
             if q is not None:
                 db_emb.append(q)
-            return self.geolocator.predict_embeddings(g, names, top_k, places=False, merge_duplicates=self.merge_duplicates)
+            return self.geolocator.predict_embeddings(g, names, k_geoclip, places=False, merge_duplicates=self.merge_duplicates)
+
+        k_geoclip = top_k
+        if self.database is None:  # GeoCLIP's candidates are the references too (see the class docstring)
+            wanted = min(self.config.nearest, max(self.config.references))
+            gallery = getattr(self.geolocator, "gallery", None)  # None: a stand-in without one
+            if gallery is not None:
+                wanted = min(wanted, gallery.latlon.shape[0])
+            k_geoclip = max(top_k, wanted)
 
         # Stage 1, batch by batch: one CLIP forward per image, GeoCLIP's candidates.
         results = predict_in_batches(items, batch_size, "rag", retrieval, first_index=first_index)
@@ -717,6 +736,7 @@ class RagPredictor:
             names=[results[i].image for i in keep],
             client=self.client,
             progress=progress,
+            retrieval_k=top_k,
         )
         if places:
             self._name_places(preds)

@@ -23,13 +23,16 @@ writes files and calls the callbacks. bf16 autocast is used on CUDA only; the lo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,6 +377,43 @@ def _metric_row(val: dict[str, Any] | None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C (SIGINT) stopped a run after its current step; the checkpoint to resume from was
+    written first (``checkpoint`` is its path)."""
+
+    def __init__(self, message: str, *, checkpoint: Path, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.checkpoint = checkpoint
+
+
+class _InterruptFlag:
+    """The first SIGINT asks the run to stop after the current step (a second one stops it at
+    once, as usual). Installed only in the main thread of a one-process run: the processes of
+    a multi-device run would have to agree on the step to stop at."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self, enabled: bool) -> Iterator[_InterruptFlag]:
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:  # a second Ctrl-C: stop now
+                signal.signal(signal.SIGINT, previous)
+                raise KeyboardInterrupt
+            self.requested = True
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -492,83 +532,101 @@ def train(
         run.write_run(run_info("running"))
     fabric.barrier()
 
-    last_ckpt = time.monotonic()
-    for epoch in range(start_epoch, config.epochs):
-        order = epoch_order(n_train, config.seed, epoch)
-        lr = float(optimizer.param_groups[0]["lr"])
-        t_epoch = time.perf_counter()
-        first = start_batch if epoch == start_epoch else 0
-        if first == 0:
-            carry = {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
-        for b in range(first, n_batches):
-            t0 = time.perf_counter()
-            positions = global_batch(order, b, config.batch_size)
-            g = int(positions.shape[0])
-            sizes = [rank_slice(g, world, r)[1] - rank_slice(g, world, r)[0] for r in range(world)]
-            lo, hi = rank_slice(g, world, rank)
-            mine = positions[lo:hi]
-            optimizer.zero_grad(set_to_none=True)
-            loss = step(data.train.features(mine), data.train.latlon[mine], sizes)
-            fabric.backward(loss)
-            optimizer.step()
-            value = loss.detach()
-            if world > 1:
-                value = fabric.all_reduce(value, reduce_op="mean")
-            loss_value = float(value)
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"the loss became {loss_value} at epoch {epoch + 1}, step {global_step + 1}",
-                    hint="lower the learning rate",
-                )
-            global_step += 1
-            dt = time.perf_counter() - t0
-            carry["loss_sum"] += loss_value * g
-            carry["samples"] += g
-            carry["seconds"] += dt
-            if on_step is not None:
-                on_step(StepInfo(epoch + 1, config.epochs, b + 1, n_batches, global_step, loss_value, g / max(dt, 1e-9)))
-            due = (config.checkpoint_every_steps is not None and global_step % config.checkpoint_every_steps == 0) or (
-                time.monotonic() - last_ckpt >= config.checkpoint_every_s
-            )
-            if rank0 and due and b + 1 < n_batches:
-                checkpoint(epoch, b + 1)
-                last_ckpt = time.monotonic()
-        scheduler.step()
-        queue_digests = _queue_digests(fabric, queue, world)
+    interrupt = _InterruptFlag()
 
+    def stop(at: str) -> TrainingInterrupted:
         if rank0:
-            val = (
-                evaluate(model, data.gallery, val_feats, data.val.latlon)
-                if (data.val is not None and val_feats is not None)
-                else None
-            )
-            row: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "step": global_step,
-                "loss": carry["loss_sum"] / max(carry["samples"], 1),
-                "lr": lr,
-                "logit_scale": math.exp(min(float(model.logit_scale.detach()), LOGIT_SCALE_MAX)),
-                "samples_per_s": carry["samples"] / max(carry["seconds"], 1e-9),
-                "epoch_s": time.perf_counter() - t_epoch,
-                **_metric_row(val),
-            }
-            history.append(row)
-            improved = best is None or val is None or (row.get("geoscore") or 0.0) > (best.get("geoscore") or 0.0)
-            if improved:
-                best = dict(row)
-                _save_model(run, model, data, init, config, row)
-            run.write_metrics(history)
-            if writer is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and k != "epoch":
-                        writer.add_scalar(k, v, epoch + 1)
-                writer.flush()
-            checkpoint(epoch + 1, 0)
-            last_ckpt = time.monotonic()
-            run.write_run(run_info("running"))
-            if on_epoch is not None:
-                on_epoch(dict(row, best=improved))
-        fabric.barrier()
+            run.write_run(run_info("interrupted"))
+        return TrainingInterrupted(
+            f"training interrupted {at} (step {global_step:,}); checkpoint written to {run.ckpt}",
+            checkpoint=run.ckpt,
+            hint=f"continue it with resume (the same command plus --resume; run folder {run.root})",
+        )
+
+    with interrupt.installed(world == 1):
+        last_ckpt = time.monotonic()
+        for epoch in range(start_epoch, config.epochs):
+            order = epoch_order(n_train, config.seed, epoch)
+            lr = float(optimizer.param_groups[0]["lr"])
+            t_epoch = time.perf_counter()
+            first = start_batch if epoch == start_epoch else 0
+            if first == 0:
+                carry = {"loss_sum": 0.0, "samples": 0, "seconds": 0.0}
+            for b in range(first, n_batches):
+                t0 = time.perf_counter()
+                positions = global_batch(order, b, config.batch_size)
+                g = int(positions.shape[0])
+                sizes = [rank_slice(g, world, r)[1] - rank_slice(g, world, r)[0] for r in range(world)]
+                lo, hi = rank_slice(g, world, rank)
+                mine = positions[lo:hi]
+                optimizer.zero_grad(set_to_none=True)
+                loss = step(data.train.features(mine), data.train.latlon[mine], sizes)
+                fabric.backward(loss)
+                optimizer.step()
+                value = loss.detach()
+                if world > 1:
+                    value = fabric.all_reduce(value, reduce_op="mean")
+                loss_value = float(value)
+                if not math.isfinite(loss_value):
+                    raise TrainingError(
+                        f"the loss became {loss_value} at epoch {epoch + 1}, step {global_step + 1}",
+                        hint="lower the learning rate",
+                    )
+                global_step += 1
+                dt = time.perf_counter() - t0
+                carry["loss_sum"] += loss_value * g
+                carry["samples"] += g
+                carry["seconds"] += dt
+                if on_step is not None:
+                    on_step(StepInfo(epoch + 1, config.epochs, b + 1, n_batches, global_step, loss_value, g / max(dt, 1e-9)))
+                due = (config.checkpoint_every_steps is not None and global_step % config.checkpoint_every_steps == 0) or (
+                    time.monotonic() - last_ckpt >= config.checkpoint_every_s
+                )
+                if rank0 and due and b + 1 < n_batches:
+                    checkpoint(epoch, b + 1)
+                    last_ckpt = time.monotonic()
+                if interrupt.requested:
+                    if rank0:
+                        checkpoint(epoch, b + 1)
+                    raise stop(f"in epoch {epoch + 1} after batch {b + 1} of {n_batches}")
+            scheduler.step()
+            queue_digests = _queue_digests(fabric, queue, world)
+
+            if rank0:
+                val = (
+                    evaluate(model, data.gallery, val_feats, data.val.latlon)
+                    if (data.val is not None and val_feats is not None)
+                    else None
+                )
+                row: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "step": global_step,
+                    "loss": carry["loss_sum"] / max(carry["samples"], 1),
+                    "lr": lr,
+                    "logit_scale": math.exp(min(float(model.logit_scale.detach()), LOGIT_SCALE_MAX)),
+                    "samples_per_s": carry["samples"] / max(carry["seconds"], 1e-9),
+                    "epoch_s": time.perf_counter() - t_epoch,
+                    **_metric_row(val),
+                }
+                history.append(row)
+                improved = best is None or val is None or (row.get("geoscore") or 0.0) > (best.get("geoscore") or 0.0)
+                if improved:
+                    best = dict(row)
+                    _save_model(run, model, data, init, config, row)
+                run.write_metrics(history)
+                if writer is not None:
+                    for k, v in row.items():
+                        if isinstance(v, (int, float)) and k != "epoch":
+                            writer.add_scalar(k, v, epoch + 1)
+                    writer.flush()
+                checkpoint(epoch + 1, 0)
+                last_ckpt = time.monotonic()
+                run.write_run(run_info("running"))
+                if on_epoch is not None:
+                    on_epoch(dict(row, best=improved))
+            fabric.barrier()
+            if interrupt.requested:  # the epoch's checkpoint is written: stop here
+                raise stop(f"after epoch {epoch + 1}")
 
     if rank0:
         if not run.model.is_dir():  # resumed after the last epoch's checkpoint but before its model write
