@@ -198,7 +198,9 @@ def _at_every_level(tmp_path, a: np.ndarray, b: np.ndarray) -> dict[str, dict[st
     for value in ("portable", "avx2", "avx512"):
         out = tmp_path / f"{value}.npz"
         env = dict(os.environ, GEOFAST_SIMD=value)
-        subprocess.run([sys.executable, "-c", _LEVEL_SCRIPT, tmp_path / "a.npy", tmp_path / "b.npy", out], env=env, check=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-c", _LEVEL_SCRIPT, tmp_path / "a.npy", tmp_path / "b.npy", out], env=env, check=True, timeout=120
+        )
         run = dict(np.load(out))
         runs.setdefault(str(run["level"]), run)
     return runs
