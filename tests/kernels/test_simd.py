@@ -158,3 +158,20 @@ def test_invalid_value_is_a_clear_error_in_every_simd_kernel():
         assert lines[name] == message, (name, lines[name])
     # Kernels without SIMD versions keep working.
     assert lines["dbscan"] == "[0, 1]"
+
+
+def test_ci_runs_every_level_of_this_cpu():
+    """.ci/simd-levels (which .ci/test and `make rust-test simd-test` loop over) names every level
+    the CPU has, lowest first: portable, then up to the best an unrestricted process picks."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env.pop("GEOFAST_SIMD", None)
+    best = subprocess.run(
+        [sys.executable, "-c", "from geofast import _geofast; print(_geofast.simd_level())"],
+        env=env, capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.strip()  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(root / ".ci" / "simd-levels")], env=dict(env, PY=sys.executable), capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [level for level in ORDER if ORDER[level] <= ORDER[best]]
