@@ -28,11 +28,11 @@ rust-test:        ## the Rust core's tests, without Python, at each SIMD level o
 		echo "GEOFAST_SIMD=$$level"; GEOFAST_SIMD=$$level cargo test --no-default-features --quiet || exit 1; \
 	done
 
-simd-test:        ## tests/kernels at each SIMD level below this CPU's best (`test` runs the best)
+simd-test:        ## tests/kernels (not slow) at each SIMD level below this CPU's best (`test` runs the best)
 	levels="$$(PY=$(PY) bash .ci/simd-levels)"; best="$$(echo "$$levels" | tail -n 1)"; \
 	for level in $$levels; do \
 		if [ "$$level" != "$$best" ]; then \
-			echo "GEOFAST_SIMD=$$level"; GEOFAST_SIMD=$$level $(PY) -m pytest -q tests/kernels || exit 1; \
+			echo "GEOFAST_SIMD=$$level"; GEOFAST_SIMD=$$level $(PY) -m pytest -q -m "not slow" tests/kernels || exit 1; \
 		fi; \
 	done
 
