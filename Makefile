@@ -3,7 +3,7 @@
 PY ?= .venv/bin/python
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: setup build lint fmt rust-test stubtest mypy docs test quick check bench
+.PHONY: setup build lint fmt rust-test simd-test stubtest mypy docs test quick check bench
 
 setup:            ## create .venv with every dependency and build the extension (release)
 	bash .ci/setup
@@ -23,8 +23,18 @@ fmt:              ## format Python and Rust sources in place
 	$(PY) -m ruff format .
 	cargo fmt
 
-rust-test:        ## the Rust core's tests, without Python
-	cargo test --no-default-features --quiet
+rust-test:        ## the Rust core's tests, without Python, at each SIMD level of this CPU
+	for level in $$(PY=$(PY) bash .ci/simd-levels); do \
+		echo "GEOFAST_SIMD=$$level"; GEOFAST_SIMD=$$level cargo test --no-default-features --quiet || exit 1; \
+	done
+
+simd-test:        ## tests/kernels (not slow) at each SIMD level below this CPU's best (`test` runs the best)
+	levels="$$(PY=$(PY) bash .ci/simd-levels)"; best="$$(echo "$$levels" | tail -n 1)"; \
+	for level in $$levels; do \
+		if [ "$$level" != "$$best" ]; then \
+			echo "GEOFAST_SIMD=$$level"; GEOFAST_SIMD=$$level $(PY) -m pytest -q -m "not slow" tests/kernels || exit 1; \
+		fi; \
+	done
 
 stubtest:         ## the hand-written _geofast.pyi against the built extension
 	$(PY) -m mypy.stubtest geofast._geofast
@@ -41,7 +51,7 @@ test:             ## the whole pytest suite
 quick:            ## the inner loop: everything but the slow tests
 	$(PY) -m pytest -q -m "not slow"
 
-check: lint rust-test stubtest mypy docs test   ## what CI runs after set-up (.ci/test)
+check: lint rust-test stubtest mypy docs simd-test test   ## what CI runs after set-up (.ci/test)
 
 bench:            ## every benchmark against its anchor (about 15 minutes)
 	$(PY) -m geofast bench --threads 2

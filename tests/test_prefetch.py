@@ -78,27 +78,35 @@ def test_at_most_two_batches_are_decoded_at_a_time(tmp_path, monkeypatch):
 
 
 def test_decoding_overlaps_the_model(monkeypatch):
+    """Events, not wall time: while the model works on batch k, the decoder starts batch k + 1.
+    The model waits (up to 10 s) for that event; decoding only between model calls never sends
+    it, so each batch's wait times out and the check fails."""
     from PIL import Image
 
     items = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(24)]
     real = gi.load_image
+    started: list[int] = []
+    cond = threading.Condition()
 
-    def slow(x, **kw):
-        time.sleep(0.05)
+    def counting(x, **kw):
+        with cond:
+            started.append(1)
+            cond.notify_all()
         return real(x, **kw)
 
-    monkeypatch.setattr(gi, "load_image", slow)
+    monkeypatch.setattr(gi, "load_image", counting)
+    overlapped: list[bool] = []
 
     def model(names, ims):
-        time.sleep(0.2)  # as long as decoding a batch of 4
+        k = len(overlapped)
+        first_of_next = min((k + 1) * 4 + 1, len(items))  # decode calls up to the next batch's first
+        with cond:
+            overlapped.append(cond.wait_for(lambda: len(started) >= first_of_next, timeout=10.0))
         return _describe(names, ims)
 
-    t0 = time.perf_counter()
     out = predict_in_batches(items, 4, "t", model, loader_threads=1)
-    wall = time.perf_counter() - t0
     assert [p.lat for p in out] == [float(np.asarray(im).mean()) for im in items]
-    # Sequential: 6 × (0.2 decode + 0.2 model) = 2.4 s; overlapped: about 0.2 + 6 × 0.2 = 1.4 s.
-    assert wall < 2.25  # below the 2.4 s that sequential sleeps alone would take
+    assert overlapped == [True] * 6
 
 
 def test_early_stop_cancels_pending_decoding(tmp_path):

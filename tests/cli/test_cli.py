@@ -66,23 +66,28 @@ def test_import_and_help_do_not_load_torch():
     assert out.stdout.strip().splitlines()[-1] == "False False"
 
 
-def test_interleaved_workload_alternates_and_keeps_the_best_time():
-    import time
+def test_interleaved_workload_alternates_and_keeps_the_best_time(monkeypatch):
+    import types
 
+    from benches import harness
     from benches.harness import Workload, run_workload
 
+    # A fake clock that only the runs advance (whole seconds: exact): the result cannot depend on
+    # how loaded the machine is.
+    now = [0.0]
+    monkeypatch.setattr(harness, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     calls: list[str] = []
-    g_sleeps = iter([0.0, 0.3, 0.1, 0.2])  # warm-up first, then the timed runs
-    a_sleeps = iter([0.0, 0.2, 0.4, 0.5])
+    g_takes = iter([0.0, 3.0, 1.0, 2.0])  # warm-up first, then the timed runs
+    a_takes = iter([0.0, 2.0, 4.0, 5.0])
 
     def ours(_s: object) -> int:
         calls.append("g")
-        time.sleep(next(g_sleeps))
+        now[0] += next(g_takes)
         return 1
 
     def anchor(_s: object) -> int:
         calls.append("a")
-        time.sleep(next(a_sleeps))
+        now[0] += next(a_takes)
         return 1
 
     w = Workload(
@@ -98,5 +103,5 @@ def test_interleaved_workload_alternates_and_keeps_the_best_time():
     )
     r = run_workload(w, threads=1)
     assert calls == ["g", "a"] * 4
-    assert 0.1 <= r.geofast_s < 0.2 and 0.2 <= r.anchor_s < 0.4
+    assert (r.geofast_s, r.anchor_s) == (1.0, 2.0)  # the best of each, not the mean or the last
     assert r.speedup == r.anchor_s / r.geofast_s and r.agreement == "11"

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -31,10 +30,10 @@ def test_set_and_get_num_threads_and_results_do_not_depend_on_it():
 @pytest.mark.parametrize("n", [0, -1, 10**6, 2**63, 10**30])
 def test_invalid_thread_count(n):
     before = gf.get_num_threads()
-    start = time.perf_counter()
+    threads_before = len(os.listdir("/proc/self/task"))
     with pytest.raises(gf.ParameterError) as info:
         gf.set_num_threads(n)
-    assert time.perf_counter() - start < 1.0  # refused before any thread is started
+    assert len(os.listdir("/proc/self/task")) <= threads_before  # refused before any thread is started
     message = str(info.value)
     assert "\n" not in message
     if abs(n) < 2**63:
