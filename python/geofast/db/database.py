@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 
 from geofast.db import format as _format
+from geofast.db.append import _recover_append
 from geofast.db.builder import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SIZE,
@@ -23,9 +24,7 @@ from geofast.db.builder import (
     Executor,
     _Builder,
     _check_build_args,
-    _recover_append,
     _recover_append_locked,
-    _recover_swap,
 )
 from geofast.db.encode import PROBE_MIN_COSINE, normalize_rows, probe_cosine, probe_embedding
 from geofast.db.format import (
@@ -52,6 +51,7 @@ from geofast.db.format import (
 )
 from geofast.db.index import DEFAULT_TRAIN_SIZE, _apply_search_params, _faiss, _new_faiss_index
 from geofast.db.sources import PlanProgress, SourcePlan, plan_source
+from geofast.db.writer import _recover_swap
 from geofast.errors import DatabaseError, InputError, ParameterError, ShapeError
 
 if TYPE_CHECKING:
@@ -211,6 +211,12 @@ class Database:
         if backbone is not None:
             db.check_backbone(backbone)
         return db
+
+    def release(self) -> None:
+        """Drop the search structures over the files (the next search makes them again): before
+        the files are replaced or grown by an ``add``."""
+        self._gallery = None
+        self._faiss_index = None
 
     def verify(self) -> None:
         """Full check: every file's sha256 and the metadata line count."""

@@ -11,15 +11,18 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from geofast._geofast import __version__
 from geofast._io import file_sha256
 from geofast.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from geofast.models.clip import Backbone
 
 FORMAT = "geofast-image-db"
 FORMAT_VERSION = 1
@@ -59,6 +62,44 @@ _DTYPES = {"f16": np.float16, "f32": np.float32}
 Progress = Callable[[int, int], None]
 #: ``on_event(message)``: one-line notices (resuming, starting over, indexing).
 Event = Callable[[str], None]
+
+
+class BaseDatabase(Protocol):
+    """What the writers (:mod:`geofast.db.builder`, :mod:`geofast.db.append`, ...) read of an
+    opened database that an ``add`` grows: :class:`geofast.db.Database` satisfies it. The writers
+    depend on this, not on ``Database``, so the data flows one way (``database`` → builder →
+    format)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    embeddings: np.ndarray
+    latlon: np.ndarray
+    norms: np.ndarray | None
+
+    def __len__(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def index_factory(self) -> str: ...
+
+    @property
+    def is_flat(self) -> bool: ...
+
+    def check_backbone(self, backbone: Backbone) -> None: ...
+
+    def missing_images(self, images: Sequence[str]) -> np.ndarray: ...
+
+    def failures(self) -> list[tuple[str, str]]: ...
+
+    def release(self) -> None:
+        """Drop the search structures over the files (before they are replaced or grown)."""
+        ...
+
 
 # ----------------------------------------------------------------------------------------------
 # Files: hashing writers, checksums, npy headers

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geofast.db.format import Event
+from geofast.db.format import INDEX, BaseDatabase, Event
 from geofast.errors import DatabaseError, ParameterError
 
 #: Rows used to train a non-flat FAISS index (random sample, seed 0).
@@ -83,3 +85,35 @@ def _train_and_fill(index: Any, embeddings: np.ndarray, train_size: int, on_even
     for s in range(start, n, 65536):
         index.add(np.ascontiguousarray(embeddings[s : s + 65536], dtype=np.float32))
     return index
+
+
+def write_index(
+    path: Path,
+    embeddings: Path,
+    factory: str,
+    dim: int,
+    n_rows: int,
+    train_size: int,
+    base: BaseDatabase | None,
+    on_event: Event | None,
+) -> tuple[str, int | None]:
+    """Write the FAISS index of the stored ``embeddings`` (a ``.npy`` file) to ``path`` (fsynced):
+    ``base``'s trained index with the new rows added when it has the same factory, else a new one
+    trained on a sample. Returns (default search parameters, rows it was trained on)."""
+    faiss = _faiss()
+    emb = np.load(embeddings, mmap_mode="r", allow_pickle=False)
+    if base is not None and not base.is_flat and base.index_factory == factory:
+        index = faiss.read_index(str(base.path / INDEX))  # trained: only add the new rows
+        _train_and_fill(index, emb, train_size, on_event, start=index.ntotal)
+        params = base.manifest["index"].get("search_params", "")
+        trained_on = base.manifest["index"].get("trained_on")
+    else:
+        index = _new_faiss_index(factory, dim)
+        _train_and_fill(index, emb, train_size, on_event)
+        params = _default_search_params(factory, index)
+        trained_on = min(n_rows, train_size)
+    del emb
+    faiss.write_index(index, str(path))
+    with open(path, "rb") as fi:
+        os.fsync(fi.fileno())
+    return params, trained_on
