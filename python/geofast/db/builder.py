@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -47,10 +48,10 @@ from geofast.db.executor import (
     prepare_batch,
 )
 from geofast.db.format import _DTYPES, FAILED, META, BaseDatabase, Progress, _is_flat, _now
-from geofast.db.index import _new_faiss_index
+from geofast.db.index import _new_faiss_index, check_index_rows
 from geofast.db.resume import WorkFolder
 from geofast.db.sources import NO_GPS_REASON, SourcePlan
-from geofast.db.writer import assemble, install
+from geofast.db.writer import assemble, check_replaceable, install
 from geofast.errors import DatabaseError, ParameterError
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ class _Builder(WorkFolder):
         fingerprints the build."""
         t_start = time.perf_counter()
         factory = "Flat" if _is_flat(index) else index
+        if base is None:
+            check_replaceable(self.root)  # before the (slow) backbone load
         if backbone is None:
             from geofast.models.clip import load_backbone
 
@@ -156,6 +159,8 @@ class _Builder(WorkFolder):
         dim = int(probe.shape[0])
         if not _is_flat(factory):
             _new_faiss_index(factory, dim)  # fail on a bad factory string before encoding
+            if base is None:  # a new index is trained: refuse one the source cannot train before writing anything
+                check_index_rows(factory, dim, len(plan), counted=f" (the photos of {plan.source})")
         duplicates = 0
         if base is not None:
             base.check_backbone(backbone)
@@ -220,12 +225,19 @@ class _Builder(WorkFolder):
             failed_file=str(self.root / FAILED),
         )
         if new_count == 0 and base is None:
+            self.discard()  # nothing worth resuming: every chunk is empty
             shown = "; ".join(f"{Path(a).name}: {b}" for a, b in failures[:3])
             raise DatabaseError(
                 f"no photo of {plan.source} could be added ({n_failed} unreadable or invalid, {no_gps} without GPS)"
                 + (f": {shown}" if shown else ""),
                 hint="check the source (a CSV image,lat,lon or a folder of photos with EXIF GPS)",
             )
+        if not _is_flat(factory) and base is None and new_count < len(plan):
+            try:  # fewer photos encoded than planned: is the index still trainable?
+                check_index_rows(factory, dim, new_count, counted=f" ({len(plan) - new_count:,} of the source's photos failed)")
+            except ParameterError:
+                self.discard()  # fewer photos than IVF lists: cheap to encode again, no half-written folder
+                raise
         if new_count == 0 and base is not None and not failures:
             self._say("nothing new to add")
             self.discard()
@@ -306,7 +318,7 @@ class _Builder(WorkFolder):
                 report.seconds = time.perf_counter() - t_start
                 return report
         all_failures = (base.failures() if base is not None else []) + failures
-        self.assemble(
+        self.assemble_or_clean(
             n_rows=base_count + new_count,
             dim=dim,
             dtype=dtype,
@@ -360,6 +372,15 @@ class _Builder(WorkFolder):
             base=base,
             on_event=self._say,
         )
+
+    def assemble_or_clean(self, **kw: Any) -> None:
+        """:meth:`assemble`; on an error, remove the half-written staged database (the committed
+        chunks stay: the next identical command resumes from them)."""
+        try:
+            self.assemble(**kw)
+        except Exception:
+            shutil.rmtree(self.staged, ignore_errors=True)
+            raise
 
     def install(self) -> None:
         """Swap the staged database into place: ``DIR → DIR.old``, ``staged → DIR``, clean up."""

@@ -38,6 +38,7 @@ from geofast.db.format import (
     META_KEYS,
     META_OFFSETS,
     NORMS,
+    STATE,
     Event,
     Progress,
     _check_checksums,
@@ -46,12 +47,13 @@ from geofast.db.format import (
     _read_manifest,
     _read_npy_header,
     _rebuild_hint,
+    _sibling,
     image_keys,
     npy_layout,
 )
-from geofast.db.index import DEFAULT_TRAIN_SIZE, _apply_search_params, _faiss, _new_faiss_index
+from geofast.db.index import DEFAULT_TRAIN_SIZE, _apply_search_params, _faiss, check_index_rows
 from geofast.db.sources import PlanProgress, SourcePlan, plan_source
-from geofast.db.writer import _recover_swap
+from geofast.db.writer import _recover_swap, check_replaceable
 from geofast.errors import DatabaseError, InputError, ParameterError, ShapeError
 
 if TYPE_CHECKING:
@@ -640,6 +642,7 @@ class Database:
         replaces it."""
         _check_build_args(batch_size, chunk_size, DEFAULT_DTYPE, workers)
         root = Path(path).expanduser()
+        _check_add_target(root, source)
         plan = _plan(source, on_plan, on_event)
         builder = _Builder(root, mode="add", on_event=on_event)
         with builder.locked():
@@ -696,9 +699,10 @@ class Database:
         builder = _Builder(root, mode="build", on_event=on_event)
         with builder.locked():
             _recover_swap(root)
+            check_replaceable(root)
             factory = "Flat" if _is_flat(index) else index
             if not _is_flat(factory):
-                _new_faiss_index(factory, embeddings.shape[1])
+                check_index_rows(factory, int(embeddings.shape[1]), int(ll.shape[0]))
             np_dtype = _DTYPES[dtype]
 
             norms = np.empty(ll.shape[0], dtype=np.float32) if normalize else None
@@ -721,7 +725,7 @@ class Database:
                 "failed": 0,
                 "no_gps": 0,
             }
-            builder.assemble(
+            builder.assemble_or_clean(
                 n_rows=ll.shape[0],
                 dim=int(embeddings.shape[1]),
                 dtype=dtype,
@@ -750,3 +754,14 @@ def _plan(source: str | os.PathLike[str], on_plan: PlanProgress | None, on_event
         rejected = f", {len(plan.rejected):,} rows rejected" if plan.rejected else ""
         on_event(f"planned {len(plan):,} photos from {plan.source}{rejected} in {time.perf_counter() - t0:.1f} s")
     return plan
+
+
+def _check_add_target(root: Path, source: str | os.PathLike[str]) -> None:
+    """``add`` grows a database: say so when ``root`` is none (and no build of it is under way),
+    before the lock makes a work folder beside it."""
+    if root.exists() or _sibling(root, ".old").exists() or (_sibling(root, ".partial") / STATE).is_file():
+        return  # a database, something else (open() says what), or a build to finish (open() says how)
+    raise DatabaseError(
+        f"database {root} does not exist: geofast db add grows an existing database",
+        hint=f"create it first: geofast db build {source} --out {root}",
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,43 @@ def _new_faiss_index(factory: str, dim: int) -> Any:
             f"--index {factory!r} is not a FAISS index factory string ({first})",
             hint="use Flat (exact, default), IVF4096,SQ8, IVF1024,Flat or HNSW32",
         ) from e
+
+
+#: FAISS's guidance: k-means wants at least 39 training points per centroid (it warns below).
+POINTS_PER_LIST = 39
+
+
+def _min_train_rows(index: Any) -> tuple[int, str]:
+    """The fewest training rows FAISS accepts for ``index`` (k-means needs at least one point per
+    centroid: an IVF list, or each of a product quantizer's ``2^bits`` codes), and why."""
+    faiss = _faiss()
+    need, why = 1, ""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except Exception:
+        ivf = None
+    if ivf is not None and int(ivf.nlist) > need:
+        need, why = int(ivf.nlist), f"one per IVF list: {int(ivf.nlist):,} lists"
+    for part in (ivf, index):
+        pq = getattr(faiss.downcast_index(part), "pq", None) if part is not None else None
+        if pq is not None and int(pq.ksub) > need:
+            need, why = int(pq.ksub), f"one per product-quantizer code: {int(pq.ksub):,} codes"
+    return need, why
+
+
+def check_index_rows(factory: str, dim: int, rows: int, *, counted: str = "") -> None:
+    """Refuse (``ParameterError`` naming ``--index``) a factory that cannot be trained on ``rows``
+    embeddings, before anything is written; ``counted`` says where ``rows`` comes from."""
+    need, why = _min_train_rows(_new_faiss_index(factory, dim))
+    if rows >= need:
+        return
+    fit = rows // POINTS_PER_LIST
+    smaller = re.sub(r"IVF\d+", f"IVF{fit}", factory) if fit >= 1 and why.startswith("one per IVF") else None
+    raise ParameterError(
+        f"--index {factory} needs at least {need:,} photos to train ({why}); the database would hold {rows:,}{counted}",
+        hint="use --index Flat (exact search, the default)"
+        + (f", or at most one IVF list per {POINTS_PER_LIST} photos: --index {smaller}" if smaller else ""),
+    )
 
 
 def _default_search_params(factory: str, index: Any) -> str:
@@ -78,7 +116,7 @@ def _train_and_fill(index: Any, embeddings: np.ndarray, train_size: int, on_even
         except Exception as e:
             raise DatabaseError(
                 f"cannot train the FAISS index on {m:,} embeddings: {str(e).strip().splitlines()[-1]}",
-                hint="use fewer lists (e.g. IVF256,SQ8 for small databases) or --index Flat",
+                hint=f"use --index Flat, or at most one IVF list per {POINTS_PER_LIST} photos (IVF{max(1, m // POINTS_PER_LIST)},...)",
             ) from e
     if on_event and n - start > 0:
         on_event(f"adding {n - start:,} embeddings to the index")

@@ -65,6 +65,23 @@ def _recover_swap(root: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_replaceable(root: Path) -> None:
+    """Refuse to build into ``root`` when it is something other than a database or an empty folder:
+    the install renames ``root`` away and deletes it (a user's photo folder given as ``--out``)."""
+    if not root.exists() and not root.is_symlink():
+        return
+    if not root.is_dir():
+        raise DatabaseError(
+            f"--out {root} is a file, not a database folder", hint=f"choose a new folder, e.g. --out {root.with_suffix('.db')}"
+        )
+    if (root / MANIFEST).is_file() or not any(root.iterdir()):
+        return
+    raise DatabaseError(
+        f"--out {root} is a folder that holds no geofast database; building would replace everything in it",
+        hint=f"choose a new folder, e.g. --out {root.with_name(root.name + '.db')} (or empty {root} first)",
+    )
+
+
 def _image_key(image: str) -> int:
     return int.from_bytes(hashlib.blake2b(image.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
 
