@@ -537,8 +537,9 @@ def test_concurrent_build_is_refused(dataset, backbone, tmp_path):
     out = tmp_path / "db"
     holder = _Builder(out, mode="build", on_event=None)
     with holder.locked():
-        with pytest.raises(DatabaseError, match="another geofast process"):
+        with pytest.raises(DatabaseError, match="another geofast process") as e:
             Database.build(dataset["csv"], out, backbone=backbone)
+    assert "wait for it to finish" in (e.value.hint or "") and "remove" not in (e.value.hint or "")
 
 
 @pytest.mark.slow
@@ -801,3 +802,28 @@ def test_index_row_check_suggests_lists_that_fit():
         check_index_rows("IVF4096,SQ8", 8, 1000)
     assert f"--index IVF{1000 // POINTS_PER_LIST},SQ8" in (e.value.hint or "")
     check_index_rows(f"IVF{1000 // POINTS_PER_LIST},SQ8", 8, 1000)  # the suggestion itself is accepted
+
+
+def test_index_row_check_counts_the_training_sample():
+    """train_size below the lists: FAISS would see only train_size rows (refused up front)."""
+    from geofast.db.index import check_index_rows
+
+    with pytest.raises(ParameterError, match="training sample is 100") as e:
+        check_index_rows("IVF256,Flat", 8, 10_000, train_size=100)
+    assert "at most 2" in (e.value.hint or "")
+    check_index_rows("IVF2,Flat", 8, 10_000, train_size=100)
+
+
+def test_missing_database_hints_name_what_happened(tmp_path):
+    """A work folder holding only a lock (an add's, or a running process's) is no interrupted build;
+    one with state.json is, and the hint names the SOURCE it recorded."""
+    root = tmp_path / "photos.db"
+    (tmp_path / "photos.db.partial").mkdir()
+    (tmp_path / "photos.db.partial" / "lock").touch()
+    with pytest.raises(DatabaseError, match="does not exist$") as e:
+        Database.open(root)
+    assert "interrupted" not in str(e.value) and "geofast db build SOURCE --out" in (e.value.hint or "")
+    (tmp_path / "photos.db.partial" / "state.json").write_text(json.dumps({"source": "/data/trip.csv", "mode": "build"}))
+    with pytest.raises(DatabaseError, match="build was interrupted") as e:
+        Database.open(root)
+    assert f"geofast db build /data/trip.csv --out {root}" in (e.value.hint or "")

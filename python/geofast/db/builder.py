@@ -160,7 +160,7 @@ class _Builder(WorkFolder):
         if not _is_flat(factory):
             _new_faiss_index(factory, dim)  # fail on a bad factory string before encoding
             if base is None:  # a new index is trained: refuse one the source cannot train before writing anything
-                check_index_rows(factory, dim, len(plan), counted=f" (the photos of {plan.source})")
+                check_index_rows(factory, dim, len(plan), counted=f" (the photos of {plan.source})", train_size=train_size)
         duplicates = 0
         if base is not None:
             base.check_backbone(backbone)

@@ -702,7 +702,7 @@ class Database:
             check_replaceable(root)
             factory = "Flat" if _is_flat(index) else index
             if not _is_flat(factory):
-                check_index_rows(factory, int(embeddings.shape[1]), int(ll.shape[0]))
+                check_index_rows(factory, int(embeddings.shape[1]), int(ll.shape[0]), train_size=train_size)
             np_dtype = _DTYPES[dtype]
 
             norms = np.empty(ll.shape[0], dtype=np.float32) if normalize else None

@@ -62,10 +62,16 @@ def _min_train_rows(index: Any) -> tuple[int, str]:
     return need, why
 
 
-def check_index_rows(factory: str, dim: int, rows: int, *, counted: str = "") -> None:
+def check_index_rows(factory: str, dim: int, rows: int, *, counted: str = "", train_size: int | None = None) -> None:
     """Refuse (``ParameterError`` naming ``--index``) a factory that cannot be trained on ``rows``
-    embeddings, before anything is written; ``counted`` says where ``rows`` comes from."""
+    embeddings (sampled down to ``train_size``), before anything is written; ``counted`` says
+    where ``rows`` comes from."""
     need, why = _min_train_rows(_new_faiss_index(factory, dim))
+    if train_size is not None and rows >= need > train_size:
+        raise ParameterError(
+            f"--index {factory} needs at least {need:,} training rows ({why}); the training sample is {train_size:,}",
+            hint=f"use fewer IVF lists (at most {train_size // POINTS_PER_LIST:,}) or a larger train_size",
+        )
     if rows >= need:
         return
     fit = rows // POINTS_PER_LIST

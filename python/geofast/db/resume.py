@@ -65,7 +65,8 @@ class WorkFolder:
             except OSError as e:
                 raise DatabaseError(
                     f"another geofast process is building {self.root}",
-                    hint=f"wait for it to finish (or remove {self.partial} if no build is running)",
+                    hint="wait for it to finish (its lock is released when that process ends; "
+                    f"{self.partial} holds its work, do not delete it)",
                 ) from e
             yield
         finally:
