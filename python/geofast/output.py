@@ -1,4 +1,7 @@
-"""Serialising predictions: the JSON objects of ``geofast locate --json``, GeoJSON and an HTML map."""
+"""Serialising predictions: the JSON objects of ``geofast locate --json`` and GeoJSON.
+
+The HTML map renders these JSON objects: :func:`geofast.mapview.write_map` (mapview imports this
+module, never the reverse)."""
 
 from __future__ import annotations
 
@@ -82,12 +85,3 @@ def to_geojson(predictions: Sequence[Prediction]) -> dict[str, Any]:
 
 def write_geojson(path: str | os.PathLike[str], predictions: Sequence[Prediction]) -> None:
     atomic_write_text(path, json.dumps(to_geojson(predictions), ensure_ascii=False, indent=1) + "\n")
-
-
-def write_map(
-    path: str | os.PathLike[str], predictions: Sequence[Prediction], *, title: str | None = None, tiles: str | None = None
-) -> None:
-    """A self-contained HTML map of the predictions (geofast's own offline map: see :mod:`geofast.mapview`)."""
-    from geofast.mapview import write_map as _write_map
-
-    _write_map(path, predictions, title=title, tiles=tiles)

@@ -234,3 +234,75 @@ def test_db_help():
         assert cmd in r.stdout
     r = run_cli("db", "build", "--help")
     assert "--index" in r.stdout and "--dtype" in r.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Traps: a failed build or add says what to do and leaves nothing half-written beside DIR
+# ----------------------------------------------------------------------------------------------
+
+
+def _leftovers(out):
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(out.name))
+
+
+def test_add_to_a_database_that_was_never_built(photos, tmp_path):
+    out = tmp_path / "never-built.db"
+    r = run_cli("db", "add", out, photos / "a.csv", "--no-progress")
+    assert_clean_error(r, "does not exist", f"geofast db build {photos / 'a.csv'} --out {out}")
+    assert "interrupted" not in r.stderr
+    assert _leftovers(out) == []
+
+
+def test_index_the_source_cannot_train_is_refused_before_writing(photos, tmp_path, tiny_clip_dir):
+    out = tmp_path / "big.db"
+    r = run_cli(
+        "db", "build", photos / "a.csv", "--out", out, "--index", "IVF4096,SQ8", "--clip", tiny_clip_dir, "--device", "cpu"
+    )
+    assert_clean_error(r, "--index IVF4096,SQ8", "4,096", "--index Flat")
+    assert len(r.stderr.strip().splitlines()) == 2, r.stderr  # error + hint; no progress bar: nothing was encoded
+    assert _leftovers(out) == []
+
+
+@pytest.mark.slow
+def test_index_untrainable_after_failed_photos_leaves_nothing(photos, tmp_path, tiny_clip_dir):
+    """13 photos planned (IVF13 passes the check), 12 encoded (one is broken): refused after encoding,
+    and the work folder is removed (fewer photos than lists: cheap to encode again)."""
+    out = tmp_path / "ivf.db"
+    r = run_cli(
+        "db", "build", photos / "a.csv", "--out", out, "--index", "IVF13,Flat", "--clip", tiny_clip_dir, "--device", "cpu",
+        "--no-progress", "--chunk-size", "5",
+    )  # fmt: skip
+    assert_clean_error(r, "--index IVF13,Flat", "1 of the source's photos failed", "--index Flat")
+    assert _leftovers(out) == []
+
+
+@pytest.mark.slow
+def test_source_with_no_usable_photo_leaves_nothing(photos, tmp_path, tiny_clip_dir):
+    src = photos / "broken-only.csv"
+    src.write_text("image,lat,lon\nimg/broken.jpg,1,1\nimg/absent.jpg,2,2\n")
+    out = tmp_path / "empty.db"
+    r = run_cli("db", "build", src, "--out", out, "--clip", tiny_clip_dir, "--device", "cpu", "--no-progress")
+    assert_clean_error(r, "no photo of", "check the source")
+    assert _leftovers(out) == []
+
+
+def test_build_never_replaces_a_folder_that_is_not_a_database(photos, tmp_path, tiny_clip_dir):
+    """`--out` naming a folder of the user's (here a copy of the photos) is refused, its files kept;
+    `db info` on it does not suggest building into it."""
+    import shutil
+
+    mine = tmp_path / "my-photos"
+    shutil.copytree(photos / "more", mine)
+    before = sorted(p.name for p in mine.iterdir())
+    r = run_cli("db", "build", photos / "b.csv", "--out", mine, "--clip", tiny_clip_dir, "--device", "cpu", "--no-progress")
+    assert_clean_error(r, f"--out {mine}", "holds no geofast database", f"--out {mine}.db")
+    assert sorted(p.name for p in mine.iterdir()) == before
+    assert _leftovers(mine) == ["my-photos"]
+    r = run_cli("db", "info", mine)
+    assert_clean_error(r, "not a geofast database", "pass the folder given to geofast db build --out")
+    assert f"--out {mine}" not in r.stderr
+    # A plain file as --out: refused, kept.
+    f = tmp_path / "notes.txt"
+    f.write_text("keep me")
+    assert_clean_error(run_cli("db", "build", photos / "b.csv", "--out", f, "--clip", tiny_clip_dir), "is a file")
+    assert f.read_text() == "keep me" and _leftovers(f) == ["notes.txt"]

@@ -318,15 +318,21 @@ def test_faiss_index_database(dataset, backbone, tmp_path, factory):
             db.set_search_params("bogus=3")
 
 
-def test_untrainable_index_keeps_the_encoded_chunks(dataset, backbone, tmp_path):
+def test_untrainable_index_is_refused_before_anything_is_written(dataset, backbone, tmp_path):
+    """IVF64 over a source of fewer than 64 photos cannot be trained: refused after planning,
+    before encoding (no work folder, no chunks), with a hint naming --index Flat."""
     out = tmp_path / "db"
-    with pytest.raises(DatabaseError, match="cannot train") as e:
-        Database.build(dataset["csv"], out, backbone=backbone, index="IVF64,Flat", chunk_size=8)
-    assert "Flat" in e.value.hint
-    assert not out.exists()
+    events: list[str] = []
+    progress: list[tuple[int, int]] = []
+    with pytest.raises(ParameterError, match="--index IVF64,Flat needs at least 64 photos") as e:
+        Database.build(
+            dataset["csv"], out, backbone=backbone, index="IVF64,Flat", chunk_size=8, on_event=events.append,
+            on_progress=lambda d, t: progress.append((d, t)),
+        )  # fmt: skip
+    assert "--index Flat" in (e.value.hint or "")
+    assert progress == [] and sorted(p.name for p in tmp_path.iterdir()) == []
     report = Database.build(dataset["csv"], out, backbone=backbone, index="Flat", chunk_size=8)
-    assert report.resumed_chunks == report.chunks == 4 and report.encoded == 0
-    assert len(Database.open(out)) == N_GOOD
+    assert report.resumed_chunks == 0 and len(Database.open(out)) == N_GOOD
 
 
 # ----------------------------------------------------------------------------------------------
@@ -531,8 +537,9 @@ def test_concurrent_build_is_refused(dataset, backbone, tmp_path):
     out = tmp_path / "db"
     holder = _Builder(out, mode="build", on_event=None)
     with holder.locked():
-        with pytest.raises(DatabaseError, match="another geofast process"):
+        with pytest.raises(DatabaseError, match="another geofast process") as e:
             Database.build(dataset["csv"], out, backbone=backbone)
+    assert "wait for it to finish" in (e.value.hint or "") and "remove" not in (e.value.hint or "")
 
 
 @pytest.mark.slow
@@ -758,3 +765,65 @@ def test_info_fields(built, dataset):
     assert cov["cells_1deg"] == len(cells)
     assert "probe" not in info["backbone"]
     json.dumps(info)
+
+
+@pytest.mark.parametrize(
+    ("factory", "rows"),
+    [("IVF16,Flat", 15), ("IVF16,Flat", 16), ("IVF16,SQ8", 15), ("IVF4,PQ8", 255), ("IVF4,PQ8", 256), ("PQ8x4", 15),
+     ("PQ8x4", 16), ("SQ8", 1), ("HNSW32", 1), ("IVF4_HNSW16,Flat", 3), ("IVF4_HNSW16,Flat", 4)],
+)  # fmt: skip
+def test_index_row_check_agrees_with_faiss_training(factory, rows):
+    """check_index_rows refuses exactly the (factory, rows) pairs FAISS cannot train (reference:
+    faiss's own ``train`` on that many random unit vectors)."""
+    import faiss
+
+    from geofast.db.index import check_index_rows
+
+    dim = 32
+    x = np.random.default_rng(rows).standard_normal((rows, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT).train(x)
+        trains = True
+    except RuntimeError:
+        trains = False
+    if trains:
+        check_index_rows(factory, dim, rows)
+    else:
+        with pytest.raises(ParameterError, match="--index") as e:
+            check_index_rows(factory, dim, rows)
+        assert "--index Flat" in (e.value.hint or "")
+
+
+def test_index_row_check_suggests_lists_that_fit():
+    from geofast.db.index import POINTS_PER_LIST, check_index_rows
+
+    with pytest.raises(ParameterError, match="needs at least 4,096 photos") as e:
+        check_index_rows("IVF4096,SQ8", 8, 1000)
+    assert f"--index IVF{1000 // POINTS_PER_LIST},SQ8" in (e.value.hint or "")
+    check_index_rows(f"IVF{1000 // POINTS_PER_LIST},SQ8", 8, 1000)  # the suggestion itself is accepted
+
+
+def test_index_row_check_counts_the_training_sample():
+    """train_size below the lists: FAISS would see only train_size rows (refused up front)."""
+    from geofast.db.index import check_index_rows
+
+    with pytest.raises(ParameterError, match="training sample is 100") as e:
+        check_index_rows("IVF256,Flat", 8, 10_000, train_size=100)
+    assert "at most 2" in (e.value.hint or "")
+    check_index_rows("IVF2,Flat", 8, 10_000, train_size=100)
+
+
+def test_missing_database_hints_name_what_happened(tmp_path):
+    """A work folder holding only a lock (an add's, or a running process's) is no interrupted build;
+    one with state.json is, and the hint names the SOURCE it recorded."""
+    root = tmp_path / "photos.db"
+    (tmp_path / "photos.db.partial").mkdir()
+    (tmp_path / "photos.db.partial" / "lock").touch()
+    with pytest.raises(DatabaseError, match="does not exist$") as e:
+        Database.open(root)
+    assert "interrupted" not in str(e.value) and "geofast db build SOURCE --out" in (e.value.hint or "")
+    (tmp_path / "photos.db.partial" / "state.json").write_text(json.dumps({"source": "/data/trip.csv", "mode": "build"}))
+    with pytest.raises(DatabaseError, match="build was interrupted") as e:
+        Database.open(root)
+    assert f"geofast db build /data/trip.csv --out {root}" in (e.value.hint or "")

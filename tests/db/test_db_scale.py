@@ -264,7 +264,7 @@ def test_add_appends_in_place_and_equals_a_rebuild(photos, backbone, tmp_path):
 
 @pytest.mark.parametrize("crash_at", ["header", "manifest"])
 def test_interrupted_add_rolls_back_or_completes(photos, backbone, tmp_path, monkeypatch, crash_at):
-    import geofast.db.builder as builder
+    import geofast.db.append as append
 
     db_dir = tmp_path / "db"
     Database.build(photos["a"], db_dir, backbone=backbone, chunk_size=8)
@@ -275,7 +275,7 @@ def test_interrupted_add_rolls_back_or_completes(photos, backbone, tmp_path, mon
 
     if crash_at == "header":  # data appended, headers half rewritten, manifest not committed
         calls = {"n": 0}
-        real = builder._write_npy_header
+        real = append._write_npy_header
 
         def flaky(*args, **kw):
             calls["n"] += 1
@@ -283,12 +283,12 @@ def test_interrupted_add_rolls_back_or_completes(photos, backbone, tmp_path, mon
                 raise Crash
             return real(*args, **kw)
 
-        monkeypatch.setattr(builder, "_write_npy_header", flaky)
+        monkeypatch.setattr(append, "_write_npy_header", flaky)
     else:  # manifest committed, journal not yet removed
         real_unlink = type(db_dir).unlink
 
         def unlink(self, *a, **kw):
-            if self.name == builder.JOURNAL:
+            if self.name == append.JOURNAL:
                 raise Crash
             return real_unlink(self, *a, **kw)
 
@@ -296,9 +296,9 @@ def test_interrupted_add_rolls_back_or_completes(photos, backbone, tmp_path, mon
     with pytest.raises(Crash):
         Database.add(db_dir, photos["b"], backbone=backbone, chunk_size=8)
     monkeypatch.undo()
-    assert (db_dir / builder.JOURNAL).exists()
+    assert (db_dir / append.JOURNAL).exists()
     db = Database.open(db_dir, verify=True)  # recovers
-    assert not (db_dir / builder.JOURNAL).exists()
+    assert not (db_dir / append.JOURNAL).exists()
     if crash_at == "header":
         assert len(db) == 20
         assert {p.name: p.read_bytes() for p in db_dir.iterdir()} == snapshot  # byte-identical rollback

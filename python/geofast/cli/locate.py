@@ -51,7 +51,8 @@ def locate(
     Text queries (--text) come after the photos in the output; their "image" is "text: " + the text."""
     import geofast as gf
     from geofast.images import ImageURL, expand_images, is_url
-    from geofast.output import prediction_json, write_geojson, write_map
+    from geofast.mapview import write_map
+    from geofast.output import prediction_json, write_geojson
     from geofast.predict import Prediction
     from geofast.predict.factory import make_predictor
     from geofast.predict.geoclip import TEXT_PREFIX

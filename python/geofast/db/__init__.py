@@ -23,9 +23,13 @@ The package, one concern per module (imports point down):
 * :mod:`geofast.db.sources` — CSV files, folders of photos, EXIF GPS → :class:`SourcePlan`;
 * :mod:`geofast.db.encode` — L2 normalisation, CLIP encoding, the backbone probe;
 * :mod:`geofast.db.index` — FAISS index factory, parameters, training;
-* :mod:`geofast.db.builder` — the resumable chunked builder and its executors (:class:`Executor`:
-  ``encode(jobs)`` yields one :class:`EncodedBatch` per :class:`BatchJob`, in order;
-  :class:`LocalExecutor` is this machine's loader threads + backbone);
+* :mod:`geofast.db.executor` — the encoding pipeline (:class:`Executor`: ``encode(jobs)`` yields one
+  :class:`EncodedBatch` per :class:`BatchJob`, in order; :class:`LocalExecutor` is this machine's
+  loader threads + backbone);
+* :mod:`geofast.db.resume` — the work folder of a run (lock, plan digest, committed chunks);
+* :mod:`geofast.db.writer` — assembly of a complete database folder and its install by renames;
+* :mod:`geofast.db.append` — in-place growth of a database by ``add``, under a journal;
+* :mod:`geofast.db.builder` — a build or add from start to end, driving the modules above;
 * :mod:`geofast.db.ray_executor` — :class:`~geofast.db.ray_executor.RayExecutor`, the same jobs on
   a Ray cluster (Ray Data decode tasks + encoder actors; Ray imported only when used);
 * :mod:`geofast.db.database` — :class:`Database` (open, check, search, metadata, build/add).
@@ -51,18 +55,10 @@ a :class:`~geofast.errors.DatabaseError` whose hint says how to repair.
 
 from __future__ import annotations
 
-from geofast.db.builder import (
-    BatchJob,
-    BuildReport,
-    EncodedBatch,
-    Executor,
-    LocalExecutor,
-    PreparedBatch,
-    encode_prepared,
-    prepare_batch,
-)
+from geofast.db.builder import BuildReport
 from geofast.db.database import Database, Neighbours
 from geofast.db.encode import PROBE_MIN_COSINE, encode_pil, normalize_rows, probe_embedding, probe_image
+from geofast.db.executor import BatchJob, EncodedBatch, Executor, LocalExecutor, PreparedBatch, encode_prepared, prepare_batch
 from geofast.db.format import COORDS, EMBEDDINGS, FAILED, FULL_VERIFY_BYTES, INDEX, MANIFEST, META
 from geofast.db.sources import (
     NO_GPS_REASON,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from geofast.db import format as _format
+from geofast.db.append import _recover_append
 from geofast.db.builder import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SIZE,
@@ -23,9 +24,7 @@ from geofast.db.builder import (
     Executor,
     _Builder,
     _check_build_args,
-    _recover_append,
     _recover_append_locked,
-    _recover_swap,
 )
 from geofast.db.encode import PROBE_MIN_COSINE, normalize_rows, probe_cosine, probe_embedding
 from geofast.db.format import (
@@ -39,6 +38,7 @@ from geofast.db.format import (
     META_KEYS,
     META_OFFSETS,
     NORMS,
+    STATE,
     Event,
     Progress,
     _check_checksums,
@@ -47,11 +47,13 @@ from geofast.db.format import (
     _read_manifest,
     _read_npy_header,
     _rebuild_hint,
+    _sibling,
     image_keys,
     npy_layout,
 )
-from geofast.db.index import DEFAULT_TRAIN_SIZE, _apply_search_params, _faiss, _new_faiss_index
+from geofast.db.index import DEFAULT_TRAIN_SIZE, _apply_search_params, _faiss, check_index_rows
 from geofast.db.sources import PlanProgress, SourcePlan, plan_source
+from geofast.db.writer import _recover_swap, check_replaceable
 from geofast.errors import DatabaseError, InputError, ParameterError, ShapeError
 
 if TYPE_CHECKING:
@@ -211,6 +213,12 @@ class Database:
         if backbone is not None:
             db.check_backbone(backbone)
         return db
+
+    def release(self) -> None:
+        """Drop the search structures over the files (the next search makes them again): before
+        the files are replaced or grown by an ``add``."""
+        self._gallery = None
+        self._faiss_index = None
 
     def verify(self) -> None:
         """Full check: every file's sha256 and the metadata line count."""
@@ -626,6 +634,7 @@ class Database:
         replaces it."""
         _check_build_args(batch_size, chunk_size, DEFAULT_DTYPE, workers)
         root = Path(path).expanduser()
+        _check_add_target(root, source)
         plan = _plan(source, on_plan, on_event)
         builder = _Builder(root, mode="add", on_event=on_event)
         with builder.locked():
@@ -682,9 +691,10 @@ class Database:
         builder = _Builder(root, mode="build", on_event=on_event)
         with builder.locked():
             _recover_swap(root)
+            check_replaceable(root)
             factory = "Flat" if _is_flat(index) else index
             if not _is_flat(factory):
-                _new_faiss_index(factory, embeddings.shape[1])
+                check_index_rows(factory, int(embeddings.shape[1]), int(ll.shape[0]), train_size=train_size)
             np_dtype = _DTYPES[dtype]
 
             norms = np.empty(ll.shape[0], dtype=np.float32) if normalize else None
@@ -707,7 +717,7 @@ class Database:
                 "failed": 0,
                 "no_gps": 0,
             }
-            builder.assemble(
+            builder.assemble_or_clean(
                 n_rows=ll.shape[0],
                 dim=int(embeddings.shape[1]),
                 dtype=dtype,
@@ -736,3 +746,14 @@ def _plan(source: str | os.PathLike[str], on_plan: PlanProgress | None, on_event
         rejected = f", {len(plan.rejected):,} rows rejected" if plan.rejected else ""
         on_event(f"planned {len(plan):,} photos from {plan.source}{rejected} in {time.perf_counter() - t0:.1f} s")
     return plan
+
+
+def _check_add_target(root: Path, source: str | os.PathLike[str]) -> None:
+    """``add`` grows a database: say so when ``root`` is none (and no build of it is under way),
+    before the lock makes a work folder beside it."""
+    if root.exists() or _sibling(root, ".old").exists() or (_sibling(root, ".partial") / STATE).is_file():
+        return  # a database, something else (open() says what), or a build to finish (open() says how)
+    raise DatabaseError(
+        f"database {root} does not exist: geofast db add grows an existing database",
+        hint=f"create it first: geofast db build {source} --out {root}",
+    )

@@ -11,15 +11,18 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from geofast._geofast import __version__
 from geofast._io import file_sha256
 from geofast.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from geofast.models.clip import Backbone
 
 FORMAT = "geofast-image-db"
 FORMAT_VERSION = 1
@@ -59,6 +62,44 @@ _DTYPES = {"f16": np.float16, "f32": np.float32}
 Progress = Callable[[int, int], None]
 #: ``on_event(message)``: one-line notices (resuming, starting over, indexing).
 Event = Callable[[str], None]
+
+
+class BaseDatabase(Protocol):
+    """What the writers (:mod:`geofast.db.builder`, :mod:`geofast.db.append`, ...) read of an
+    opened database that an ``add`` grows: :class:`geofast.db.Database` satisfies it. The writers
+    depend on this, not on ``Database``, so the data flows one way (``database`` → builder →
+    format)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    embeddings: np.ndarray
+    latlon: np.ndarray
+    norms: np.ndarray | None
+
+    def __len__(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def index_factory(self) -> str: ...
+
+    @property
+    def is_flat(self) -> bool: ...
+
+    def check_backbone(self, backbone: Backbone) -> None: ...
+
+    def missing_images(self, images: Sequence[str]) -> np.ndarray: ...
+
+    def failures(self) -> list[tuple[str, str]]: ...
+
+    def release(self) -> None:
+        """Drop the search structures over the files (before they are replaced or grown)."""
+        ...
+
 
 # ----------------------------------------------------------------------------------------------
 # Files: hashing writers, checksums, npy headers
@@ -209,6 +250,15 @@ def _rebuild_hint(root: Path, manifest: dict[str, Any] | None) -> str:
     return f"the database is damaged; rebuild it: geofast db build {src} --out {root}{extra}"
 
 
+def _interrupted_source(partial: Path) -> str:
+    """The SOURCE of the interrupted run whose work folder is ``partial`` (from its state.json)."""
+    try:
+        source = json.loads((partial / STATE).read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    return str(source) if isinstance(source, str) and source else "SOURCE"
+
+
 def _read_manifest(root: Path) -> dict[str, Any]:
     partial = _sibling(root, ".partial")
     if not root.exists():
@@ -217,10 +267,10 @@ def _read_manifest(root: Path) -> dict[str, Any]:
                 f"database {root} does not exist: a rebuild was interrupted while installing it",
                 hint=f"rerun the same geofast db build ... --out {root} (or geofast db add) to finish it",
             )
-        if partial.exists():
+        if (partial / STATE).is_file():
             raise DatabaseError(
-                f"database {root} does not exist yet: its build was interrupted",
-                hint=f"rerun the same geofast db build SOURCE --out {root} to resume it",
+                f"database {root} does not exist yet: its build was interrupted (or is running)",
+                hint=f"rerun geofast db build {_interrupted_source(partial)} --out {root} to resume it",
             )
         raise DatabaseError(f"database {root} does not exist", hint=f"build it: geofast db build SOURCE --out {root}")
     if not root.is_dir():
@@ -228,9 +278,11 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     mpath = root / MANIFEST
     if not mpath.is_file():
         hint = (
-            f"its build was interrupted: rerun geofast db build SOURCE --out {root} to resume it"
-            if partial.exists()
-            else f"build it: geofast db build SOURCE --out {root}"
+            f"its build was interrupted: rerun geofast db build {_interrupted_source(partial)} --out {root} to resume it"
+            if (partial / STATE).is_file()
+            else f"its manifest is gone: delete {root} and rebuild it: geofast db build SOURCE --out {root}"
+            if (root / EMBEDDINGS).is_file()
+            else "pass the folder given to geofast db build --out (a database folder holds manifest.json)"
         )
         raise DatabaseError(f"{root} is not a geofast database (no {MANIFEST})", hint=hint)
     try:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geofast.db.format import Event
+from geofast.db.format import INDEX, BaseDatabase, Event
 from geofast.errors import DatabaseError, ParameterError
 
 #: Rows used to train a non-flat FAISS index (random sample, seed 0).
@@ -35,6 +38,49 @@ def _new_faiss_index(factory: str, dim: int) -> Any:
             f"--index {factory!r} is not a FAISS index factory string ({first})",
             hint="use Flat (exact, default), IVF4096,SQ8, IVF1024,Flat or HNSW32",
         ) from e
+
+
+#: FAISS's guidance: k-means wants at least 39 training points per centroid (it warns below).
+POINTS_PER_LIST = 39
+
+
+def _min_train_rows(index: Any) -> tuple[int, str]:
+    """The fewest training rows FAISS accepts for ``index`` (k-means needs at least one point per
+    centroid: an IVF list, or each of a product quantizer's ``2^bits`` codes), and why."""
+    faiss = _faiss()
+    need, why = 1, ""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except Exception:
+        ivf = None
+    if ivf is not None and int(ivf.nlist) > need:
+        need, why = int(ivf.nlist), f"one per IVF list: {int(ivf.nlist):,} lists"
+    for part in (ivf, index):
+        pq = getattr(faiss.downcast_index(part), "pq", None) if part is not None else None
+        if pq is not None and int(pq.ksub) > need:
+            need, why = int(pq.ksub), f"one per product-quantizer code: {int(pq.ksub):,} codes"
+    return need, why
+
+
+def check_index_rows(factory: str, dim: int, rows: int, *, counted: str = "", train_size: int | None = None) -> None:
+    """Refuse (``ParameterError`` naming ``--index``) a factory that cannot be trained on ``rows``
+    embeddings (sampled down to ``train_size``), before anything is written; ``counted`` says
+    where ``rows`` comes from."""
+    need, why = _min_train_rows(_new_faiss_index(factory, dim))
+    if train_size is not None and rows >= need > train_size:
+        raise ParameterError(
+            f"--index {factory} needs at least {need:,} training rows ({why}); the training sample is {train_size:,}",
+            hint=f"use fewer IVF lists (at most {train_size // POINTS_PER_LIST:,}) or a larger train_size",
+        )
+    if rows >= need:
+        return
+    fit = rows // POINTS_PER_LIST
+    smaller = re.sub(r"IVF\d+", f"IVF{fit}", factory) if fit >= 1 and why.startswith("one per IVF") else None
+    raise ParameterError(
+        f"--index {factory} needs at least {need:,} photos to train ({why}); the database would hold {rows:,}{counted}",
+        hint="use --index Flat (exact search, the default)"
+        + (f", or at most one IVF list per {POINTS_PER_LIST} photos: --index {smaller}" if smaller else ""),
+    )
 
 
 def _default_search_params(factory: str, index: Any) -> str:
@@ -76,10 +122,42 @@ def _train_and_fill(index: Any, embeddings: np.ndarray, train_size: int, on_even
         except Exception as e:
             raise DatabaseError(
                 f"cannot train the FAISS index on {m:,} embeddings: {str(e).strip().splitlines()[-1]}",
-                hint="use fewer lists (e.g. IVF256,SQ8 for small databases) or --index Flat",
+                hint=f"use --index Flat, or at most one IVF list per {POINTS_PER_LIST} photos (IVF{max(1, m // POINTS_PER_LIST)},...)",
             ) from e
     if on_event and n - start > 0:
         on_event(f"adding {n - start:,} embeddings to the index")
     for s in range(start, n, 65536):
         index.add(np.ascontiguousarray(embeddings[s : s + 65536], dtype=np.float32))
     return index
+
+
+def write_index(
+    path: Path,
+    embeddings: Path,
+    factory: str,
+    dim: int,
+    n_rows: int,
+    train_size: int,
+    base: BaseDatabase | None,
+    on_event: Event | None,
+) -> tuple[str, int | None]:
+    """Write the FAISS index of the stored ``embeddings`` (a ``.npy`` file) to ``path`` (fsynced):
+    ``base``'s trained index with the new rows added when it has the same factory, else a new one
+    trained on a sample. Returns (default search parameters, rows it was trained on)."""
+    faiss = _faiss()
+    emb = np.load(embeddings, mmap_mode="r", allow_pickle=False)
+    if base is not None and not base.is_flat and base.index_factory == factory:
+        index = faiss.read_index(str(base.path / INDEX))  # trained: only add the new rows
+        _train_and_fill(index, emb, train_size, on_event, start=index.ntotal)
+        params = base.manifest["index"].get("search_params", "")
+        trained_on = base.manifest["index"].get("trained_on")
+    else:
+        index = _new_faiss_index(factory, dim)
+        _train_and_fill(index, emb, train_size, on_event)
+        params = _default_search_params(factory, index)
+        trained_on = min(n_rows, train_size)
+    del emb
+    faiss.write_index(index, str(path))
+    with open(path, "rb") as fi:
+        os.fsync(fi.fileno())
+    return params, trained_on

@@ -1,12 +1,12 @@
 """The Ray executor: a database build's encoding on a Ray cluster (Ray Data), and the CLIP forward
 of an evaluation on Ray actors.
 
-**Build** (:class:`RayExecutor`, an :class:`~geofast.db.builder.Executor`). The builder keeps
+**Build** (:class:`RayExecutor`, an :class:`~geofast.db.executor.Executor`). The builder keeps
 everything that makes the database what it is — plan, digest, batch boundaries, chunks, resume,
-assembly, install — and hands this executor the same :class:`~geofast.db.builder.BatchJob` s the
+assembly, install — and hands this executor the same :class:`~geofast.db.executor.BatchJob` s the
 local executor gets. One Ray Data pipeline runs them:
 
-1. *decode* — CPU tasks (one per batch): :func:`~geofast.db.builder.prepare_batch` with the
+1. *decode* — CPU tasks (one per batch): :func:`~geofast.db.executor.prepare_batch` with the
    backbone's own preprocessing (:func:`geofast.models.clip.load_preprocess`, no weights loaded),
    exactly what the local loader threads run;
 2. *encode* — an actor pool (``actors`` actors, ``gpus_per_actor`` GPUs each) whose actors load
@@ -52,7 +52,7 @@ from geofast._geofast import __version__
 from geofast.errors import ClusterError, GeofastError
 
 if TYPE_CHECKING:
-    from geofast.db.builder import BatchJob, EncodedBatch
+    from geofast.db.executor import BatchJob, EncodedBatch
     from geofast.models.clip import Backbone
 
 #: How to install Ray (the ``scale`` extra pins ``ray[data]``).
@@ -328,7 +328,7 @@ _PREPROCESS: dict[str, Any] = {}
 
 def _decode(batch: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
     """Decode task: load and preprocess one batch with the backbone's own preprocessing."""
-    from geofast.db.builder import BatchJob, prepare_batch
+    from geofast.db.executor import BatchJob, prepare_batch
     from geofast.db.sources import Entry
     from geofast.models.clip import load_preprocess
 
@@ -439,7 +439,7 @@ class RayExecutor:
     def encode(self, jobs: Iterable[BatchJob]) -> Iterator[EncodedBatch]:
         """Run ``jobs`` through the pipeline; each result's ``job`` carries the job's chunk, rows
         and ``last_in_chunk`` (not its entries)."""
-        from geofast.db.builder import BatchJob, EncodedBatch
+        from geofast.db.executor import BatchJob, EncodedBatch
 
         if self.plan is None:
             raise ClusterError("internal error: RayExecutor.encode before start()")

@@ -26,6 +26,7 @@ from geofast._io import atomic_write_text
 from geofast.constants import EARTH_RADIUS_KM, LOCALIZABLE_THRESHOLD, PD_RADIUS_KM
 from geofast.errors import ParameterError
 from geofast.mapview.coverage import CoverageCells, coverage_cells
+from geofast.output import prediction_json
 from geofast.predict.types import Prediction
 
 __all__ = [
@@ -130,8 +131,6 @@ def app_page_html() -> str:
 
 def _as_json(p: Prediction | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(p, Prediction):
-        from geofast.output import prediction_json
-
         return prediction_json(p)
     return dict(p)
 
