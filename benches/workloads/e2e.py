@@ -185,7 +185,111 @@ def workloads(quick: bool) -> list[Workload]:
             repeat=1,
         ),
     ]
+    work += _precision_workloads(quick, setup, ref_predict, ref_seconds, size)
     work += _eval_workloads(quick, setup)
+    return work
+
+
+def _precision_workloads(quick: bool, setup: Any, ref_predict: Any, ref_seconds: Any, size: str) -> list[Workload]:
+    """One set of rows per lower precision the CPU runs natively (int8; bf16 with AVX512-BF16/AMX):
+    locate 1 and 32 photos against the float32 encoder and against ``GeoCLIP.predict``, and
+    locate against that precision's own encoder (what the rest of the path costs)."""
+    from geofast.models.precision import cpu_bf16_native, cpu_int8_level
+
+    precisions = ["int8"] + (["bf16"] if cpu_bf16_native() else [])
+
+    def make(precision: str) -> Any:
+        def setup_p() -> dict[str, Any]:
+            s = setup()
+            key = f"loc_{precision}"
+            if key not in s:
+                import importlib.util
+
+                if precision == "int8" and importlib.util.find_spec("onnxruntime") is None:
+                    raise Skip("onnxruntime is not installed (pip install 'geofast[int8]')")
+                from geofast.models.clip import load_backbone
+                from geofast.predict.geoclip import Geolocator
+
+                base = s["loc"]
+                backbone = load_backbone(base.backbone.source, "cpu", precision=precision)
+                loc = Geolocator(base.name, backbone, base.heads, base.gallery)
+                loc.predict([s["photos"][0]], top_k=5)  # warm
+                s[key] = loc
+            return s
+
+        return setup_p
+
+    def agreement(s: dict[str, Any], precision: str) -> str:
+        import numpy as np
+
+        a = s["loc"].backbone.encode(s["pixels"]).numpy().astype(np.float64)
+        b = s[f"loc_{precision}"].backbone.encode(s["pixels"]).numpy().astype(np.float64)
+        cos = float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+        return f"embedding cosine vs fp32 {cos:.5f}"
+
+    level = cpu_int8_level()
+    work: list[Workload] = []
+    for p in precisions:
+        setup_p = make(p)
+        tag = f"{p}{' (' + level + ')' if p == 'int8' else ''}"
+        work += [
+            Workload(
+                name=f"locate 1 image at {tag} vs its own encoder forward [{size}]",
+                kernel="locate",
+                anchor=f"CLIP image encoder forward only, {p}",
+                setup=setup_p,
+                run_geofast=lambda s, p=p: s[f"loc_{p}"].predict([s["photos"][1]], top_k=5),
+                run_anchor=lambda s, p=p: s[f"loc_{p}"].backbone.encode(s["pixels"]),
+                target=None if quick else 1 / 1.10,
+                note="speed-up ≥ 0.91 means locate ≤ 1.10 × the encoder alone; alternate runs, best of 5",
+                repeat=5,
+                interleave=True,
+            ),
+            Workload(
+                name=f"locate 1 image at {tag} vs float32 encoder forward [{size}]",
+                kernel="locate",
+                anchor="CLIP image encoder forward only, fp32",
+                setup=setup_p,
+                run_geofast=lambda s, p=p: s[f"loc_{p}"].predict([s["photos"][1]], top_k=5),
+                run_anchor=lambda s: s["loc"].backbone.encode(s["pixels"]),
+                check=lambda s, _g, _a, p=p: agreement(s, p),
+                target=None if quick else (3.0 if p == "int8" and level == "vnni" else 1.8 if p == "int8" else None),
+                note="int8 targets: ≥ 3× with VNNI, ≥ 1.8× on AVX2 only (the locate includes heads, search and decode)",
+                repeat=5,
+                interleave=True,
+            ),
+            Workload(
+                name=f"locate 1 image at {tag} vs GeoCLIP.predict [{size}]",
+                kernel="locate",
+                anchor="geoclip 1.3.0 GeoCLIP.predict",
+                setup=setup_p,
+                run_geofast=lambda s, p=p: s[f"loc_{p}"].predict([s["photos"][2]], top_k=5),
+                run_anchor=ref_predict,
+                anchor_seconds=ref_seconds,
+                repeat=2,
+            ),
+            Workload(
+                name=f"locate 32 images batched at {tag} vs 32 × float32 encoder [{size}]",
+                kernel="locate",
+                anchor="CLIP image encoder forward only, fp32 (1 image, ×32)",
+                setup=setup_p,
+                run_geofast=lambda s, p=p: s[f"loc_{p}"].predict(s["photos"], top_k=5, batch_size=32),
+                run_anchor=lambda s: s["loc"].backbone.encode(s["pixels"]),
+                anchor_scale=1 / 32,
+                repeat=1,
+            ),
+            Workload(
+                name=f"locate 32 images batched at {tag} vs 32 × GeoCLIP.predict [{size}]",
+                kernel="locate",
+                anchor="geoclip 1.3.0 GeoCLIP.predict (1 call, ×32)",
+                setup=setup_p,
+                run_geofast=lambda s, p=p: s[f"loc_{p}"].predict(s["photos"], top_k=5, batch_size=32),
+                run_anchor=ref_predict,
+                anchor_seconds=ref_seconds,
+                anchor_scale=1 / 32,
+                repeat=1,
+            ),
+        ]
     return work
 
 

@@ -119,6 +119,7 @@ def build(
         help="CLIP ViT-L/14 backbone: hub id or local folder (default $GEOFAST_CLIP, then openai/clip-vit-large-patch14).",
     ),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
+    precision: o.Precision = None,
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     dtype: str = typer.Option("f16", "--dtype", help="Embedding storage: f16 (default, half the size) or f32."),
     index: str = typer.Option(
@@ -152,6 +153,7 @@ def build(
             out,
             clip=clip,
             device=device,
+            precision=precision,
             batch_size=batch_size,
             dtype=dtype,
             index=index,
@@ -173,6 +175,7 @@ def add(
         None, "--clip", metavar="ID|DIR", help="CLIP backbone (default: the one the database was built with)."
     ),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)."),
+    precision: o.Precision = None,
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Photos per committed chunk."),
     workers: int | None = typer.Option(
@@ -197,6 +200,7 @@ def add(
             source,
             clip=clip,
             device=device,
+            precision=precision,
             batch_size=batch_size,
             chunk_size=chunk_size,
             workers=workers,

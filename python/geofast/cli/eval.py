@@ -45,6 +45,7 @@ def evaluate(
     model: o.Model = "geoclip",
     clip: o.Clip = None,
     device: o.Device = None,
+    precision: o.Precision = None,
     batch_size: o.BatchSize = 16,
     gallery: o.Gallery = None,
     region: o.Region = None,

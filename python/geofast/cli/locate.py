@@ -29,6 +29,7 @@ def locate(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Candidates per image."),
     clip: o.Clip = None,
     device: o.Device = None,
+    precision: o.Precision = None,
     batch_size: o.BatchSize = 16,
     gallery: o.Gallery = None,
     region: o.Region = None,

@@ -23,6 +23,7 @@ def serve(
     model: o.Model = "geoclip",
     clip: o.Clip = None,
     device: o.Device = None,
+    precision: o.Precision = None,
     gallery: o.Gallery = None,
     region: o.Region = None,
     method: o.Method = "geoclip",
