@@ -25,8 +25,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-
 from conftest import make_tiny_clip
 from geofast.errors import DatabaseError, ModelError
 
@@ -163,8 +161,8 @@ def test_cli_refusal_has_no_traceback(tiny_clip_dir, photo_dir, tmp_path):
         timeout=300,
     )
     assert r.returncode == 1
-    assert "unknown precision 'int4'" in r.stderr and "Traceback" not in r.stderr
-    assert "--precision" in r.stderr  # the hint names the flag
+    # One line + a hint, the parameter written as the flag.
+    assert r.stderr.startswith("error: unknown --precision 'int4'\nhint: ") and "Traceback" not in r.stderr
 
 
 def test_int8_cache_second_start_reuses_the_file(int8_backbone, tiny_clip_dir, int8_cache, photo_dir, monkeypatch):
@@ -301,3 +299,57 @@ def test_database_refuses_mixing_a_disagreeing_precision(small_db, tiny_clip_dir
     same = dataclasses.replace(drifted, precision="fp32")
     Database.add(out, root / "c.csv", backbone=same, chunk_size=8, batch_size=4)
     assert len(Database.open(out)) == 24
+
+
+# ----------------------------------------------------------------------------------------------
+# geofast check: the agreement report
+# ----------------------------------------------------------------------------------------------
+
+
+def test_agreement_report_matches_an_independent_computation(geolocator, tiny_clip_dir, cache_dir, photo_dir, int8_backbone):
+    """Cosines against transformers' float32 forward, top-1s by a numpy argmax over the gallery."""
+    import torch
+
+    from geofast.predict.agreement import compare_precisions
+
+    paths = _photos(photo_dir, 10)
+    report = compare_precisions(paths, precision="int8", clip=tiny_clip_dir, cache_dir=cache_dir, batch_size=4)
+    ref = _reference(tiny_clip_dir, paths)
+    got = _encode(int8_backbone, paths)
+    cos = np.sum(ref * got, axis=1)
+    # geofast's fp32 forward equals transformers' up to float32 reduction order (1 - cos < 1e-6).
+    assert report.photos == 10 and report.skipped == 0 and report.precision == "int8"
+    assert abs(report.cosine_min - cos.min()) < 1e-5 and abs(report.cosine_median - np.median(cos)) < 1e-5
+
+    def top1(feats: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            emb = geolocator.heads.image(torch.from_numpy(feats.astype(np.float32)))
+        emb = (emb / emb.norm(dim=1, keepdim=True)).numpy().astype(np.float64)
+        return np.argmax(emb @ np.asarray(geolocator.gallery.embeddings, dtype=np.float64).T, axis=1)
+
+    a, b = top1(ref), top1(got)
+    assert report.top1_same == pytest.approx(np.mean(a == b))
+    ll = geolocator.gallery.latlon
+    from sklearn.metrics.pairwise import haversine_distances
+
+    km = np.diag(haversine_distances(np.radians(ll[a]), np.radians(ll[b]))) * 6371.0088
+    assert report.within_25km == pytest.approx(np.mean(km <= 25.0))
+    assert report.top1_km_max == pytest.approx(km.max(), abs=1e-6)
+    assert report.fp32_s_per_photo > 0 and report.other_s_per_photo > 0
+    assert report.agrees == (report.cosine_min >= 0.999 and report.within_25km >= 0.99)
+
+
+def test_check_cli_json(tiny_clip_dir, cache_dir, photo_dir):
+    import os
+
+    env = {**os.environ, "GEOFAST_CACHE": str(cache_dir)}
+    r = subprocess.run(
+        [sys.executable, "-m", "geofast", "check", str(photo_dir), "--clip", str(tiny_clip_dir), "--limit", "6", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["photos"] == 6 and out["precision"] == "int8" and out["cosine_min"] >= 0.999 and out["agrees"] is True
