@@ -75,7 +75,7 @@ def compare_precisions(
     compare embeddings, top-1 gallery points and speed (see the module docstring)."""
     import torch
 
-    from geofast import haversine
+    from geofast._geofast import haversine
     from geofast.images import iter_loaded
     from geofast.models.clip import load_backbone
     from geofast.predict.geoclip import Geolocator
