@@ -310,7 +310,6 @@ def test_database_refuses_mixing_a_disagreeing_precision(small_db, tiny_clip_dir
 
 def test_agreement_report_matches_an_independent_computation(geolocator, tiny_clip_dir, cache_dir, photo_dir, int8_backbone):
     """Cosines against transformers' float32 forward, top-1s by a numpy argmax over the gallery."""
-    import torch
 
     from geofast.predict.agreement import compare_precisions
 
