@@ -185,8 +185,138 @@ def workloads(quick: bool) -> list[Workload]:
             repeat=1,
         ),
     ]
+    work += _precision_workloads(quick, setup, ref_predict, ref_seconds, size)
     work += _eval_workloads(quick, setup)
     return work
+
+
+def _precision_workloads(quick: bool, setup: Any, ref_predict: Any, ref_seconds: Any, size: str) -> list[Workload]:
+    """One set of rows per lower precision the CPU runs natively (int8; bf16 with AVX512-BF16/AMX):
+    locate 1 and 32 photos against the float32 encoder and against ``GeoCLIP.predict``, and
+    locate against that precision's own encoder (what the rest of the path costs)."""
+    from geofast.models.precision import cpu_bf16_native, cpu_int8_level
+
+    precisions = ["int8"] + (["bf16"] if cpu_bf16_native() else [])
+
+    def make(precision: str) -> Any:
+        def setup_p() -> dict[str, Any]:
+            s = setup()
+            key = f"loc_{precision}"
+            if key not in s:
+                import importlib.util
+
+                if precision == "int8" and importlib.util.find_spec("onnxruntime") is None:
+                    raise Skip("onnxruntime is not installed (pip install 'geofast[int8]')")
+                from geofast.models.clip import load_backbone
+                from geofast.predict.geoclip import Geolocator
+
+                base = s["loc"]
+                backbone = load_backbone(base.backbone.source, "cpu", precision=precision)
+                loc = Geolocator(base.name, backbone, base.heads, base.gallery)
+                loc.predict([s["photos"][0]], top_k=5)  # warm
+                s[key] = loc
+            return s
+
+        return setup_p
+
+    def agreement(s: dict[str, Any], precision: str) -> str:
+        import numpy as np
+
+        a = s["loc"].backbone.encode(s["pixels"]).numpy().astype(np.float64)
+        b = s[f"loc_{precision}"].backbone.encode(s["pixels"]).numpy().astype(np.float64)
+        cos = float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+        return f"embedding cosine vs fp32 {cos:.5f}"
+
+    level = cpu_int8_level()
+    work: list[Workload] = []
+    for p in precisions:
+        work += _rows(p, make(p), level, size, agreement, ref_predict, ref_seconds, quick)
+    return work
+
+
+def _rows(
+    p: str, setup_p: Any, level: str, size: str, agreement: Any, ref_predict: Any, ref_seconds: Any, quick: bool
+) -> list[Workload]:
+    key = f"loc_{p}"
+
+    def one(s: dict[str, Any]) -> Any:
+        return s[key].predict([s["photos"][1]], top_k=5)
+
+    def one_ref(s: dict[str, Any]) -> Any:
+        return s[key].predict([s["photos"][2]], top_k=5)
+
+    def many(s: dict[str, Any]) -> Any:
+        return s[key].predict(s["photos"], top_k=5, batch_size=32)
+
+    def own_encoder(s: dict[str, Any]) -> Any:
+        return s[key].backbone.encode(s["pixels"])
+
+    def fp32_encoder(s: dict[str, Any]) -> Any:
+        return s["loc"].backbone.encode(s["pixels"])
+
+    def agree(s: dict[str, Any], _g: Any, _a: Any) -> str:
+        return str(agreement(s, p))
+
+    tag = f"{p}{' (' + level + ')' if p == 'int8' else ''}"
+
+    return [
+        Workload(
+            name=f"locate 1 image at {tag} vs its own encoder forward [{size}]",
+            kernel="locate",
+            anchor=f"CLIP image encoder forward only, {p}",
+            setup=setup_p,
+            run_geofast=one,
+            run_anchor=own_encoder,
+            target=None if quick else 1 / 1.10,
+            note="speed-up ≥ 0.91 means locate ≤ 1.10 × the encoder alone; alternate runs, best of 5",
+            repeat=5,
+            interleave=True,
+        ),
+        Workload(
+            name=f"locate 1 image at {tag} vs float32 encoder forward [{size}]",
+            kernel="locate",
+            anchor="CLIP image encoder forward only, fp32",
+            setup=setup_p,
+            run_geofast=one,
+            run_anchor=fp32_encoder,
+            check=agree,
+            target=None if quick else (3.0 if p == "int8" and level == "vnni" else 1.8 if p == "int8" else None),
+            note="int8 targets: ≥ 3× with VNNI, ≥ 1.8× on AVX2 only (the locate includes heads, search and decode)",
+            repeat=5,
+            interleave=True,
+        ),
+        Workload(
+            name=f"locate 1 image at {tag} vs GeoCLIP.predict [{size}]",
+            kernel="locate",
+            anchor="geoclip 1.3.0 GeoCLIP.predict",
+            setup=setup_p,
+            run_geofast=one_ref,
+            run_anchor=ref_predict,
+            anchor_seconds=ref_seconds,
+            repeat=2,
+        ),
+        Workload(
+            name=f"locate 32 images batched at {tag} vs 32 × float32 encoder [{size}]",
+            kernel="locate",
+            anchor="CLIP image encoder forward only, fp32 (1 image, ×32)",
+            setup=setup_p,
+            run_geofast=many,
+            run_anchor=fp32_encoder,
+            anchor_scale=1 / 32,
+            repeat=1,
+        ),
+        Workload(
+            name=f"locate 32 images batched at {tag} vs 32 × GeoCLIP.predict [{size}]",
+            kernel="locate",
+            anchor="geoclip 1.3.0 GeoCLIP.predict (1 call, ×32)",
+            setup=setup_p,
+            run_geofast=many,
+            run_anchor=ref_predict,
+            anchor_seconds=ref_seconds,
+            anchor_scale=1 / 32,
+            repeat=1,
+        ),
+    ]
 
 
 def _eval_workloads(quick: bool, setup: Any) -> list[Workload]:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["locate", "eval", "db", "db build", "db add", "db info", "train", "export", "serve", "bench"]
+COMMANDS = ["locate", "eval", "db", "db build", "db add", "db info", "check", "train", "export", "serve", "bench"]
 #: typer's type labels and click's closed-range suffixes: what a reader should never see.
 NOISE = re.compile(r"<(bool|int|float|str|text|path|list\[[^]]*\]|int range|float range)>|\[x[<>]=|x>=|x<=")
 
@@ -34,7 +34,7 @@ def test_commands_are_listed_locate_first():
     assert r.returncode == 0, r.stderr
     listed = re.findall(r"^│ (\w+)\s{2,}", r.stdout, re.MULTILINE)
     names = [n for n in listed if n in ("locate", "eval", "db", "train", "export", "serve", "bench")]
-    assert names == ["locate", "eval", "db", "train", "export", "serve", "bench"], r.stdout
+    assert names == ["locate", "eval", "db", "check", "train", "export", "serve", "bench"], r.stdout
 
 
 @pytest.mark.parametrize("command", COMMANDS)

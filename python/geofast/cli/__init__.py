@@ -50,6 +50,7 @@ def _register_commands() -> None:
     # Each command module adds itself to `app` on import.
     from geofast.cli import (  # noqa: F401
         bench,
+        check,
         db,
         eval,
         export,

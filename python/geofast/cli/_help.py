@@ -15,7 +15,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 #: ``geofast --help`` lists the commands in this order (the first one a newcomer runs first).
-COMMAND_ORDER = ("locate", "eval", "db", "train", "export", "serve", "bench")
+COMMAND_ORDER = ("locate", "eval", "db", "check", "train", "export", "serve", "bench")
 
 
 class OrderedGroup(TyperGroup):

@@ -59,6 +59,15 @@ Device = Annotated[
     str | None,
     typer.Option("--device", metavar="cpu|cuda|cuda:N|mps", help="Where the models run (default: the best available)."),
 ]
+Precision = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        metavar="fp32|int8|bf16",
+        help="Image encoder arithmetic: fp32 (CPU default), int8 (CPU, quantized with ONNX Runtime; check agreement on "
+        "your photos with geofast check), bf16 (CPUs with AVX512-BF16 or AMX); fp16 is the CUDA default.",
+    ),
+]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]
 Gallery = Annotated[
     Path | None, typer.Option("--gallery", metavar="FILE", help="Custom gallery: CSV with lat/lon columns or an (N, 2) .npy.")
@@ -278,6 +287,7 @@ METHOD = OptionGroup(
         ("model", Model, "geoclip"),
         ("clip", Clip, None),
         ("device", Device, None),
+        ("precision", Precision, None),
         ("gallery", Gallery, None),
         ("region", Region, None),
         ("raw_candidates", RawCandidates, False),
@@ -355,6 +365,7 @@ def method_options_from(params: Mapping[str, Any]) -> Any:
         model=params["model"],
         clip=params["clip"],
         device=params["device"],
+        precision=params["precision"],
         gallery=params["gallery"],
         region=params["region"],
         db=params["db"],

@@ -115,6 +115,7 @@ ENCODE = (
     o.OptionGroup(
         (
             ("device", o.Device, None),
+            ("precision", o.Precision, None),
             ("batch_size", o.BatchSize, 32),
             ("chunk_size", ChunkSize, 256),
             ("workers", o.Workers, None),
@@ -138,6 +139,7 @@ def _encode(run: Callable[..., Any], shared: o.Shared, *args: Any, **kwargs: Any
             *args,
             **kwargs,
             device=shared["device"],
+            precision=shared["precision"],
             batch_size=shared["batch_size"],
             chunk_size=shared["chunk_size"],
             workers=shared["workers"],

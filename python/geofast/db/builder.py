@@ -132,6 +132,7 @@ class _Builder(WorkFolder):
         backbone: Backbone | None,
         device: str | None,
         batch_size: int,
+        precision: str | None = None,
         dtype: str,
         index: str,
         chunk_size: int,
@@ -152,7 +153,7 @@ class _Builder(WorkFolder):
         if backbone is None:
             from geofast.models.clip import load_backbone
 
-            backbone = load_backbone(clip, device)
+            backbone = load_backbone(clip, device, precision=precision)
         t_probe = time.perf_counter()
         probe = probe_embedding(backbone)
         probe_s = time.perf_counter() - t_probe
@@ -163,7 +164,7 @@ class _Builder(WorkFolder):
                 check_index_rows(factory, dim, len(plan), counted=f" (the photos of {plan.source})", train_size=train_size)
         duplicates = 0
         if base is not None:
-            base.check_backbone(backbone)
+            base.check_backbone(backbone, probe=probe, adding=True)
             keep = base.missing_images(plan.images)
             duplicates = len(plan) - int(keep.shape[0])
             if duplicates:
@@ -288,11 +289,17 @@ class _Builder(WorkFolder):
             "failed": int(n_failed),
             "no_gps": int(no_gps),
             "duplicates": int(duplicates),
+            "precision": str(backbone.precision),
             "date": _now(),
         }
         base_m = base.manifest if base is not None else {}
+        record = backbone_info(backbone, probe)
+        if base is not None and base.precision not in (None, record["precision"]) and base_m.get("backbone"):
+            # Rows of another precision were admitted (probe within PRECISION_MIN_COSINE): the
+            # database keeps the precision and probe of its first rows; each source says its own.
+            record = dict(base_m["backbone"])
         manifest_extra: dict[str, Any] = {
-            "backbone": backbone_info(backbone, probe),
+            "backbone": record,
             "sources": list(base_m.get("sources", [])) + [src_record],
             "failed": int(base_m.get("failed", 0)) + n_failed,
             "no_gps": int(base_m.get("no_gps", 0)) + no_gps,

@@ -26,7 +26,7 @@ from geofast.db.builder import (
     _check_build_args,
     _recover_append_locked,
 )
-from geofast.db.encode import PROBE_MIN_COSINE, normalize_rows, probe_cosine, probe_embedding
+from geofast.db.encode import PRECISION_MIN_COSINE, PROBE_MIN_COSINE, normalize_rows, probe_cosine, probe_embedding
 from geofast.db.format import (
     _DTYPES,
     COORDS,
@@ -238,13 +238,25 @@ class Database:
         if stored is not None and not np.array_equal(stored[:-1], scanned.astype(np.uint64)):
             raise DatabaseError(f"database {self.path}: {META_OFFSETS} does not match the lines of {META}", hint=hint)
 
-    def check_backbone(self, backbone: Backbone) -> None:
-        """Raise :class:`DatabaseError` unless ``backbone`` is the one the database was built with."""
+    @property
+    def precision(self) -> str | None:
+        """The encoder precision the embeddings were made with (fp32, int8, bf16, fp16), or None
+        when the database does not record it (built before geofast recorded it, or from
+        precomputed embeddings)."""
+        value = (self.manifest.get("backbone") or {}).get("precision")
+        return str(value) if value else None
+
+    def check_backbone(self, backbone: Backbone, *, probe: np.ndarray | None = None, adding: bool = False) -> None:
+        """Raise :class:`DatabaseError` unless ``backbone`` is the one the database was built with.
+        With ``adding`` (new rows are about to be written), a backbone running at another precision
+        than the database's embeddings is refused unless its probe embedding agrees within
+        ``PRECISION_MIN_COSINE``."""
         info = self.manifest.get("backbone") or {}
         stored = info.get("probe")
         if stored is None:
             return  # created from precomputed embeddings: nothing to compare against
-        probe = probe_embedding(backbone)
+        if probe is None:
+            probe = probe_embedding(backbone)
         if probe.shape[0] != self.dim:
             raise DatabaseError(
                 f"the backbone {backbone.source} gives {probe.shape[0]}-d embeddings; database {self.path} holds {self.dim}-d ones",
@@ -257,6 +269,16 @@ class Database:
                 f"differ from those of {backbone.source} (probe cosine {cos:.3f} < {PROBE_MIN_COSINE})",
                 hint=f"pass --clip {info.get('source')}, or rebuild with --clip {backbone.source}: "
                 f"geofast db build SOURCE --out {self.path} --clip {backbone.source}",
+            )
+        mine = str(getattr(backbone, "precision", "fp32"))
+        theirs = self.precision
+        if adding and mine != theirs and cos < PRECISION_MIN_COSINE:
+            recorded = theirs or "an unrecorded precision"
+            raise DatabaseError(
+                f"database {self.path} holds embeddings made at {recorded}; this encoder runs at {mine} and its probe "
+                f"embedding differs (cosine {cos:.5f} < {PRECISION_MIN_COSINE}): mixing them would rank rows by precision",
+                hint=f"add with precision {theirs}" if theirs else "rebuild the database at one precision",
+                params=("precision",),
             )
 
     # -- search ----------------------------------------------------------------------------------
@@ -573,6 +595,7 @@ class Database:
         clip: str | os.PathLike[str] | None = None,
         backbone: Backbone | None = None,
         device: str | None = None,
+        precision: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         dtype: str = DEFAULT_DTYPE,
         index: str = DEFAULT_INDEX,
@@ -601,6 +624,7 @@ class Database:
                 clip=clip,
                 backbone=backbone,
                 device=device,
+                precision=precision,
                 batch_size=batch_size,
                 dtype=dtype,
                 index=index,
@@ -620,6 +644,7 @@ class Database:
         clip: str | os.PathLike[str] | None = None,
         backbone: Backbone | None = None,
         device: str | None = None,
+        precision: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         workers: int | None = None,
@@ -648,6 +673,7 @@ class Database:
                 clip=clip,
                 backbone=backbone,
                 device=device,
+                precision=precision,
                 batch_size=batch_size,
                 dtype=base.dtype,
                 index=base.index_factory,

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 
 #: Minimum cosine between the stored and the recomputed probe embedding (same backbone: > 0.999).
 PROBE_MIN_COSINE = 0.99
+#: Minimum probe cosine for adding embeddings of another precision (int8, bf16, fp16 vs fp32) to
+#: a database. Two unit vectors with cosine c are sqrt(2(1 - c)) apart, so by Cauchy-Schwarz
+#: every inner-product score of a row made at the other precision moves by at most that:
+#: 0.045 at c = 0.999, the embedding agreement the int8 encoder is held to (measured on ViT-L/14
+#: shapes: >= 0.9997; docs/precision.md). Below it, rows of the two precisions would rank
+#: differently for reasons that have nothing to do with the photos.
+PRECISION_MIN_COSINE = 0.999
 
 # ----------------------------------------------------------------------------------------------
 # Embeddings: batched CLIP encoding and the backbone probe
@@ -79,4 +86,5 @@ def backbone_info(backbone: Backbone, probe: np.ndarray) -> dict[str, Any]:
         "config_sha256": digest,
         "dim": int(probe.shape[0]),
         "probe": [float(v) for v in probe.astype(np.float32)],
+        "precision": str(getattr(backbone, "precision", "fp32")),
     }

@@ -225,6 +225,8 @@ class _Plan:
     cpus_per_actor: float
     probe: tuple[float, ...]
     version: str
+    #: The driver's encoder precision for CPU actors (GPU actors run their default, fp16).
+    precision: str | None = None
 
 
 def _worker_source(backbone: Backbone) -> str:
@@ -275,6 +277,7 @@ def _resolve_plan(cluster: RayCluster, backbone: Backbone, probe: np.ndarray) ->
         cpus_per_actor=float(cluster.options.cpus_per_actor),
         probe=tuple(float(v) for v in np.asarray(probe, dtype=np.float64)),
         version=__version__,
+        precision=None if gpa > 0 else str(getattr(backbone, "precision", "fp32")),
     )
 
 
@@ -303,7 +306,7 @@ def _load_checked(plan: _Plan) -> tuple[Backbone | None, str]:
         return None, f"a Ray worker {_where()} runs geofast {mine}; this driver runs geofast {plan.version}"
     try:
         _set_threads(plan.cpus_per_actor)
-        backbone = load_backbone(plan.source, plan.device)
+        backbone = load_backbone(plan.source, plan.device, precision=plan.precision)
         probe = probe_embedding(backbone)
     except Exception as e:
         return None, f"a Ray worker {_where()} cannot load the backbone {plan.source}: {_last_line(e)}"

@@ -45,7 +45,12 @@ def load_heads(name: str | os.PathLike[str]) -> LoadedHeads:
 
 
 def load_model_parts(
-    name: str | os.PathLike[str], *, clip: str | os.PathLike[str] | None = None, device: str | None = None
+    name: str | os.PathLike[str],
+    *,
+    clip: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[Backbone, LoadedHeads]:
     """Backbone + heads of a model. Without ``clip`` or ``$GEOFAST_CLIP``, a model folder's
     recorded backbone is used when it is a local folder that exists."""
@@ -55,7 +60,7 @@ def load_model_parts(
     if clip is None and not os.environ.get(CLIP_ENV, "").strip() and loaded.backbone_source:
         if Path(loaded.backbone_source).expanduser().is_dir():
             clip = loaded.backbone_source
-    backbone = load_backbone(clip, device)
+    backbone = load_backbone(clip, device, precision=precision, cache_dir=cache_dir)
     return backbone, loaded
 
 

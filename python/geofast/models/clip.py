@@ -258,10 +258,13 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     _text: TextTower | None = field(default=None, repr=False)
+    #: The encoder's arithmetic: fp32, int8, bf16 or fp16 (:mod:`geofast.models.precision`).
+    precision: str = "fp32"
 
     def text_tower(self) -> TextTower:
         """CLIP's text tower and tokenizer, loaded from the backbone's folder on first use."""
         if self._text is None:
+            # int8 covers the image encoder only; the text tower runs in float32 there.
             self._text = load_text_tower(self.folder, self.source, self.device, self.dtype)
         return self._text
 
@@ -374,9 +377,18 @@ def load_preprocess(clip: str | os.PathLike[str] | None = None) -> Callable[[Seq
     return preprocess
 
 
-def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None = None) -> Backbone:
-    """Load the CLIP vision backbone (see the module docstring for where it comes from)."""
-    import torch
+def load_backbone(
+    clip: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    *,
+    precision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Backbone:
+    """Load the CLIP vision backbone (see the module docstring for where it comes from) in
+    ``precision`` (fp32, int8, bf16; default fp16 on CUDA, fp32 elsewhere: see
+    :mod:`geofast.models.precision`). An int8 encoder is cached under ``cache_dir``
+    (default ``$GEOFAST_CACHE``); once cached, the float32 weights are not read again."""
+    from geofast.models import precision as prec
 
     source = resolve_source(clip)
     folder = _backbone_folder(source)
@@ -385,7 +397,24 @@ def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None
         raise ModelError(f"CLIP backbone folder {folder} has no weights (model.safetensors)", hint=_HINT)
 
     dev = pick_device(device)
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    mode = prec.resolve_precision(precision, dev)
+    dtype = prec.torch_dtype(mode)
+    processor = _load_processor(folder)
+    if mode == "int8" and prec.int8_cached(folder, cache_dir):
+        import torch
+
+        vision = prec.OnnxVision(prec.int8_model_path(folder, cache_dir)[0], torch.get_num_threads())
+        return Backbone(model=vision, processor=processor, source=source, folder=folder, device=dev, dtype=dtype, precision=mode)
+    model = _load_vision(folder, config, dtype)
+    model = model.to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if mode == "int8":
+        model = prec.load_int8(model, folder, int(config.image_size), cache_dir=cache_dir)
+    return Backbone(model=model, processor=processor, source=source, folder=folder, device=dev, dtype=dtype, precision=mode)
+
+
+def _load_vision(folder: Path, config: Any, dtype: torch.dtype) -> Any:
     from transformers import CLIPVisionModelWithProjection
 
     with quiet_transformers():
@@ -405,8 +434,4 @@ def load_backbone(clip: str | os.PathLike[str] | None = None, device: str | None
                 f"({len(missing)} tensors missing or mismatched, e.g. {missing[0]})",
                 hint=_HINT,
             )
-    processor = _load_processor(folder)
-    model = model.to(dev).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return Backbone(model=model, processor=processor, source=source, folder=folder, device=dev, dtype=dtype)
+    return model

@@ -39,6 +39,7 @@ class MethodOptions:
     confidence: bool = True
     llm: LLMConfig | None = None
     merge_duplicates: bool = True  # False: GeoCLIP's raw candidate list (a coordinate may repeat)
+    precision: str | None = None  # the image encoder's: fp32, int8, bf16 (None: fp16 on CUDA, else fp32)
 
     def check(self) -> Database | None:
         """Validate the combination and open the database (if any) before any model loads."""
@@ -150,7 +151,13 @@ def make_predictor(opts: MethodOptions, database: Database | None, *, progress: 
 
     def geolocator() -> Geolocator:
         return Geolocator.from_pretrained(
-            opts.model, clip=clip, device=opts.device, gallery=opts.gallery, region=opts.region, progress=progress
+            opts.model,
+            clip=clip,
+            device=opts.device,
+            gallery=opts.gallery,
+            region=opts.region,
+            progress=progress,
+            precision=opts.precision,
         )
 
     if opts.method == "rag":
@@ -171,7 +178,7 @@ def make_predictor(opts: MethodOptions, database: Database | None, *, progress: 
     else:
         from geofast.models.clip import load_backbone
 
-        backbone = load_backbone(clip, opts.device)
+        backbone = load_backbone(clip, opts.device, precision=opts.precision)
     return SwcPredictor(
         database,
         backbone,

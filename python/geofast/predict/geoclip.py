@@ -136,15 +136,18 @@ class Geolocator:
         cache_dir: str | os.PathLike[str] | None = None,
         cache_dtype: str = "f32",
         progress: bool = True,
+        precision: str | None = None,
     ) -> Geolocator:
         """Load a pretrained model: CLIP backbone (``clip``, ``$GEOFAST_CLIP``, the backbone a model
         folder records, or the hub id), the model's trained heads, and its gallery (default, a
         CSV/.npy file, or an ``(N, 2)`` array), optionally restricted to ``region`` = (lat_min,
         lon_min, lat_max, lon_max). ``name``: "geoclip", "geomapclip", a ``geofast train`` run
-        folder, a model folder in ``geoclip``'s release format, or a hub id of one."""
+        folder, a model folder in ``geoclip``'s release format, or a hub id of one. ``precision``:
+        the image encoder's arithmetic, fp32 (CPU default), int8 (CPU), bf16 (CPUs with native
+        bf16) or fp16 (CUDA default); see :mod:`geofast.models.precision`."""
         from geofast.models import load_model_parts
 
-        backbone, loaded = load_model_parts(name, clip=clip, device=device)
+        backbone, loaded = load_model_parts(name, clip=clip, device=device, precision=precision, cache_dir=cache_dir)
         heads = loaded.heads
         gal = build_gallery(
             heads, loaded.default_gallery, gallery, region=region, cache_dir=cache_dir, cache_dtype=cache_dtype, progress=progress

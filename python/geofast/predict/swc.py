@@ -104,6 +104,7 @@ class SwcPredictor:
         cache_dir: str | os.PathLike[str] | None = None,
         progress: bool = True,
         verify: bool | None = None,
+        precision: str | None = None,
         **params: Any,
     ) -> SwcPredictor:
         """Open the database, load the CLIP backbone (``clip``; default ``$GEOFAST_CLIP``, else the
@@ -117,11 +118,13 @@ class SwcPredictor:
         if geoclip is not None:
             from geofast.predict.geoclip import Geolocator
 
-            loc = Geolocator.from_pretrained(geoclip, clip=clip, device=device, cache_dir=cache_dir, progress=progress)
+            loc = Geolocator.from_pretrained(
+                geoclip, clip=clip, device=device, cache_dir=cache_dir, progress=progress, precision=precision
+            )
             return cls(db, loc.backbone, geolocator=loc, cache_dir=cache_dir, **params)
         from geofast.models.clip import load_backbone
 
-        return cls(db, load_backbone(clip, device), cache_dir=cache_dir, **params)
+        return cls(db, load_backbone(clip, device, precision=precision, cache_dir=cache_dir), cache_dir=cache_dir, **params)
 
     # -- encoding -----------------------------------------------------------------------------------
     def embed(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
