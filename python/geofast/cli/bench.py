@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from geofast import _console
-from geofast.cli import app
+from geofast.cli._app import app
 from geofast.errors import InputError
 
 SUITE_ENV = "GEOFAST_BENCH_DIR"

@@ -8,7 +8,7 @@ import typer
 
 from geofast import _console
 from geofast.cli import _options as o
-from geofast.cli import app
+from geofast.cli._app import app
 
 
 @app.command("check")

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from geofast import _console
 from geofast.cli import _options as o
-from geofast.cli import app
+from geofast.cli._app import app
 
 db_app = typer.Typer(
     name="db",

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from geofast import _console
 from geofast.cli import _options as o
-from geofast.cli import app
+from geofast.cli._app import app
 
 
 def _parse_radii(text: str) -> list[float]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from geofast import _console
-from geofast.cli import app
+from geofast.cli._app import app
 
 
 @app.command("export")

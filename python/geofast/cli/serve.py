@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from geofast.cli import _options as o
-from geofast.cli import app
+from geofast.cli._app import app
 
 _LIMITS = "Limits and batching"
 _SECURITY = "Security"

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from geofast import _console
-from geofast.cli import app
+from geofast.cli._app import app
 
 _FT = "Fine-tuning"
 #: Exit code after Ctrl-C (128 + SIGINT), as a shell reports it.
