@@ -33,7 +33,7 @@ def test_commands_are_listed_locate_first():
     r = run_cli("--help")
     assert r.returncode == 0, r.stderr
     listed = re.findall(r"^│ (\w+)\s{2,}", r.stdout, re.MULTILINE)
-    names = [n for n in listed if n in ("locate", "eval", "db", "train", "export", "serve", "bench")]
+    names = [n for n in listed if n in ("locate", "eval", "db", "check", "train", "export", "serve", "bench")]
     assert names == ["locate", "eval", "db", "check", "train", "export", "serve", "bench"], r.stdout
 
 

@@ -99,9 +99,14 @@ def test_merged_topk_equals_numpy_reference(geolocator, photo_dir, top_k):
         # The raw list is the reference's: the top-k rows of the full softmax.
         raw_p = np.array([c.prob for c in raw[i].candidates])
         np.testing.assert_allclose(raw_p, np.sort(probs[i])[::-1][:top_k], rtol=1e-4, atol=PROB_TOL)
-        # Summing never loses probability: merged top-k mass ≥ raw top-k mass, both ≤ 1 (up to
-        # the float32 scores' rounding, ~1e-7 × logit scale 100 relative).
-        assert raw_p.sum() - PROB_TOL <= sum(c.prob for c in merged[i].candidates) <= 1 + 1e-4
+        # Summing never loses probability: merged top-k mass ≥ raw top-k mass, both ≤ 1, up to the
+        # float32 scores' rounding. Each probability is exp(scale·s − lse) with s a float32 dot
+        # product: its error is typically ~1e-7 (worst case γ_38·‖q‖‖x‖ ≈ 2.3e-6), times the logit
+        # scale (≤ 100) relative: ~1e-5 typical. Measured: a deficit of 4.7e-6 on a total of
+        # 0.99999992 (Xeon AVX-512, top_k 20), so the bound is 1e-4 relative (21×); losing a
+        # duplicate's probability (a group member dropped) costs ≥ 1e-3 on these aimed queries.
+        merged_sum = sum(c.prob for c in merged[i].candidates)
+        assert raw_p.sum() * (1 - 1e-4) <= merged_sum <= 1 + 1e-4
         # PD_25 around the reported top-1 (numpy), unchanged by merging when the top-1 place is the same.
         for p in (merged[i], raw[i]):
             near = np_haversine(np.array([[p.lat, p.lon]]), g.latlon)[0] <= 25.0
