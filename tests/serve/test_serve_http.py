@@ -5,9 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,20 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_support import encoded, uploads, with_name
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli_env(cache_dir, **extra) -> dict[str, str]:
-    env = {**os.environ, "GEOFAST_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", **extra}
-    env.pop("GEOFAST_CLIP", None)
-    env.pop("GEOFAST_API_KEY", None)
-    return env
+from serve_support import cli_env, encoded, free_port, start_server, stop, uploads, with_name
 
 
 def rss_bytes(pid: int) -> int:
@@ -45,36 +29,13 @@ def rss_bytes(pid: int) -> int:
 @pytest.fixture(scope="module")
 def server(geolocator, tiny_clip_dir, cache_dir):
     """A ``geofast serve`` subprocess with the tiny backbone; always terminated."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "geofast", "serve", "--clip", str(tiny_clip_dir), "--device", "cpu"]
-    cmd += ["--port", str(port), "--max-batch", "8", "--max-wait-ms", "2", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=cli_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
+    base, _port, proc = start_server(cache_dir, tiny_clip_dir)
     try:
-        t_end = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"geofast serve exited: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > t_end:
-                raise AssertionError("geofast serve did not become ready in time")
-            time.sleep(0.2)
         yield base, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(proc)
 
 
-@pytest.mark.slow
 def test_http_answers_equal_geofast_locate_json(server, photo_dir, tiny_clip_dir, cache_dir):
     base, proc = server
     chosen = sorted(photo_dir.iterdir())[:4]
