@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -346,45 +346,12 @@ class _Builder(WorkFolder):
         return report
 
     # -- assembly and install ------------------------------------------------------------------
-    def assemble(
-        self,
-        *,
-        n_rows: int,
-        dim: int,
-        dtype: str,
-        factory: str,
-        emb_blocks: Iterable[np.ndarray],
-        latlon: np.ndarray,
-        norms: Callable[[], np.ndarray | None],
-        meta_lines: Iterable[tuple[str, str]],
-        failures: list[tuple[str, str]],
-        manifest_extra: dict[str, Any],
-        train_size: int,
-        base: BaseDatabase | None,
-    ) -> None:
-        """Write the complete new database into ``DIR.partial/db`` (see :func:`geofast.db.writer.assemble`)."""
-        assemble(
-            self.staged,
-            n_rows=n_rows,
-            dim=dim,
-            dtype=dtype,
-            factory=factory,
-            emb_blocks=emb_blocks,
-            latlon=latlon,
-            norms=norms,
-            meta_lines=meta_lines,
-            failures=failures,
-            manifest_extra=manifest_extra,
-            train_size=train_size,
-            base=base,
-            on_event=self._say,
-        )
-
     def assemble_or_clean(self, **kw: Any) -> None:
-        """:meth:`assemble`; on an error, remove the half-written staged database (the committed
-        chunks stay: the next identical command resumes from them)."""
+        """Write the complete new database into ``DIR.partial/db`` (:func:`geofast.db.writer.assemble`
+        with ``kw``); on an error, remove the half-written staged database (the committed chunks
+        stay: the next identical command resumes from them)."""
         try:
-            self.assemble(**kw)
+            assemble(self.staged, on_event=self._say, **kw)
         except Exception:
             shutil.rmtree(self.staged, ignore_errors=True)
             raise
